@@ -1,0 +1,1 @@
+"""DNS-provider adapters behind one small contract (see `providers.base`)."""

@@ -1,0 +1,107 @@
+"""The adapter contract every DNS provider implements.
+
+The core resolves everything before an adapter is called: the zone (longest configured
+match), the canonical record name (absolute, lower case, punycode, no trailing dot), the
+unquoted value and the TTL. An adapter translates those to one provider's API and does
+nothing else: no retries, no DNS lookups, no policy, no logging of secrets.
+
+Semantics (the conformance suite in `tests/providers` is the executable definition):
+
+* `add_txt` is idempotent and keeps every other value at the name.
+* `remove_txt` removes only that value, succeeds when it is already gone, and deletes the
+  record set when the last value goes.
+* Stateless: a fresh process can remove what another one added (no remembered record ids).
+* Errors only from `providers.errors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from typing import Any, ClassVar, Protocol, Self
+
+
+class Secret:
+    """A credential that cannot leak through `repr`, `str` or a log line by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+def setting(*, default: Any = dataclasses.MISSING, help: str, secret: bool = False) -> Any:
+    """Declare a provider setting: its help text feeds `check-config` and the README.
+
+    A field typed `Secret` is never written in the config file: the file names where it
+    lives, with `<field>_env` (an environment variable) or `<field>_file` (a path).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneRef:
+    """A zone as the core resolved it: canonical name plus the provider's own id for it."""
+
+    name: str
+    handle: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeContext:
+    """What a few adapters need beyond the record itself.
+
+    `user_token` is set only for adapters whose class declares `wants_user_token = True`
+    (IBM CIS acting as the ordering user); no other adapter ever sees it.
+    """
+
+    request_id: str
+    user_token: Secret | None = None
+
+
+class Provider(Protocol):
+    """One provider's adapter. See the module docstring for the semantics."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[Any]]
+    wants_user_token: ClassVar[bool]
+
+    @classmethod
+    async def open(cls, settings: Any) -> Self:
+        """Build the adapter. Cheap: no network I/O here (cold starts matter)."""
+        ...
+
+    async def zone_handle(self, zone_name: str) -> str:
+        """The provider's id for `zone_name`; raise `ZoneNotFound`. The core caches it."""
+        ...
+
+    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        """Every TXT value at `fqdn`, unquoted (an empty set when there is none)."""
+        ...
+
+    async def add_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
+    ) -> None: ...
+
+    async def remove_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,214 @@
+"""`dns-challenge-receiver` (also `python -m receiver`): serve, check-config, dev tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from receiver import __version__, config, logs, signing
+from receiver.errors import ConfigError
+from receiver.http import create_app
+from receiver.keys import FileSenderKeys, KeyMaterialError
+
+log = structlog.get_logger("receiver")
+DEMO_DIR = Path(".demo")
+DEMO_KEY = "notification-key.pem"
+EVENT_ALIASES = {
+    "required": "cert_domain_validation_required",
+    "completed": "cert_domain_validation_completed",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dns-challenge-receiver", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    _config_option(serve)
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the built-in demo: a generated key in --demo-dir and the "
+        "zone example.test in memory; no config file needed",
+    )
+    serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check-config", help="validate the config, print zone routes")
+    _config_option(check)
+    check.set_defaults(run=_check_config)
+
+    keygen = commands.add_parser("keygen", help="write a signing key pair (for local testing)")
+    keygen.add_argument(
+        "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
+    )
+    keygen.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    keygen.set_defaults(run=_keygen)
+
+    sign = commands.add_parser(
+        "sign-notification",
+        help="print a signed notification body, as Certificate Manager would send it",
+    )
+    sign.add_argument(
+        "--demo", action="store_true", help="sign with the demo key and instance (see serve --demo)"
+    )
+    sign.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    sign.add_argument("--key", type=Path, help="private key PEM of the sender")
+    sign.add_argument("--instance-crn", help="the sending instance's CRN")
+    sign.add_argument("--domain", required=True)
+    sign.add_argument(
+        "--event",
+        default="required",
+        help="required, completed, or any event_type (default: required)",
+    )
+    sign.add_argument("--value", help="TXT value (default: a random 43-character value)")
+    sign.add_argument("--record-name", default="_acme-challenge")
+    sign.add_argument("--certificate-crn")
+    sign.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    sign.add_argument("--lifetime", type=int, default=300, help="seconds until exp (0: no exp)")
+    sign.add_argument(
+        "--user-token-key", type=Path, help="also embed a userToken signed with this private key"
+    )
+    sign.add_argument("--user-token-kid", default="local-1")
+    sign.add_argument("--user-token-issuer", default=signing.IAM_ISSUER)
+    sign.add_argument("--account", help="user token account (default: the instance's)")
+    sign.set_defaults(run=_sign_notification)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"TOML file (default: ${config.CONFIG_ENV})")
+
+
+def _load(args: argparse.Namespace) -> config.Settings:
+    return config.load_file(config.config_path(args.config, os.environ))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = demo_settings(args.demo_dir) if args.demo else _load(args)
+    logs.configure(settings.log)
+    if args.demo:
+        log.info(
+            "demo",
+            zone="example.test",
+            provider="memory",
+            sign=f"dns-challenge-receiver sign-notification --demo --demo-dir {args.demo_dir}"
+            " --domain www.example.test",
+        )
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings: config.Settings) -> None:
+    """Run until SIGTERM/SIGINT, then finish in-flight notifications before exiting."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_seconds
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        log.info(
+            "listening",
+            url=f"http://{host}:{port}{settings.server.callback_path}",
+            version=__version__,
+            zones=[z.name for z in settings.zones],
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting_down", grace_seconds=settings.server.shutdown_timeout_seconds)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def demo_settings(directory: Path) -> config.Settings:
+    key = directory / DEMO_KEY
+    public = key.with_name(key.stem + ".pub.pem")
+    if not key.exists() or not public.exists():
+        signing.write_key_pair(key)
+    return config.from_mapping(
+        {
+            "server": {"listen": "127.0.0.1:8080"},
+            "certificate_manager": {
+                "allowed_instances": [signing.DEMO_CRN],
+                "public_key_file": str(public.resolve()),
+            },
+            "user_token": {"verify": False},
+            "zones": [{"name": "example.test", "provider": "memory"}],
+        }
+    )
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    cm = settings.certificate_manager
+    if cm.public_key_file is not None:
+        try:
+            FileSenderKeys(cm.public_key_file, refetch_interval=cm.key_refetch_interval_seconds)
+        except (OSError, KeyMaterialError) as exc:
+            raise ConfigError([f"certificate_manager.public_key_file: {exc}"]) from None
+    print(f"configuration ok: {len(settings.zones)} zone(s)")
+    width = max(len(zone.name) for zone in settings.zones)
+    for zone in settings.zones:
+        print(f"  {zone.name:<{width}}  -> {zone.provider}  ttl={zone.ttl}  {zone.options!r}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    public = signing.write_key_pair(args.path, args.alg)
+    print(f"private key: {args.path}\npublic key:  {public}")
+    return 0
+
+
+def _sign_notification(args: argparse.Namespace) -> int:
+    key_path = args.key or (args.demo_dir / DEMO_KEY if args.demo else None)
+    instance_crn = args.instance_crn or (signing.DEMO_CRN if args.demo else None)
+    if key_path is None or instance_crn is None:
+        print("sign-notification: pass --key and --instance-crn, or --demo", file=sys.stderr)
+        return 2
+    user_token = None
+    if args.user_token_key is not None:
+        account = args.account or instance_crn.split(":")[6].removeprefix("a/")
+        user_token = signing.sign(
+            signing.user_token_claims(account=account, issuer=args.user_token_issuer),
+            args.user_token_key.read_bytes(),
+            kid=args.user_token_kid,
+        )
+    claims = signing.notification_claims(
+        instance_crn=instance_crn,
+        event_type=EVENT_ALIASES.get(args.event, args.event),
+        domain=args.domain,
+        value=args.value or signing.challenge_value(),
+        record_name=args.record_name,
+        certificate_crn=args.certificate_crn,
+        user_token=user_token,
+        lifetime=args.lifetime or None,
+    )
+    token = signing.sign(claims, key_path.read_bytes(), args.alg)
+    sys.stdout.write(signing.envelope(token).decode() + "\n")
+    return 0

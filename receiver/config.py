@@ -1,0 +1,448 @@
+"""Configuration: one TOML file -> frozen `Settings`, built once.
+
+Every problem is collected and reported together, each naming its key
+(`zones[1].provider: ...`). Secrets never sit in the file: a secret setting `x` is
+given as `x_env = "VAR"` or `x_file = "/path"`. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from providers.base import Secret
+from providers.registry import UnknownProvider, load_provider_class
+from receiver.challenge import canonical_name
+from receiver.crn import InstanceCrn, InvalidCrn
+from receiver.errors import ConfigError, InvalidName
+
+CONFIG_ENV = "DNS_CHALLENGE_RECEIVER_CONFIG"
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_PUBLIC_KEY_URL = (
+    "https://{region}.certificate-manager.cloud.ibm.com/api/v1/instances/"
+    "{instance_crn}/notifications/publicKey?keyFormat=pem"
+)
+RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:8080"
+    callback_path: str = "/callback"
+    max_body_bytes: int = 64 * 1024
+    shutdown_timeout_seconds: float = 30.0
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class CertificateManagerSettings:
+    allowed_instances: tuple[str, ...] = ()
+    public_key_file: Path | None = None
+    public_key_url: str = DEFAULT_PUBLIC_KEY_URL
+    algorithms: tuple[str, ...] = ("RS256",)
+    clock_skew_seconds: float = 300.0
+    key_refetch_interval_seconds: float = 60.0
+    key_fetch_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class UserTokenSettings:
+    verify: bool = True
+    required: bool = False
+    jwks_url: str = "https://iam.cloud.ibm.com/identity/keys"
+    issuer: str = "https://iam.cloud.ibm.com/identity"
+    allowed_accounts: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256",)
+    clock_skew_seconds: float = 30.0
+    jwks_cache_seconds: float = 3600.0
+    jwks_refetch_interval_seconds: float = 60.0
+    jwks_fetch_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    deadline_seconds: float = 10.0
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class ZoneSettings:
+    name: str
+    provider: str
+    ttl: int = 60
+    options: Any = None  # the provider's own frozen Settings dataclass
+
+    @property
+    def provider_key(self) -> tuple[str, Any]:
+        """Zones with equal provider and options share one adapter instance."""
+        return (self.provider, self.options)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    certificate_manager: CertificateManagerSettings = field(
+        default_factory=CertificateManagerSettings
+    )
+    user_token: UserTokenSettings = field(default_factory=UserTokenSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    zones: tuple[ZoneSettings, ...] = ()
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "log": LogSettings,
+    "certificate_manager": CertificateManagerSettings,
+    "user_token": UserTokenSettings,
+    "dispatch": DispatchSettings,
+}
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    chosen = explicit or environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError([f"no configuration file: pass --config PATH or set {CONFIG_ENV}"])
+    return Path(chosen)
+
+
+def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return from_mapping(data, base_dir=path.parent, environ=environ)
+
+
+def from_mapping(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build `Settings` from parsed TOML (tests use this directly with dicts)."""
+    reader = _Reader(base_dir or Path.cwd(), os.environ if environ is None else environ)
+    for key in data:
+        if key not in _SECTIONS and key != "zones":
+            reader.problem(key, f"unknown section (known: {', '.join([*_SECTIONS, 'zones'])})")
+    sections = {
+        name: reader.build(cls, _table(reader, data, name), name) for name, cls in _SECTIONS.items()
+    }
+    zones = reader.zones(data.get("zones", []))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    settings = Settings(zones=zones, **sections)
+    _check(settings, reader)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+def _table(reader: _Reader, data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        reader.problem(name, "must be a table")
+        return {}
+    return value
+
+
+class _Reader:
+    """Converts TOML values by the declared field types, collecting problems."""
+
+    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
+        self.base_dir = base_dir
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        secret_keys = {
+            f"{name}_{suffix}": name
+            for name in fields
+            if hints[name] in (Secret, Secret | None)
+            for suffix in ("env", "file")
+        }
+        for key in data:
+            if key not in fields and key not in secret_keys:
+                known = ", ".join(sorted([*fields, *secret_keys])) or "none"
+                self.problem(f"{prefix}.{key}", f"unknown setting (known: {known})")
+        values: dict[str, Any] = {}
+        for name, fld in fields.items():
+            key = f"{prefix}.{name}"
+            hint = hints[name]
+            if hint in (Secret, Secret | None):
+                secret = self.secret(data, name, prefix)
+                if secret is not None:
+                    values[name] = secret
+                elif fld.default is dataclasses.MISSING:
+                    self.problem(key, f"required: set {name}_env or {name}_file")
+                continue
+            if name not in data:
+                if (
+                    fld.default is dataclasses.MISSING
+                    and fld.default_factory is dataclasses.MISSING
+                ):
+                    self.problem(key, "required")
+                continue
+            converted = self.convert(data[name], hint, key)
+            if converted is not _INVALID:
+                values[name] = converted
+        try:
+            return cls(**values)
+        except TypeError:
+            return None  # a required value was missing; already reported
+
+    def secret(self, data: Mapping[str, Any], name: str, prefix: str) -> Secret | None:
+        env_key, file_key = f"{name}_env", f"{name}_file"
+        if name in data:
+            self.problem(
+                f"{prefix}.{name}",
+                f"secrets are never written in the file: use {env_key} or {file_key}",
+            )
+        if env_key in data and file_key in data:
+            self.problem(f"{prefix}.{name}", f"set only one of {env_key} and {file_key}")
+            return None
+        if env_key in data:
+            var = data[env_key]
+            if not isinstance(var, str) or not var:
+                self.problem(f"{prefix}.{env_key}", "must name an environment variable")
+                return None
+            value = self.environ.get(var)
+            if not value:
+                self.problem(f"{prefix}.{env_key}", f"environment variable {var} is not set")
+                return None
+            return Secret(value)
+        if file_key in data:
+            path = self.convert(data[file_key], Path, f"{prefix}.{file_key}")
+            if path is _INVALID:
+                return None
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.problem(f"{prefix}.{file_key}", f"cannot read {path}: {exc.strerror or exc}")
+                return None
+            if not text:
+                self.problem(f"{prefix}.{file_key}", f"{path} is empty")
+                return None
+            return Secret(text)
+        return None
+
+    def convert(self, value: Any, hint: Any, key: str) -> Any:
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType) and type(None) in args:
+            inner = next(a for a in args if a is not type(None))
+            return self.convert(value, inner, key)
+        if origin is Literal:
+            if value not in args:
+                self.problem(key, f"must be one of {', '.join(map(repr, args))}, not {value!r}")
+                return _INVALID
+            return value
+        if origin is tuple:
+            if not isinstance(value, list):
+                self.problem(key, "must be a list")
+                return _INVALID
+            items = [self.convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+            return _INVALID if _INVALID in items else tuple(items)
+        if hint is bool:
+            if not isinstance(value, bool):
+                self.problem(key, f"must be true or false, not {value!r}")
+                return _INVALID
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.problem(key, f"must be an integer, not {value!r}")
+                return _INVALID
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.problem(key, f"must be a number, not {value!r}")
+                return _INVALID
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                self.problem(key, f"must be a string, not {value!r}")
+                return _INVALID
+            return value
+        if hint is Path:
+            if not isinstance(value, str) or not value:
+                self.problem(key, "must be a path string")
+                return _INVALID
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else self.base_dir / path
+        raise TypeError(f"unsupported setting type {hint!r} for {key}")  # programming error
+
+    def zones(self, raw: Any) -> tuple[ZoneSettings, ...]:
+        if not isinstance(raw, list):
+            self.problem("zones", "must be an array of tables ([[zones]])")
+            return ()
+        zones: list[ZoneSettings] = []
+        for index, entry in enumerate(raw):
+            key = f"zones[{index}]"
+            if not isinstance(entry, Mapping):
+                self.problem(key, "must be a table")
+                continue
+            zone = self.zone(entry, key)
+            if zone is not None:
+                zones.append(zone)
+        return tuple(zones)
+
+    def zone(self, entry: Mapping[str, Any], key: str) -> ZoneSettings | None:
+        for unknown in set(entry) - {"name", "provider", "ttl", "options"}:
+            self.problem(
+                f"{key}.{unknown}", "unknown setting (known: name, provider, ttl, options)"
+            )
+        name = None
+        try:
+            name = canonical_name(entry.get("name"), allow_underscore=True)
+        except InvalidName as exc:
+            self.problem(f"{key}.name", exc.detail)
+        ttl = entry.get("ttl", 60)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 86400:
+            self.problem(f"{key}.ttl", f"must be an integer from 1 to 86400, not {ttl!r}")
+        provider = entry.get("provider")
+        options: Any = None
+        if not isinstance(provider, str):
+            self.problem(f"{key}.provider", "required: the name of a DNS provider")
+        else:
+            try:
+                cls = load_provider_class(provider)
+            except UnknownProvider as exc:
+                self.problem(f"{key}.provider", str(exc))
+            else:
+                raw = entry.get("options", {})
+                if not isinstance(raw, Mapping):
+                    self.problem(f"{key}.options", "must be a table")
+                else:
+                    options = self.build(cls.Settings, raw, f"{key}.options")
+        if name is None or not isinstance(provider, str) or options is None:
+            return None
+        return ZoneSettings(name=name, provider=provider, ttl=ttl, options=options)
+
+
+_INVALID: Any = object()
+
+
+def _split_host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"{listen!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _check(settings: Settings, reader: _Reader) -> None:
+    """Rules that span fields: ranges, cross-references, fail-closed requirements."""
+    server = settings.server
+    try:
+        _split_host_port(server.listen)
+    except ValueError as exc:
+        reader.problem("server.listen", str(exc))
+    path = server.callback_path
+    if not path.startswith("/") or path in RESERVED_PATHS or any(c in path for c in "?#{} "):
+        reader.problem("server.callback_path", f"must be a plain absolute path, not {path!r}")
+    if not 1024 <= server.max_body_bytes <= 16 * 1024 * 1024:
+        reader.problem("server.max_body_bytes", "must be between 1024 and 16777216")
+
+    cm = settings.certificate_manager
+    if not cm.allowed_instances:
+        reader.problem(
+            "certificate_manager.allowed_instances",
+            "required: the CRNs of the Certificate Manager instances allowed to call",
+        )
+    for index, crn in enumerate(cm.allowed_instances):
+        try:
+            InstanceCrn.parse(crn)
+        except InvalidCrn as exc:
+            reader.problem(f"certificate_manager.allowed_instances[{index}]", str(exc))
+    if cm.public_key_file is not None and not cm.public_key_file.is_file():
+        reader.problem("certificate_manager.public_key_file", f"{cm.public_key_file} is not a file")
+    _check_url(reader, "certificate_manager.public_key_url", cm.public_key_url, template=True)
+    _check_algorithms(reader, "certificate_manager.algorithms", cm.algorithms)
+
+    ut = settings.user_token
+    if ut.required and not ut.verify:
+        reader.problem("user_token.required", "a required user token must also be verified")
+    if ut.verify:
+        _check_url(reader, "user_token.jwks_url", ut.jwks_url, template=False)
+        if not ut.issuer:
+            reader.problem("user_token.issuer", "must not be empty")
+    _check_algorithms(reader, "user_token.algorithms", ut.algorithms)
+
+    for name, value in [
+        ("certificate_manager.clock_skew_seconds", cm.clock_skew_seconds),
+        ("user_token.clock_skew_seconds", ut.clock_skew_seconds),
+    ]:
+        if not 0 <= value <= 3600:
+            reader.problem(name, "must be between 0 and 3600")
+    for name, value in [
+        ("certificate_manager.key_fetch_timeout_seconds", cm.key_fetch_timeout_seconds),
+        ("user_token.jwks_fetch_timeout_seconds", ut.jwks_fetch_timeout_seconds),
+        ("dispatch.deadline_seconds", settings.dispatch.deadline_seconds),
+        ("dispatch.retry_initial_seconds", settings.dispatch.retry_initial_seconds),
+        ("dispatch.retry_max_seconds", settings.dispatch.retry_max_seconds),
+    ]:
+        if not 0 < value <= 300:
+            reader.problem(name, "must be greater than 0 and at most 300")
+
+    if not settings.zones:
+        reader.problem("zones", "required: at least one [[zones]] entry")
+    seen: dict[str, int] = {}
+    for index, zone in enumerate(settings.zones):
+        if zone.name in seen:
+            reader.problem(
+                f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
+            )
+        seen.setdefault(zone.name, index)
+
+
+def _check_url(reader: _Reader, key: str, url: str, *, template: bool) -> None:
+    if template:
+        try:
+            url = url.format(region="region", instance_crn="crn")
+        except (KeyError, IndexError, ValueError):
+            reader.problem(key, "may use only the placeholders {region} and {instance_crn}")
+            return
+    if not url.startswith(("https://", "http://")):
+        reader.problem(key, "must be an http(s) URL")
+
+
+def _check_algorithms(reader: _Reader, key: str, algorithms: tuple[str, ...]) -> None:
+    if not algorithms:
+        reader.problem(key, "must list at least one algorithm")
+    for alg in algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            reader.problem(
+                key,
+                f"{alg!r} is not allowed: only asymmetric signature algorithms "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})",
+            )

@@ -1,0 +1,105 @@
+"""`handle(runtime, InboundRequest) -> Outcome`: the one call every door makes.
+
+Framework-free on purpose: the aiohttp server, Lambda, Cloud Functions and the CLI all
+translate their request into an `InboundRequest` and the `Outcome` back, and nothing
+else. Exactly one summary log event is emitted per request, here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from receiver.challenge import Action
+from receiver.doors import certificate_manager
+from receiver.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ReceiverError,
+    RequestRejected,
+    UnsupportedMediaType,
+)
+from receiver.logs import bind_request, merge
+from receiver.runtime import Runtime
+
+log = structlog.get_logger("receiver")
+JSON_TYPES = ("application/json",)
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    request_id: str
+    remote: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
+    bind_request(request.request_id)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "remote": request.remote,
+    }
+    try:
+        outcome = await _route(runtime, request, summary)
+    except ReceiverError as exc:
+        summary.update(error=exc.code, reason=exc.internal or exc.detail)
+        summary.setdefault("outcome", "rejected" if isinstance(exc, RequestRejected) else "failed")
+        outcome = Outcome(exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers())
+    except Exception:
+        summary["outcome"] = "error"
+        log.exception("unhandled_error", request_id=request.request_id)
+        outcome = Outcome(500, {"error": "internal_error", "detail": "unexpected error; see logs"})
+    summary.update(
+        status=outcome.status, duration_ms=round((time.perf_counter() - started) * 1000, 2)
+    )
+    level = log.info if outcome.status < 500 else log.error
+    level("notification", **summary)
+    return outcome
+
+
+async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+    if request.path != runtime.settings.server.callback_path:
+        raise NotFound(f"no endpoint at {request.path}")
+    if request.method != "POST":
+        raise MethodNotAllowed("use POST")
+    summary["door"] = certificate_manager.DOOR
+    _check_body(runtime, request)
+    notification = await certificate_manager.receive(request.body, runtime.verifier)
+    merge(summary, notification.log_fields())
+    challenge = notification.challenge
+    if challenge is None:
+        summary["outcome"] = "acknowledged"
+        return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
+    zone = runtime.policy.zone_for(challenge)
+    summary.update(zone=zone.name, provider=zone.provider, value=challenge.value)
+    await runtime.dispatcher.apply(
+        challenge, zone, request_id=request.request_id, user_token=notification.user_token
+    )
+    status = "published" if challenge.action is Action.ADD else "removed"
+    summary["outcome"] = status
+    return Outcome(200, {"status": status, "fqdn": challenge.fqdn})
+
+
+def _check_body(runtime: Runtime, request: InboundRequest) -> None:
+    if len(request.body) > runtime.settings.server.max_body_bytes:
+        raise PayloadTooLarge(f"body exceeds {runtime.settings.server.max_body_bytes} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES and not content_type.endswith("+json"):
+        raise UnsupportedMediaType("send the notification as application/json")

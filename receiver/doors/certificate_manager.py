@@ -1,0 +1,182 @@
+"""IBM Cloud Certificate Manager callbacks: `{"data": "<JWS>"}` -> a verified Notification.
+
+Order of checks, each before anything more expensive or outward-facing:
+1. the body is a JSON object holding one compact JWS (400 otherwise);
+2. the (unverified) `instance_crn` is on the allow-list (403), so an unauthenticated
+   request can never make us fetch a key;
+3. the header names an algorithm we accept (401): never `none` or HMAC;
+4. the signature and time claims verify with that instance's key (401), refetching the
+   key at most once per interval when it fails (rotation);
+5. the user token, when present or required, verifies and matches the account (401/403);
+6. the payload has the documented shape; a challenge names a valid record and value (400).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import Secret
+from receiver import tokens
+from receiver.challenge import Action, Challenge, challenge_record_name, check_challenge_value
+from receiver.config import CertificateManagerSettings, UserTokenSettings
+from receiver.crn import InstanceCrn, InvalidCrn
+from receiver.errors import BadRequest, Forbidden, Unauthorized
+from receiver.keys import Jwks, SenderKeys
+from receiver.user_token import UserIdentity, verify_user_token
+
+DOOR = "certificate_manager"
+VALIDATION_REQUIRED = "cert_domain_validation_required"
+VALIDATION_COMPLETED = "cert_domain_validation_completed"
+ACTIONS = {VALIDATION_REQUIRED: Action.ADD, VALIDATION_COMPLETED: Action.REMOVE}
+ENVELOPE = "notification envelope"
+
+
+@dataclass(frozen=True)
+class Notification:
+    instance: InstanceCrn
+    event_type: str | None
+    certificate_crn: str | None
+    challenge: Challenge | None
+    user: UserIdentity | None = None
+    user_token: Secret | None = field(default=None, repr=False)
+
+    def log_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "event_type": self.event_type,
+            "instance_crn": self.instance.text,
+            "certificate_crn": self.certificate_crn,
+        }
+        if self.user is not None:
+            fields["user"] = self.user.iam_id or self.user.subject
+        if self.challenge is not None:
+            fields.update(domain=self.challenge.domain, fqdn=self.challenge.fqdn)
+        return fields
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """What this door needs to authenticate a notification; built by the Runtime."""
+
+    settings: CertificateManagerSettings
+    user_token_settings: UserTokenSettings
+    sender_keys: SenderKeys
+    jwks: Jwks | None  # None when user-token verification is off
+
+    @property
+    def allowed_instances(self) -> frozenset[str]:
+        return frozenset(self.settings.allowed_instances)
+
+
+def envelope_token(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON", code="malformed_body") from None
+    if not isinstance(document, dict) or "data" not in document:
+        raise BadRequest('body must be a JSON object {"data": "<JWS>"}', code="malformed_body")
+    return tokens.check_compact(document["data"], what="data", code="malformed_envelope")
+
+
+def allowed_instance(token: str, allowed: frozenset[str]) -> InstanceCrn:
+    claims = tokens.unverified_claims(token, what=ENVELOPE, code="malformed_envelope")
+    crn = claims.get("instance_crn")
+    if not isinstance(crn, str) or crn not in allowed:
+        raise Forbidden(
+            "instance_crn is not an allowed Certificate Manager instance",
+            code="instance_not_allowed",
+        )
+    try:
+        return InstanceCrn.parse(crn)
+    except InvalidCrn:  # config validation makes this unreachable; fail closed anyway
+        raise Forbidden("instance_crn is malformed", code="instance_not_allowed") from None
+
+
+async def verified_claims(token: str, instance: InstanceCrn, verifier: Verifier) -> dict[str, Any]:
+    settings = verifier.settings
+    header = tokens.unverified_header(token, what=ENVELOPE, code="malformed_envelope")
+    alg = tokens.pinned_algorithm(
+        header, settings.algorithms, what=ENVELOPE, code="algorithm_not_allowed"
+    )
+
+    def check(key: Any) -> dict[str, Any]:
+        return tokens.verify(
+            token,
+            key,
+            alg,
+            what=ENVELOPE,
+            code_prefix="envelope",
+            leeway=settings.clock_skew_seconds,
+        )
+
+    key = await verifier.sender_keys.current(instance)
+    try:
+        return check(key)
+    except Unauthorized as first:
+        if first.code != "invalid_signature":
+            raise
+        newer = await verifier.sender_keys.refreshed(instance)
+        if newer is None:
+            raise
+        return check(newer)
+
+
+async def receive(body: bytes, verifier: Verifier) -> Notification:
+    """Authenticate and parse one notification body; raise a `RequestRejected` otherwise."""
+    token = envelope_token(body)
+    instance = allowed_instance(token, verifier.allowed_instances)
+    claims = await verified_claims(token, instance, verifier)
+    if claims.get("instance_crn") != instance.text:  # same token, so only a library bug
+        raise Unauthorized("instance_crn changed during verification", code="invalid_signature")
+
+    user, user_token = await _user(claims, instance, verifier)
+    event_type = _optional_text(claims, "event_type")
+    certificate_crn = _optional_text(claims, "certificateCRN")
+    action = ACTIONS.get(event_type or "")
+    challenge = _challenge(claims, action) if action is not None else None
+    return Notification(instance, event_type, certificate_crn, challenge, user, user_token)
+
+
+async def _user(
+    claims: Mapping[str, Any], instance: InstanceCrn, verifier: Verifier
+) -> tuple[UserIdentity | None, Secret | None]:
+    settings = verifier.user_token_settings
+    token = claims.get("userToken")
+    if token is None:
+        if settings.required:
+            raise Unauthorized("notification carries no userToken", code="user_token_required")
+        return None, None
+    if verifier.jwks is None:  # verification is off: the token is neither trusted nor passed on
+        return None, None
+    if not isinstance(token, str) or not token:
+        raise Unauthorized("userToken must be a non-empty string", code="invalid_user_token")
+    user = await verify_user_token(token, verifier.jwks, settings, instance)
+    return user, Secret(token)
+
+
+def _challenge(claims: Mapping[str, Any], action: Action) -> Challenge:
+    method = claims.get("domain_validation_method", "dns-01")
+    if method != "dns-01":
+        raise BadRequest(
+            f"unsupported domain_validation_method {method!r}", code="unsupported_validation_method"
+        )
+    challenge = claims.get("challenge")
+    if not isinstance(challenge, dict):
+        raise BadRequest("challenge must be an object", code="invalid_notification")
+    for name in ("txt_record_name", "txt_record_val"):
+        if not isinstance(challenge.get(name), str):
+            raise BadRequest(f"challenge.{name} must be a string", code="invalid_notification")
+    if not isinstance(claims.get("domain"), str):
+        raise BadRequest("domain must be a string", code="invalid_notification")
+    domain, fqdn = challenge_record_name(claims["domain"], challenge["txt_record_name"])
+    value = check_challenge_value(challenge["txt_record_val"])
+    return Challenge(action=action, domain=domain, fqdn=fqdn, value=value)
+
+
+def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", code="invalid_notification")
+    return value

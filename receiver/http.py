@@ -1,0 +1,116 @@
+"""The aiohttp door: an app factory, two middlewares, health endpoints.
+
+The Runtime is entered in a cleanup context (torn down only if it opened) and kept
+under a typed AppKey; handlers translate to and from `core.handle` and do nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from receiver import core
+from receiver.config import Settings
+from receiver.logs import bind_request
+from receiver.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SETTINGS = web.AppKey("settings", Settings)
+REQUEST_ID = "request_id"
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+log = structlog.get_logger("receiver.http")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[request_context, json_errors],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_runtime_context)
+    app.router.add_post(settings.server.callback_path, notification)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
+    async with Runtime.open(app[SETTINGS]) as runtime:
+        app[RUNTIME] = runtime
+        yield
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    bind_request(request_id)
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (404, 405, 413) as JSON bodies, like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        log.info(
+            "request_rejected",
+            status=exc.status,
+            error=code,
+            method=request.method,
+            path=request.path,
+            remote=request.remote,
+        )
+        return web.json_response(
+            {"error": code, "detail": exc.reason}, status=exc.status, headers=_allow(exc)
+        )
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def notification(request: web.Request) -> web.Response:
+    body = await request.read()  # raises 413 beyond client_max_size
+    outcome = await core.handle(
+        request.app[RUNTIME],
+        core.InboundRequest(
+            method=request.method,
+            path=request.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            request_id=request[REQUEST_ID],
+            remote=request.remote,
+        ),
+    )
+    return web.json_response(outcome.body, status=outcome.status, headers=outcome.headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[RUNTIME].readiness()
+    ready = all(value == "ok" for value in checks.values())
+    if not ready:
+        log.warning("not_ready", checks=checks)
+    return web.json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
+    )

@@ -1,0 +1,106 @@
+"""The composition root: builds and owns everything a request needs.
+
+`async with Runtime.open(settings) as runtime:` opens the outbound HTTP session, the key
+sources and one adapter per distinct (provider, options), and closes them in reverse
+order. Every door (aiohttp, Lambda, Cloud Functions, CLI) enters the same Runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from providers.base import Provider
+from providers.registry import load_provider_class
+from receiver import __version__
+from receiver.config import Settings
+from receiver.crn import InstanceCrn
+from receiver.dispatch import Dispatcher
+from receiver.doors.certificate_manager import Verifier
+from receiver.errors import ConfigError, Unavailable
+from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
+from receiver.policy import Policy
+
+USER_AGENT = f"dns-challenge-receiver/{__version__}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    verifier: Verifier
+    policy: Policy
+    dispatcher: Dispatcher
+    providers: dict[tuple[str, Any], Provider]
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
+        async with AsyncExitStack() as stack:
+            session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+            stack.push_async_callback(session.close)
+            providers: dict[tuple[str, Any], Provider] = {}
+            for zone in settings.zones:
+                if zone.provider_key not in providers:
+                    adapter = await load_provider_class(zone.provider).open(zone.options)
+                    stack.push_async_callback(adapter.aclose)
+                    providers[zone.provider_key] = adapter
+            yield cls(
+                settings=settings,
+                verifier=build_verifier(settings, session),
+                policy=Policy(settings.zones),
+                dispatcher=Dispatcher(providers, settings.dispatch),
+                providers=providers,
+            )
+
+    async def readiness(self) -> dict[str, str]:
+        """Per-check status; the service is ready when every value is "ok"."""
+        checks: dict[str, str] = {"config": "ok"}
+        for crn in self.settings.certificate_manager.allowed_instances:
+            checks[f"sender_key:{crn}"] = await _status(
+                self.verifier.sender_keys.check(InstanceCrn.parse(crn))
+            )
+        if self.verifier.jwks is not None:
+            checks["user_token_keys"] = await _status(self.verifier.jwks.check())
+        return checks
+
+
+async def _status(check: Any) -> str:
+    try:
+        await check
+    except Unavailable as exc:
+        return exc.detail
+    return "ok"
+
+
+def build_verifier(settings: Settings, session: aiohttp.ClientSession) -> Verifier:
+    cm = settings.certificate_manager
+    sender_keys: SenderKeys
+    if cm.public_key_file is not None:
+        try:
+            sender_keys = FileSenderKeys(
+                cm.public_key_file, refetch_interval=cm.key_refetch_interval_seconds
+            )
+        except (OSError, KeyMaterialError) as exc:
+            raise ConfigError([f"certificate_manager.public_key_file: {exc}"]) from None
+    else:
+        sender_keys = FetchedSenderKeys(
+            session,
+            cm.public_key_url,
+            timeout=cm.key_fetch_timeout_seconds,
+            refetch_interval=cm.key_refetch_interval_seconds,
+        )
+    ut = settings.user_token
+    jwks = None
+    if ut.verify:
+        jwks = Jwks(
+            session,
+            ut.jwks_url,
+            timeout=ut.jwks_fetch_timeout_seconds,
+            cache_seconds=ut.jwks_cache_seconds,
+            refetch_interval=ut.jwks_refetch_interval_seconds,
+        )
+    return Verifier(settings=cm, user_token_settings=ut, sender_keys=sender_keys, jwks=jwks)
