@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "zone example.test in memory; no config file needed",
     )
     serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    serve.add_argument("--listen", help="host:port, overriding server.listen")
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
@@ -105,6 +106,8 @@ def _load(args: argparse.Namespace) -> config.Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = demo_settings(args.demo_dir) if args.demo else _load(args)
+    if args.listen:
+        settings = config.with_listen(settings, args.listen)
     logs.configure(settings.log)
     if args.demo:
         log.info(

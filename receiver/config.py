@@ -154,14 +154,24 @@ def from_mapping(
     sections = {
         name: reader.build(cls, _table(reader, data, name), name) for name, cls in _SECTIONS.items()
     }
-    zones = reader.zones(data.get("zones", []))
-    if reader.problems:
-        raise ConfigError(reader.problems)
+    raw_zones = data.get("zones", [])
+    zones = reader.zones(raw_zones)
+    # Fields that failed conversion kept their defaults, so the cross-field rules can still
+    # run and every problem is reported in one go.
     settings = Settings(zones=zones, **sections)
-    _check(settings, reader)
+    _check(settings, reader, zones_given=bool(raw_zones))
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def with_listen(settings: Settings, listen: str) -> Settings:
+    """`settings` listening elsewhere (the `serve --listen` override)."""
+    try:
+        _split_host_port(listen)
+    except ValueError as exc:
+        raise ConfigError([f"--listen: {exc}"]) from None
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, listen=listen))
 
 
 def _table(reader: _Reader, data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -360,7 +370,7 @@ def _split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check(settings: Settings, reader: _Reader) -> None:
+def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     """Rules that span fields: ranges, cross-references, fail-closed requirements."""
     server = settings.server
     try:
@@ -414,7 +424,7 @@ def _check(settings: Settings, reader: _Reader) -> None:
         if not 0 < value <= 300:
             reader.problem(name, "must be greater than 0 and at most 300")
 
-    if not settings.zones:
+    if not zones_given:
         reader.problem("zones", "required: at least one [[zones]] entry")
     seen: dict[str, int] = {}
     for index, zone in enumerate(settings.zones):

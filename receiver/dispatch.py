@@ -17,7 +17,15 @@ from typing import Any
 import structlog
 
 from providers.base import ChangeContext, Provider, Secret, ZoneRef
-from providers.errors import ProviderError, ProviderRateLimited, ZoneNotFound
+from providers.errors import (
+    ProviderAuthError,
+    ProviderConflict,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    ZoneNotFound,
+)
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
 from receiver.errors import Unavailable, UpstreamFailed
@@ -157,12 +165,18 @@ class Dispatcher:
         return ref
 
 
+ERROR_CODES: dict[type[ProviderError], str] = {
+    ProviderAuthError: "provider_auth_failed",
+    ZoneNotFound: "provider_zone_not_found",
+    ProviderRejected: "provider_rejected",
+    ProviderConflict: "provider_conflict",
+    ProviderRateLimited: "provider_rate_limited",
+    ProviderUnavailable: "provider_unavailable",
+}
+
+
 def _code(exc: ProviderError) -> str:
-    return {
-        "ProviderAuthError": "provider_auth_failed",
-        "ZoneNotFound": "provider_zone_not_found",
-        "ProviderRejected": "provider_rejected",
-        "ProviderConflict": "provider_conflict",
-        "ProviderRateLimited": "provider_rate_limited",
-        "ProviderUnavailable": "provider_unavailable",
-    }.get(type(exc).__name__, "provider_failed")
+    for kind in type(exc).__mro__:
+        if kind in ERROR_CODES:
+            return ERROR_CODES[kind]
+    return "provider_failed"

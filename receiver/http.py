@@ -21,7 +21,7 @@ from receiver.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 

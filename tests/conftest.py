@@ -1,0 +1,280 @@
+"""Shared fixtures: key material, a Certificate Manager stand-in that signs notifications,
+a fake IBM Cloud (public-key endpoint + IAM JWKS) on loopback, and an in-process service."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from providers.base import ZoneRef
+from providers.memory import MemoryProvider
+from receiver import config, signing
+from receiver.http import RUNTIME, create_app
+from receiver.runtime import Runtime
+
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+OTHER_ACCOUNT = "fedcba9876543210fedcba9876543210"
+CRN = "crn:v1:bluemix:public:cloudcerts:{region}:a/{account}:{guid}-2222-3333-4444-555555555555::"
+INSTANCE = CRN.format(region="us-south", account=ACCOUNT, guid="11111111")
+OTHER_INSTANCE = CRN.format(region="eu-de", account=ACCOUNT, guid="99999999")
+STRANGER = CRN.format(region="us-south", account=OTHER_ACCOUNT, guid="66666666")
+USER_KID = "20261101"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach beyond loopback: refuse any other destination at the socket."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                raise OSError(f"test tried to reach {host}: only loopback is allowed")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_pem: bytes
+    public_pem: bytes
+
+
+def _pair(algorithm: str = "RS256") -> KeyPair:
+    private = signing.generate_private_key(algorithm)
+    return KeyPair(private, signing.public_pem(private))
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict[str, KeyPair]:
+    """Generated once per session: RSA generation is slow."""
+    return {
+        "sender": _pair(),
+        "sender_rotated": _pair(),
+        "other_instance": _pair(),
+        "attacker": _pair(),
+        "attacker_ec": _pair("ES256"),
+        "sender_ec": _pair("ES256"),
+        "user": _pair(),
+        "user_rotated": _pair(),
+    }
+
+
+@dataclass
+class Sender:
+    """Builds and signs notifications the way Certificate Manager does."""
+
+    keys: dict[str, KeyPair]
+    instance_crn: str = INSTANCE
+    key_name: str = "sender"
+
+    def claims(
+        self,
+        event: str = "cert_domain_validation_required",
+        domain: str = "www.example.com",
+        value: str | None = None,
+        *,
+        user_token: str | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        claims = signing.notification_claims(
+            instance_crn=self.instance_crn,
+            event_type=event,
+            domain=domain,
+            value=value or signing.challenge_value(),
+            user_token=user_token,
+        )
+        return _override(claims, overrides)
+
+    def token(
+        self,
+        claims: dict[str, Any],
+        *,
+        alg: str = "RS256",
+        key: bytes | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        import jwt
+
+        key = key if key is not None else self.keys[self.key_name].private_pem
+        return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+    def body(self, claims: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
+        return signing.envelope(self.token(claims or self.claims(), **kwargs))
+
+    def user_token(
+        self, *, key: str = "user", kid: str = USER_KID, alg: str = "RS256", **overrides: Any
+    ) -> str:
+        import jwt
+
+        claims = _override(signing.user_token_claims(account=ACCOUNT), overrides)
+        return jwt.encode(claims, self.keys[key].private_pem, algorithm=alg, headers={"kid": kid})
+
+
+def _override(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply overrides; an override of None removes the claim."""
+    for key, value in overrides.items():
+        if value is None:
+            claims.pop(key, None)
+        else:
+            claims[key] = value
+    return claims
+
+
+@pytest.fixture
+def sender(keys: dict[str, KeyPair]) -> Sender:
+    return Sender(keys)
+
+
+@dataclass
+class FakeIbmCloud:
+    """Certificate Manager's public-key endpoint and IAM's JWKS, counting every fetch."""
+
+    keys: dict[str, KeyPair]
+    instance_keys: dict[str, str] = field(default_factory=dict)  # crn -> key name
+    jwks_keys: dict[str, str] = field(default_factory=lambda: {USER_KID: "user"})
+    key_fetches: list[str] = field(default_factory=list)
+    jwks_fetches: int = 0
+    failing: bool = False
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v1/instances/{crn}/notifications/publicKey", self._public_key)
+        app.router.add_get("/identity/keys", self._jwks)
+        return app
+
+    async def _public_key(self, request: web.Request) -> web.Response:
+        crn = request.match_info["crn"]
+        self.key_fetches.append(crn)
+        if self.failing:
+            return web.Response(status=503)
+        if request.query.get("keyFormat") != "pem" or crn not in self.instance_keys:
+            return web.json_response({"message": "not found"}, status=404)
+        pem = self.keys[self.instance_keys[crn]].public_pem.decode()
+        return web.json_response({"publicKey": pem})
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.jwks_fetches += 1
+        if self.failing:
+            return web.Response(status=503)
+        pems = {kid: self.keys[name].public_pem for kid, name in self.jwks_keys.items()}
+        return web.json_response(signing.jwks_document(pems))
+
+    @property
+    def public_key_url(self) -> str:
+        return f"{self.url}/api/v1/instances/{{instance_crn}}/notifications/publicKey?keyFormat=pem"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.url}/identity/keys"
+
+
+@pytest.fixture
+async def ibm_cloud(keys: dict[str, KeyPair]) -> AsyncIterator[FakeIbmCloud]:
+    fake = FakeIbmCloud(keys, instance_keys={INSTANCE: "sender", OTHER_INSTANCE: "other_instance"})
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    fake.url = str(server.make_url("")).rstrip("/")
+    yield fake
+    await server.close()
+
+
+@pytest.fixture
+def public_key_file(tmp_path: Path, keys: dict[str, KeyPair]) -> Path:
+    path = tmp_path / "sender.pub.pem"
+    path.write_bytes(keys["sender"].public_pem)
+    return path
+
+
+SettingsFactory = Callable[..., config.Settings]
+
+
+@pytest.fixture
+def make_settings(ibm_cloud: FakeIbmCloud) -> SettingsFactory:
+    """Settings from a dict, defaulting to keys fetched from the fake IBM Cloud."""
+
+    def build(**sections: Any) -> config.Settings:
+        data: dict[str, Any] = {
+            "certificate_manager": {
+                "allowed_instances": [INSTANCE, OTHER_INSTANCE],
+                "public_key_url": ibm_cloud.public_key_url,
+            },
+            "user_token": {"jwks_url": ibm_cloud.jwks_url},
+            "dispatch": {
+                "deadline_seconds": 2,
+                "retry_initial_seconds": 0.01,
+                "retry_max_seconds": 0.05,
+            },
+            "zones": [
+                {"name": "example.com", "provider": "memory"},
+                {"name": "example.net", "provider": "memory", "ttl": 120},
+            ],
+        }
+        for name, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(name), dict):
+                data[name] = {**data[name], **value}
+            else:
+                data[name] = value
+        return config.from_mapping(data)
+
+    return build
+
+
+@dataclass
+class Service:
+    client: TestClient[web.Request, web.Application]
+    runtime: Runtime
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        path: str = "/callback",
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        return await self.client.post(
+            path, data=body, headers={"Content-Type": content_type, **(headers or {})}
+        )
+
+    def memory(self) -> MemoryProvider:
+        """The memory adapter (zones with equal options share one instance)."""
+        (provider,) = {id(p): p for p in self.runtime.providers.values()}.values()
+        assert isinstance(provider, MemoryProvider)
+        return provider
+
+    async def records(self, fqdn: str) -> frozenset[str]:
+        return await self.memory().list_txt(ZoneRef("", ""), fqdn)
+
+    async def all_records(self) -> dict[str, frozenset[str]]:
+        found: dict[str, frozenset[str]] = {}
+        for provider in self.runtime.providers.values():
+            assert isinstance(provider, MemoryProvider)
+            for fqdn in list(provider._sets):  # observer access to the store
+                found[fqdn] = await provider.list_txt(ZoneRef("", ""), fqdn)
+        return found
+
+
+ServiceFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def start_service(
+    aiohttp_client: Callable[..., Any], make_settings: SettingsFactory
+) -> ServiceFactory:
+    async def start(settings: config.Settings | None = None, **sections: Any) -> Service:
+        app = create_app(settings or make_settings(**sections))
+        client = await aiohttp_client(app)
+        return Service(client, app[RUNTIME])
+
+    return start

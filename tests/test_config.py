@@ -1,0 +1,193 @@
+"""Configuration: every problem reported at once, each naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from providers.base import Secret, setting
+from receiver import config
+from receiver.errors import ConfigError
+
+from .conftest import INSTANCE
+
+MINIMAL: dict[str, Any] = {
+    "certificate_manager": {"allowed_instances": [INSTANCE]},
+    "zones": [{"name": "example.com", "provider": "memory"}],
+}
+
+
+def problems(data: dict[str, Any], **kwargs: Any) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.from_mapping(data, **kwargs)
+    return caught.value.problems
+
+
+def test_minimal_config_has_safe_defaults() -> None:
+    settings = config.from_mapping(MINIMAL)
+    assert settings.server.host == "127.0.0.1" and settings.server.port == 8080
+    assert settings.server.callback_path == "/callback"
+    assert settings.server.max_body_bytes == 65536
+    assert settings.certificate_manager.algorithms == ("RS256",)
+    assert settings.user_token.verify and not settings.user_token.required
+    assert settings.user_token.jwks_url == "https://iam.cloud.ibm.com/identity/keys"
+    assert settings.zones[0].name == "example.com" and settings.zones[0].ttl == 60
+
+
+def test_zone_names_are_canonical() -> None:
+    data = {**MINIMAL, "zones": [{"name": "Bücher.Example.", "provider": "memory"}]}
+    assert config.from_mapping(data).zones[0].name == "xn--bcher-kva.example"
+
+
+def test_all_problems_reported_together_with_their_keys() -> None:
+    found = problems(
+        {
+            "server": {"listen": "nonsense", "callback_path": "/healthz", "max_body_bytes": "big"},
+            "certificate_manager": {
+                "allowed_instances": ["crn:v1:bad"],
+                "algorithms": ["HS256", "none"],
+            },
+            "user_token": {"required": True, "verify": False},
+            "zones": [
+                {"name": "a..b", "provider": "memory"},
+                {"name": "example.com", "provider": "no-such-provider"},
+                {"name": "example.org", "provider": "memory", "ttl": 0, "colour": "blue"},
+            ],
+            "mystery": {},
+        }
+    )
+    text = "\n".join(found)
+    for key in [
+        "server.listen",
+        "server.callback_path",
+        "server.max_body_bytes",
+        "certificate_manager.allowed_instances[0]",
+        "certificate_manager.algorithms",
+        "user_token.required",
+        "zones[0].name",
+        "zones[1].provider",
+        "zones[2].ttl",
+        "zones[2].colour",
+        "mystery",
+    ]:
+        assert key in text, f"{key} missing from:\n{text}"
+    assert "'HS256' is not allowed" in text and "'none' is not allowed" in text
+    assert "no provider named 'no-such-provider'" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"zones": MINIMAL["zones"]}, "certificate_manager.allowed_instances"),
+        ({"certificate_manager": MINIMAL["certificate_manager"]}, "zones"),
+        ({**MINIMAL, "zones": MINIMAL["zones"] * 2}, "zones[1].name"),
+        ({**MINIMAL, "server": {"callback_path": "callback"}}, "server.callback_path"),
+        ({**MINIMAL, "server": {"max_body_bytes": 10}}, "server.max_body_bytes"),
+        ({**MINIMAL, "server": {"listen": "127.0.0.1:99999"}}, "server.listen"),
+        ({**MINIMAL, "log": {"format": "xml"}}, "log.format"),
+        ({**MINIMAL, "user_token": {"verify": "yes"}}, "user_token.verify"),
+        ({**MINIMAL, "user_token": {"jwks_url": "ftp://x"}}, "user_token.jwks_url"),
+        ({**MINIMAL, "user_token": {"algorithms": ["HS512"]}}, "user_token.algorithms"),
+        ({**MINIMAL, "dispatch": {"deadline_seconds": 0}}, "dispatch.deadline_seconds"),
+        (
+            {
+                **MINIMAL,
+                "certificate_manager": {
+                    "allowed_instances": [INSTANCE],
+                    "public_key_url": "https://{host}/x",
+                },
+            },
+            "certificate_manager.public_key_url",
+        ),
+        (
+            {
+                **MINIMAL,
+                "certificate_manager": {
+                    "allowed_instances": [INSTANCE],
+                    "public_key_file": "/nonexistent.pem",
+                },
+            },
+            "certificate_manager.public_key_file",
+        ),
+        ({**MINIMAL, "zones": [{"name": "example.com"}]}, "zones[0].provider"),
+        (
+            {
+                **MINIMAL,
+                "zones": [
+                    {"name": "example.com", "provider": "memory", "options": {"latency_ms": "slow"}}
+                ],
+            },
+            "zones[0].options.latency_ms",
+        ),
+        (
+            {
+                **MINIMAL,
+                "zones": [{"name": "example.com", "provider": "memory", "options": {"nope": 1}}],
+            },
+            "zones[0].options.nope",
+        ),
+        ({**MINIMAL, "zones": {"name": "example.com"}}, "zones"),
+    ],
+)
+def test_each_problem_names_its_key(data: dict[str, Any], key: str) -> None:
+    assert any(p.startswith(f"{key}:") for p in problems(data)), problems(data)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path, public_key_file: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "receiver.toml").write_text(
+        f'[certificate_manager]\nallowed_instances = ["{INSTANCE}"]\n'
+        f'public_key_file = "../{public_key_file.name}"\n'
+        '[[zones]]\nname = "example.com"\nprovider = "memory"\n'
+    )
+    settings = config.load_file(tmp_path / "conf" / "receiver.toml")
+    assert (
+        settings.certificate_manager.public_key_file
+        == tmp_path / "conf" / ".." / public_key_file.name
+    )
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load_file(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load_file(tmp_path / "bad.toml")
+
+
+def test_config_path_from_environment() -> None:
+    assert config.config_path(None, {config.CONFIG_ENV: "/etc/r.toml"}) == Path("/etc/r.toml")
+    assert config.config_path("/x.toml", {config.CONFIG_ENV: "/etc/r.toml"}) == Path("/x.toml")
+    with pytest.raises(ConfigError, match=config.CONFIG_ENV):
+        config.config_path(None, {})
+
+
+def test_secrets_come_from_env_or_file_never_the_file_itself(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Options:
+        api_token: Secret = setting(help="token")
+        region: str = setting(default="x", help="region")
+
+    reader = config._Reader(tmp_path, {"TOKEN_VAR": "s3cr3t"})
+    built = reader.build(Options, {"api_token_env": "TOKEN_VAR"}, "zones[0].options")
+    assert built.api_token.reveal() == "s3cr3t"
+    assert "s3cr3t" not in repr(built)
+
+    (tmp_path / "token").write_text("from-file\n")
+    built = reader.build(Options, {"api_token_file": "token"}, "zones[0].options")
+    assert built.api_token.reveal() == "from-file"
+    assert not reader.problems
+
+    reader.build(Options, {"api_token": "literal"}, "p")
+    reader.build(Options, {"api_token_env": "UNSET_VAR"}, "q")
+    reader.build(Options, {}, "r")
+    reader.build(Options, {"api_token_env": "TOKEN_VAR", "api_token_file": "token"}, "s")
+    text = "\n".join(reader.problems)
+    assert "p.api_token: secrets are never written in the file" in text
+    assert "q.api_token_env: environment variable UNSET_VAR is not set" in text
+    assert "r.api_token: required" in text
+    assert "s.api_token: set only one" in text

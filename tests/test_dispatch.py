@@ -1,0 +1,187 @@
+"""Retries, deadlines and error mapping in the dispatcher, through the HTTP service."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import EntryPoint
+from typing import Any
+
+import pytest
+
+from providers import registry
+from providers.base import ZoneRef
+from receiver import signing
+from receiver.dispatch import KeyedLocks
+
+from .conftest import Sender, ServiceFactory
+from .scripted_provider import ScriptedProvider
+
+REQUIRED = "cert_domain_validation_required"
+FQDN = "_acme-challenge.www.example.com"
+
+
+@pytest.fixture(autouse=True)
+def scripted_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = registry._entry_points
+
+    def with_scripted() -> dict[str, EntryPoint]:
+        found = real()
+        found["scripted"] = EntryPoint(
+            "scripted", "tests.scripted_provider:ScriptedProvider", registry.ENTRY_POINT_GROUP
+        )
+        return found
+
+    monkeypatch.setattr(registry, "_entry_points", with_scripted)
+
+
+def zones(**options: Any) -> list[dict[str, Any]]:
+    return [{"name": "example.com", "provider": "scripted", "options": options}]
+
+
+def scripted(service: Any) -> ScriptedProvider:
+    (provider,) = service.runtime.providers.values()
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+async def records(provider: ScriptedProvider) -> frozenset[str]:
+    return await provider.list_txt(ZoneRef("example.com", "example.com"), FQDN)
+
+
+@pytest.mark.parametrize("error", ["unavailable", "rate_limited", "conflict"])
+async def test_transient_errors_are_retried_until_success(
+    start_service: ServiceFactory, sender: Sender, error: str
+) -> None:
+    service = await start_service(zones=zones(failures=3, error=error, retry_after=0.01))
+    value = signing.challenge_value()
+    resp = await service.post(sender.body(sender.claims(REQUIRED, "www.example.com", value)))
+    assert resp.status == 200, await resp.text()
+    provider = scripted(service)
+    assert provider.calls == 4
+    assert await records(provider) == {value}
+
+
+async def test_retry_after_is_honoured(start_service: ServiceFactory, sender: Sender) -> None:
+    service = await start_service(zones=zones(failures=2, error="rate_limited", retry_after=0.3))
+    started = time.monotonic()
+    resp = await service.post(sender.body())
+    assert resp.status == 200
+    assert time.monotonic() - started >= 0.6
+
+
+async def test_persistent_outage_is_503_with_retry_after(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(
+        zones=zones(failures=10_000, error="unavailable"), dispatch={"deadline_seconds": 0.5}
+    )
+    resp = await service.post(sender.body())
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"] == "provider_unavailable"
+    assert int(resp.headers["Retry-After"]) >= 1
+    provider = scripted(service)
+    assert provider.calls > 2
+    assert await records(provider) == frozenset()
+
+
+async def test_throttling_beyond_the_deadline_answers_with_the_providers_wait(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(
+        zones=zones(failures=1, error="rate_limited", retry_after=30),
+        dispatch={"deadline_seconds": 1},
+    )
+    resp = await service.post(sender.body())
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "30"
+    assert scripted(service).calls == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("auth", "provider_auth_failed"),
+        ("zone", "provider_zone_not_found"),
+        ("rejected", "provider_rejected"),
+    ],
+)
+async def test_final_errors_are_502_without_leaking_details(
+    start_service: ServiceFactory, sender: Sender, error: str, code: str
+) -> None:
+    service = await start_service(zones=zones(failures=5, error=error))
+    resp = await service.post(sender.body())
+    assert resp.status == 502
+    body = await resp.json()
+    assert body["error"] == code
+    assert "arn:aws" not in body["detail"] and "hosted zone" not in body["detail"]
+    assert scripted(service).calls == 1  # never retried
+
+
+async def test_hanging_provider_hits_the_deadline(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(
+        zones=zones(failures=1, hang_seconds=5), dispatch={"deadline_seconds": 0.3}
+    )
+    started = time.monotonic()
+    resp = await service.post(sender.body())
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "provider_timeout"
+    assert time.monotonic() - started < 2
+
+
+async def test_adapter_bug_is_a_500_json(start_service: ServiceFactory, sender: Sender) -> None:
+    service = await start_service(zones=zones(failures=1, error="bug"))
+    resp = await service.post(sender.body())
+    assert resp.status == 500
+    assert await resp.json() == {"error": "internal_error", "detail": "unexpected error; see logs"}
+
+
+async def test_user_token_reaches_only_adapters_that_ask(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(
+        zones=[
+            *zones(),
+            {"name": "example.net", "provider": "memory"},
+        ]
+    )
+    token = sender.user_token()
+    resp = await service.post(
+        sender.body(sender.claims(REQUIRED, "www.example.com", user_token=token))
+    )
+    assert resp.status == 200
+    provider = next(
+        p for p in service.runtime.providers.values() if isinstance(p, ScriptedProvider)
+    )
+    (ctx,) = provider.contexts
+    assert ctx.user_token is not None and ctx.user_token.reveal() == token
+    assert token not in repr(ctx)
+    assert ctx.request_id == resp.headers["X-Request-Id"]
+
+
+async def test_locks_do_not_accumulate(start_service: ServiceFactory, sender: Sender) -> None:
+    service = await start_service()
+    for index in range(20):
+        await service.post(sender.body(sender.claims(REQUIRED, f"h{index}.example.com")))
+    assert len(service.runtime.dispatcher._locks) == 0
+
+
+async def test_keyed_locks_serialise_per_key() -> None:
+    import asyncio
+
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def worker(key: str, tag: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{tag}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{tag}-")
+
+    await asyncio.gather(worker("a", "1"), worker("a", "2"), worker("b", "3"))
+    a_events = [e for e in order if e[0] in "12"]
+    assert a_events in (["1+", "1-", "2+", "2-"], ["2+", "2-", "1+", "1-"])
+    assert order.index("3+") < order.index("1-") or order.index("3+") < order.index("2-")
+    assert len(locks) == 0

@@ -1,0 +1,266 @@
+"""The real server process: started as users start it, driven over real HTTP.
+
+Keys come from the fake IBM Cloud (public-key endpoint and JWKS) running on loopback in
+the test's event loop, so the process fetches them exactly as it would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from receiver import signing
+
+from .conftest import INSTANCE, FakeIbmCloud, Sender
+
+REQUIRED = "cert_domain_validation_required"
+COMPLETED = "cert_domain_validation_completed"
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    url: str = ""
+    reader: asyncio.Task[None] | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode().rstrip("\n"))
+
+    async def wait_for(self, event: str, within: float = 15) -> dict[str, Any]:
+        async with asyncio.timeout(within):
+            while True:
+                for item in self.events():
+                    if item.get("event") == event:
+                        return item
+                if self.proc.returncode is not None:
+                    raise AssertionError("server exited:\n" + "\n".join(self.lines))
+                await asyncio.sleep(0.02)
+
+
+def write_config(
+    path: Path, ibm_cloud: FakeIbmCloud, *, latency_ms: int = 0, required: bool = False
+) -> Path:
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+shutdown_timeout_seconds = 10
+
+[log]
+format = "json"
+
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_url = "{ibm_cloud.public_key_url}"
+
+[user_token]
+jwks_url = "{ibm_cloud.jwks_url}"
+required = {str(required).lower()}
+
+[[zones]]
+name = "example.com"
+provider = "memory"
+[zones.options]
+latency_ms = {latency_ms}
+""")
+    return path
+
+
+@pytest.fixture
+async def run_server() -> AsyncIterator[Callable[..., Any]]:
+    started: list[ServerProcess] = []
+
+    async def start(config: Path, *args: str) -> ServerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            "--config",
+            str(config),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        server = ServerProcess(proc)
+        server.reader = asyncio.create_task(server._read())
+        started.append(server)
+        server.url = (await server.wait_for("listening"))["url"]
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.returncode is None:
+            server.proc.kill()
+        await server.proc.wait()
+        if server.reader is not None:
+            await server.reader
+
+
+async def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_server_process_end_to_end(
+    tmp_path: Path, ibm_cloud: FakeIbmCloud, sender: Sender, run_server: Callable[..., Any]
+) -> None:
+    server = await run_server(write_config(tmp_path / "r.toml", ibm_cloud, required=True))
+    value = signing.challenge_value()
+    user_token = sender.user_token()
+
+    status, body = await post(
+        server.url,
+        sender.body(sender.claims(REQUIRED, "*.example.com", value, user_token=user_token)),
+    )
+    assert (status, body) == (200, {"status": "published", "fqdn": "_acme-challenge.example.com"})
+
+    status, body = await post(
+        server.url,
+        sender.body(
+            sender.claims(REQUIRED, "*.example.com", value, user_token=user_token),
+            key=sender.keys["attacker"].private_pem,
+        ),
+    )
+    assert (status, body["error"]) == (401, "invalid_signature")
+
+    status, body = await post(server.url, sender.body(sender.claims(REQUIRED, "example.com")))
+    assert (status, body["error"]) == (401, "user_token_required")
+
+    status, body = await post(
+        server.url,
+        sender.body(sender.claims(COMPLETED, "*.example.com", value, user_token=user_token)),
+    )
+    assert (status, body["status"]) == (200, "removed")
+
+    assert ibm_cloud.key_fetches == [INSTANCE]
+    assert ibm_cloud.jwks_fetches == 1
+    async with aiohttp.ClientSession() as session:
+        base = server.url.rsplit("/", 1)[0]
+        async with session.get(f"{base}/readyz") as resp:
+            assert resp.status == 200
+    summaries = [e for e in server.events() if e["event"] == "notification"]
+    assert [(e["outcome"], e["status"]) for e in summaries] == [
+        ("published", 200),
+        ("rejected", 401),
+        ("rejected", 401),
+        ("removed", 200),
+    ]
+    output = "\n".join(server.lines)
+    assert user_token not in output and user_token.split(".")[2] not in output
+
+
+async def test_sigterm_finishes_the_notification_in_flight(
+    tmp_path: Path, ibm_cloud: FakeIbmCloud, sender: Sender, run_server: Callable[..., Any]
+) -> None:
+    server = await run_server(write_config(tmp_path / "r.toml", ibm_cloud, latency_ms=1500))
+    in_flight = asyncio.create_task(post(server.url, sender.body()))
+    await asyncio.sleep(0.5)  # the request is inside the provider call now
+    server.proc.send_signal(signal.SIGTERM)
+    await server.wait_for("shutting_down")
+    status, body = await in_flight
+    assert (status, body["status"]) == (200, "published")
+    assert await asyncio.wait_for(server.proc.wait(), 15) == 0
+    names = [e["event"] for e in server.events()]
+    assert names.index("shutting_down") < names.index("notification") < names.index("stopped")
+
+
+async def test_signed_by_the_cli_tool(
+    tmp_path: Path, ibm_cloud: FakeIbmCloud, run_server: Callable[..., Any], keys: Any
+) -> None:
+    """`sign-notification` produces what the server accepts (the README's curl example)."""
+    key = tmp_path / "sender.pem"
+    key.write_bytes(keys["sender"].private_pem)
+    user_key = tmp_path / "user.pem"
+    user_key.write_bytes(keys["user"].private_pem)
+    server = await run_server(write_config(tmp_path / "r.toml", ibm_cloud, required=True))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        "sign-notification",
+        "--key",
+        str(key),
+        "--instance-crn",
+        INSTANCE,
+        "--domain",
+        "www.example.com",
+        "--user-token-key",
+        str(user_key),
+        "--user-token-kid",
+        "20261101",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    status, body = await post(server.url, out.strip())
+    assert (status, body["status"]) == (200, "published"), body
+
+
+async def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text(
+        '[server]\nlisten = "nowhere"\n[[zones]]\nname = "x..y"\nprovider = "memory"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    text = err.decode()
+    for key in ("server.listen", "zones[0].name", "certificate_manager.allowed_instances"):
+        assert key in text, text
+
+
+async def test_readme_demo_flow(tmp_path: Path, run_server: Callable[..., Any]) -> None:
+    """`serve --demo` plus `sign-notification --demo`, as the README shows them."""
+    demo = tmp_path / "demo"
+    server = await run_server(
+        Path("unused"), "--demo", "--demo-dir", str(demo), "--listen", "127.0.0.1:0"
+    )
+    for event, outcome in (("required", "published"), ("completed", "removed")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "sign-notification",
+            "--demo",
+            "--demo-dir",
+            str(demo),
+            "--domain",
+            "www.example.test",
+            "--event",
+            event,
+            "--value",
+            "d" * 43,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        status, body = await post(server.url, out.strip())
+        assert (status, body["status"]) == (200, outcome), body
