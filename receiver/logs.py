@@ -70,8 +70,13 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks without frame locals: a local may hold a token or a key.
     exceptions: Processor = (
-        structlog.processors.dict_tracebacks if as_json else structlog.processors.format_exc_info
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if as_json
+        else structlog.processors.format_exc_info
     )
     level = _LEVELS[settings.level]
     structlog.configure(

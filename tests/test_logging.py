@@ -132,3 +132,26 @@ def test_scrub_rules() -> None:
         "private_zone": True,
         "fqdn": "_acme-challenge.example.com",
     }
+
+
+async def test_tracebacks_carry_no_frame_locals(
+    captured: io.StringIO,
+    start_service: ServiceFactory,
+    sender: Sender,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from receiver.doors import certificate_manager
+
+    async def broken(body: bytes, verifier: Any) -> Any:
+        envelope_secret = body.decode()[::-1]  # a local that must not be printed
+        raise RuntimeError(f"bug with {len(envelope_secret)} bytes")
+
+    monkeypatch.setattr(certificate_manager, "receive", broken)
+    service = await start_service()
+    body = sender.body()
+    resp = await service.post(body)
+    assert resp.status == 500
+    (error,) = [e for e in events(captured) if e["event"] == "unhandled_error"]
+    frames = error["exception"][0]["frames"]
+    assert frames and all("locals" not in frame or not frame["locals"] for frame in frames)
+    assert body.decode()[::-1][:40] not in captured.getvalue()
