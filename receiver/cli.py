@@ -47,11 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="run the built-in demo: a generated key in --demo-dir and the "
-        "zone example.test in memory; no config file needed",
+        help="run the built-in demo: a generated key in --demo-dir and the zone "
+        "example.test served by the built-in DNS responder; no config file needed",
     )
     serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
     serve.add_argument("--listen", help="host:port, overriding server.listen")
+    serve.add_argument("--dns-listen", help="host:port, overriding local.dns_listen")
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
@@ -108,12 +109,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = demo_settings(args.demo_dir) if args.demo else _load(args)
     if args.listen:
         settings = config.with_listen(settings, args.listen)
+    if args.dns_listen:
+        settings = config.with_dns_listen(settings, args.dns_listen)
     logs.configure(settings.log)
     if args.demo:
         log.info(
             "demo",
             zone="example.test",
-            provider="memory",
+            provider="local",
             sign=f"dns-challenge-receiver sign-notification --demo --demo-dir {args.demo_dir}"
             " --domain www.example.test",
         )
@@ -162,7 +165,11 @@ def demo_settings(directory: Path) -> config.Settings:
                 "public_key_file": str(public.resolve()),
             },
             "user_token": {"verify": False},
-            "zones": [{"name": "example.test", "provider": "memory"}],
+            "local": {
+                "database": str((directory / "challenges.sqlite3").resolve()),
+                "dns_listen": "127.0.0.1:8053",
+            },
+            "zones": [{"name": "example.test", "provider": "local"}],
         }
     )
 
@@ -212,6 +219,12 @@ def _sign_notification(args: argparse.Namespace) -> int:
         user_token=user_token,
         lifetime=args.lifetime or None,
     )
-    token = signing.sign(claims, key_path.read_bytes(), args.alg)
+    try:
+        private_pem = key_path.read_bytes()
+    except OSError as exc:
+        hint = " (start `serve --demo` once to create it)" if args.demo else ""
+        print(f"sign-notification: cannot read {key_path}: {exc.strerror}{hint}", file=sys.stderr)
+        return 2
+    token = signing.sign(claims, private_pem, args.alg)
     sys.stdout.write(signing.envelope(token).decode() + "\n")
     return 0

@@ -8,6 +8,7 @@ given as `x_env = "VAR"` or `x_file = "/path"`. Relative paths are relative to t
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from providers.base import Secret
-from providers.registry import UnknownProvider, load_provider_class
+from providers.registry import UnknownProvider, load_provider_class, provider_names
 from receiver.challenge import canonical_name
 from receiver.crn import InstanceCrn, InvalidCrn
 from receiver.errors import ConfigError, InvalidName
@@ -148,12 +149,16 @@ def from_mapping(
 ) -> Settings:
     """Build `Settings` from parsed TOML (tests use this directly with dicts)."""
     reader = _Reader(base_dir or Path.cwd(), os.environ if environ is None else environ)
+    providers = set(provider_names())
     for key in data:
-        if key not in _SECTIONS and key != "zones":
-            reader.problem(key, f"unknown section (known: {', '.join([*_SECTIONS, 'zones'])})")
+        if key not in _SECTIONS and key != "zones" and key not in providers:
+            known = ", ".join([*_SECTIONS, "zones", *sorted(providers)])
+            reader.problem(key, f"unknown section (known: {known})")
     sections = {
         name: reader.build(cls, _table(reader, data, name), name) for name, cls in _SECTIONS.items()
     }
+    # A top-level table named after a provider holds defaults for every zone using it.
+    reader.provider_defaults = {name: _table(reader, data, name) for name in providers & set(data)}
     raw_zones = data.get("zones", [])
     zones = reader.zones(raw_zones)
     # Fields that failed conversion kept their defaults, so the cross-field rules can still
@@ -174,6 +179,23 @@ def with_listen(settings: Settings, listen: str) -> Settings:
     return dataclasses.replace(settings, server=dataclasses.replace(settings.server, listen=listen))
 
 
+def with_dns_listen(settings: Settings, listen: str) -> Settings:
+    """`settings` with the built-in responder elsewhere (the `serve --dns-listen` override)."""
+    try:
+        _split_host_port(listen)
+    except ValueError as exc:
+        raise ConfigError([f"--dns-listen: {exc}"]) from None
+    zones = tuple(
+        dataclasses.replace(z, options=dataclasses.replace(z.options, dns_listen=listen))
+        if z.provider == "local"
+        else z
+        for z in settings.zones
+    )
+    if zones == settings.zones:
+        raise ConfigError(["--dns-listen: no zone uses the local provider"])
+    return dataclasses.replace(settings, zones=zones)
+
+
 def _table(reader: _Reader, data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, Mapping):
@@ -189,9 +211,12 @@ class _Reader:
         self.base_dir = base_dir
         self.environ = environ
         self.problems: list[str] = []
+        self.provider_defaults: dict[str, Mapping[str, Any]] = {}
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
+        text = f"{key}: {message}"
+        if text not in self.problems:  # a shared [provider] table is read once per zone
+            self.problems.append(text)
 
     def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
         hints = typing.get_type_hints(cls)
@@ -354,7 +379,9 @@ class _Reader:
                 if not isinstance(raw, Mapping):
                     self.problem(f"{key}.options", "must be a table")
                 else:
-                    options = self.build(cls.Settings, raw, f"{key}.options")
+                    defaults = self.provider_defaults.get(provider, {})
+                    prefix = f"{key}.options" if raw else provider
+                    options = self.build(cls.Settings, {**defaults, **raw}, prefix)
         if name is None or not isinstance(provider, str) or options is None:
             return None
         return ZoneSettings(name=name, provider=provider, ttl=ttl, options=options)
@@ -426,6 +453,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
 
     if not zones_given:
         reader.problem("zones", "required: at least one [[zones]] entry")
+    _check_local(settings, reader)
     seen: dict[str, int] = {}
     for index, zone in enumerate(settings.zones):
         if zone.name in seen:
@@ -433,6 +461,38 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
             )
         seen.setdefault(zone.name, index)
+
+
+def _check_local(settings: Settings, reader: _Reader) -> None:
+    """Zones on the `local` provider share one store and one responder."""
+    local = [(i, z) for i, z in enumerate(settings.zones) if z.provider == "local"]
+    if not local:
+        return
+    first = local[0][1].options
+    for index, zone in local[1:]:
+        if zone.options != first:
+            reader.problem(
+                f"zones[{index}].options",
+                "local zones share one store and DNS responder: set their options in [local]",
+            )
+    try:
+        _split_host_port(first.dns_listen)
+    except ValueError as exc:
+        reader.problem("local.dns_listen", str(exc))
+    for index, name in enumerate(first.nameservers):
+        try:
+            canonical_name(name)
+        except InvalidName as exc:
+            reader.problem(f"local.nameservers[{index}]", exc.detail)
+    for index, address in enumerate(first.nameserver_addresses):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            reader.problem(f"local.nameserver_addresses[{index}]", f"{address!r} is not an IP")
+    if not 0 <= first.negative_ttl <= 86400:
+        reader.problem("local.negative_ttl", "must be between 0 and 86400")
+    if not 1 <= first.value_lifetime_seconds <= 7 * 86400:
+        reader.problem("local.value_lifetime_seconds", "must be between 1 and 604800")
 
 
 def _check_url(reader: _Reader, key: str, url: str, *, template: bool) -> None:

@@ -21,6 +21,7 @@ from receiver.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
+DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
@@ -35,6 +36,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime_context)
+    if any(zone.provider == "local" for zone in settings.zones):
+        app.cleanup_ctx.append(_local_dns_context)
     app.router.add_post(settings.server.callback_path, notification)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -44,6 +47,19 @@ def create_app(settings: Settings) -> web.Application:
 async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
     async with Runtime.open(app[SETTINGS]) as runtime:
         app[RUNTIME] = runtime
+        yield
+
+
+async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
+    """The built-in responder: only in the long-running server, never in serverless doors."""
+    from receiver import dnsserver  # dnspython is imported only when a zone is `local`
+
+    settings = app[SETTINGS]
+    local = [zone for zone in settings.zones if zone.provider == "local"]
+    async with dnsserver.running([z.name for z in local], local[0].options) as responder:
+        app[DNS_ADDRESS] = responder.address
+        host, port = responder.address
+        log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
         yield
 
 

@@ -1,0 +1,362 @@
+"""The built-in authoritative DNS responder for zones on the `local` provider.
+
+It answers what a CA's resolver asks while validating DNS-01: TXT at the challenge name,
+SOA and NS at the apex, and correct negative answers (NXDOMAIN for names that do not
+exist, NODATA for names that do, both with the SOA for negative caching). It reads the
+same SQLite store the `local` adapter writes, so several receiver processes can share
+one file and every responder sees every value.
+
+Untrusted bytes arrive here: anything that does not parse is answered FORMERR (when a
+header can be read) or dropped, and nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import sqlite3
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.TXT
+import dns.rrset
+import structlog
+
+from providers.local import ChallengeStore, LocalSettings
+
+log = structlog.get_logger("receiver.dnsserver")
+
+EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
+PLAIN_UDP_PAYLOAD = 512
+TCP_IDLE_SECONDS = 10.0
+CACHE_ENTRIES = 4096
+INFRASTRUCTURE_TTL = 3600  # NS and nameserver addresses: they do not change
+_IN = dns.rdataclass.IN
+_TXT, _SOA, _NS, _ANY = (dns.rdatatype.TXT, dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.ANY)
+_ADDRESS_TYPES = {4: dns.rdatatype.A, 6: dns.rdatatype.AAAA}
+
+
+@dataclass(frozen=True)
+class ServedZone:
+    origin: dns.name.Name
+    nameservers: tuple[dns.name.Name, ...]
+    hostmaster: dns.name.Name
+
+
+class Answerer:
+    """Turns one query (wire bytes) into one response (wire bytes, or None to drop).
+
+    Responses are cached by the query bytes (minus the id) and reused while the store's
+    data version is unchanged and no value in them has expired.
+    """
+
+    def __init__(
+        self,
+        store: ChallengeStore,
+        zones: Sequence[str],
+        settings: LocalSettings,
+        glue_addresses: Sequence[str],
+    ) -> None:
+        self._store = store
+        self._negative_ttl = settings.negative_ttl
+        self._zones: dict[dns.name.Name, ServedZone] = {}
+        for zone in zones:
+            origin = dns.name.from_text(zone)
+            nameservers = tuple(dns.name.from_text(ns) for ns in settings.nameservers) or (
+                dns.name.from_text("ns", origin),
+            )
+            self._zones[origin] = ServedZone(
+                origin, nameservers, dns.name.from_text("hostmaster", origin)
+            )
+        self._glue: dict[dns.name.Name, list[dns.rdata.Rdata]] = {}
+        for served in self._zones.values():
+            for ns in served.nameservers:
+                if ns.is_subdomain(served.origin):
+                    self._glue[ns] = [_address(a) for a in glue_addresses]
+        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._cache_version = -1
+
+    def answer(self, wire: bytes, *, max_size: int | None) -> bytes | None:
+        """`max_size` None means TCP (no limit); otherwise the UDP limit applies."""
+        version = self._store.data_version()
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        key = wire[2:] + (b"T" if max_size is None else b"U")
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > time.time():
+            self._cache.move_to_end(key)
+            return wire[:2] + cached[0]
+        response, valid_until = self._respond(wire, max_size)
+        if response is not None and valid_until > time.time():
+            self._cache[key] = (response[2:], valid_until)
+            if len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return response
+
+    def _respond(self, wire: bytes, max_size: int | None) -> tuple[bytes | None, float]:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.message.ShortHeader:
+            return None, 0
+        except Exception:  # any parse failure of untrusted bytes
+            return _formerr(wire), 0
+        if query.flags & dns.flags.QR:
+            return None, 0  # a response, not a query: never answer (no reflection loops)
+        response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
+        valid_until = float("inf")
+        if query.edns > 0:
+            response.use_edns(0, 0, EDNS_PAYLOAD)
+            response.set_rcode(dns.rcode.BADVERS)
+        elif query.opcode() != dns.opcode.QUERY:
+            response.set_rcode(dns.rcode.NOTIMP)
+        elif len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+        else:
+            valid_until = self._resolve(query.question[0], response)
+        limit = (
+            None
+            if max_size is None
+            else (min(query.payload, EDNS_PAYLOAD) if query.edns >= 0 else PLAIN_UDP_PAYLOAD)
+        )
+        return _to_wire(response, limit), valid_until
+
+    def _resolve(self, question: dns.rrset.RRset, response: dns.message.Message) -> float:
+        qname, qtype = question.name, question.rdtype
+        if question.rdclass != _IN:
+            response.set_rcode(dns.rcode.REFUSED)
+            return float("inf")
+        zone = self._zone_of(qname)
+        if zone is None:
+            response.set_rcode(dns.rcode.REFUSED)
+            return float("inf")
+        response.flags |= dns.flags.AA
+        key = qname.to_text(omit_final_dot=True).lower()
+        values = self._store.values(key)
+        valid_until = min((v.expires for v in values), default=float("inf"))
+        answers: list[dns.rrset.RRset] = []
+        at_apex = qname == zone.origin
+        if qtype in (_TXT, _ANY) and values:
+            rdatas = [dns.rdtypes.ANY.TXT.TXT(_IN, _TXT, _strings(v.value)) for v in values]
+            answers.append(_rrset(qname, min(v.ttl for v in values), rdatas))
+        if at_apex and qtype in (_SOA, _ANY):
+            answers.append(self._soa(zone, qname))
+        if at_apex and qtype in (_NS, _ANY):
+            ns = [dns.rdata.from_text(_IN, _NS, n.to_text()) for n in zone.nameservers]
+            answers.append(_rrset(qname, INFRASTRUCTURE_TTL, ns))
+        glue = self._glue.get(qname, [])
+        address = [r for r in glue if r.rdtype == qtype or qtype == _ANY]
+        if address:
+            answers.append(_rrset(qname, INFRASTRUCTURE_TTL, address))
+        if answers:
+            response.answer.extend(answers)
+            return valid_until
+        exists = at_apex or bool(values) or bool(glue) or self._store.has_descendants(key)
+        if not exists:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        response.authority.append(self._soa(zone, zone.origin))
+        return valid_until
+
+    def _zone_of(self, qname: dns.name.Name) -> ServedZone | None:
+        name = qname
+        while True:
+            served = self._zones.get(name)
+            if served is not None or name == dns.name.root or len(name) == 0:
+                return served
+            name = name.parent()
+
+    def _soa(self, zone: ServedZone, owner: dns.name.Name) -> dns.rrset.RRset:
+        fields = (
+            f"{zone.nameservers[0]} {zone.hostmaster} {self._store.serial()}"
+            f" 3600 600 86400 {self._negative_ttl}"
+        )
+        return _rrset(owner, self._negative_ttl, [dns.rdata.from_text(_IN, _SOA, fields)])
+
+
+def _rrset(owner: dns.name.Name, ttl: int, rdatas: Sequence[dns.rdata.Rdata]) -> dns.rrset.RRset:
+    return dns.rrset.from_rdata_list(owner, ttl, list(rdatas))
+
+
+def _strings(value: str) -> list[bytes]:
+    data = value.encode()
+    return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+
+
+def _address(text: str) -> dns.rdata.Rdata:
+    rdtype = _ADDRESS_TYPES[ipaddress.ip_address(text).version]
+    return dns.rdata.from_text(_IN, rdtype, text)
+
+
+def _to_wire(response: dns.message.Message, limit: int | None) -> bytes:
+    if limit is None:
+        return response.to_wire()
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        # Too big for UDP: say so with TC and no records; the client retries over TCP.
+        response.answer.clear()
+        response.authority.clear()
+        response.additional.clear()
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit)
+
+
+def _formerr(wire: bytes) -> bytes | None:
+    """A bare FORMERR echoing the id and opcode, when even the header is all we trust."""
+    if len(wire) < 12:
+        return None
+    ident, flags = struct.unpack("!HH", wire[:4])
+    if flags & 0x8000:
+        return None  # was a response
+    opcode_bits = flags & 0x7800
+    return struct.pack("!HHHHHH", ident, 0x8000 | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, answerer: Answerer) -> None:
+        self._answerer = answerer
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # CPython's selector transport does not subclass DatagramTransport; it is one.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            response = self._answerer.answer(data, max_size=PLAIN_UDP_PAYLOAD)
+        except Exception:  # one bad packet must not stop the server
+            log.exception("dns_query_failed", transport="udp")
+            return
+        if response is not None and self._transport is not None:
+            self._transport.sendto(response, addr)
+
+
+class Responder:
+    """UDP and TCP on one port. `address` is known once started (port 0 picks one)."""
+
+    def __init__(self, answerer: Answerer, host: str, port: int) -> None:
+        self._answerer = answerer
+        self._host = host
+        self._port = port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.address: tuple[str, int] = (host, port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(10):  # with port 0, TCP may find UDP's port taken: pick again
+            transport, _protocol = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self._answerer), local_addr=(self._host, self._port)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self._host, port)
+            except OSError:
+                transport.close()
+                if self._port:
+                    raise
+                continue
+            self._udp = transport
+            self.address = (self._host, port)
+            return
+        raise OSError(f"no port free for UDP and TCP on {self._host}")
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for task in list(self._connections):
+                task.cancel()
+            await self._tcp.wait_closed()
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_SECONDS):
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    wire = await reader.readexactly(length)
+                response = self._answerer.answer(wire, max_size=None)
+                if response is None:
+                    break
+                writer.write(struct.pack("!H", len(response)) + response)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        except Exception:  # one bad connection must not stop the server
+            log.exception("dns_query_failed", transport="tcp")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+
+def glue_addresses(settings: LocalSettings, host: str) -> list[str]:
+    """Configured nameserver addresses, else the listen address when it is a real one."""
+    if settings.nameserver_addresses:
+        return list(settings.nameserver_addresses)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    return [] if address.is_unspecified else [str(address)]
+
+
+PURGE_INTERVAL_SECONDS = 300.0
+
+
+@asynccontextmanager
+async def running(zones: Sequence[str], settings: LocalSettings) -> AsyncIterator[Responder]:
+    """Serve `zones` from the store until the block exits; purge expired values meanwhile."""
+    host, port = _host_port(settings.dns_listen)
+    reader = ChallengeStore(settings.database, lifetime=settings.value_lifetime_seconds)
+    janitor = ChallengeStore(settings.database, lifetime=settings.value_lifetime_seconds)
+    responder = Responder(
+        Answerer(reader, zones, settings, glue_addresses(settings, host)), host, port
+    )
+    purge = asyncio.create_task(_purge_periodically(janitor))
+    try:
+        await responder.start()
+        yield responder
+    finally:
+        purge.cancel()
+        await responder.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+        reader.close()
+        janitor.close()
+
+
+async def _purge_periodically(store: ChallengeStore) -> None:
+    while True:
+        try:
+            purged = await asyncio.to_thread(store.purge_expired)
+        except sqlite3.Error as exc:
+            log.warning("purge_failed", error=str(exc))
+        else:
+            if purged:
+                log.info("expired_values_purged", count=purged)
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
