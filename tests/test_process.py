@@ -239,11 +239,24 @@ async def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
 
 
 async def test_readme_demo_flow(tmp_path: Path, run_server: Callable[..., Any]) -> None:
-    """`serve --demo` plus `sign-notification --demo`, as the README shows them."""
+    """`serve --demo`, `sign-notification --demo` and a DNS query, as the README shows them."""
+    import dns.asyncquery
+    import dns.message
+    import dns.rcode
+
     demo = tmp_path / "demo"
     server = await run_server(
-        Path("unused"), "--demo", "--demo-dir", str(demo), "--listen", "127.0.0.1:0"
+        Path("unused"),
+        "--demo",
+        "--demo-dir",
+        str(demo),
+        "--listen",
+        "127.0.0.1:0",
+        "--dns-listen",
+        "127.0.0.1:0",
     )
+    dns_port = int((await server.wait_for("dns_listening"))["address"].rsplit(":", 1)[1])
+    query = dns.message.make_query("_acme-challenge.www.example.test", "TXT")
     for event, outcome in (("required", "published"), ("completed", "removed")):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -264,3 +277,8 @@ async def test_readme_demo_flow(tmp_path: Path, run_server: Callable[..., Any]) 
         out, _ = await proc.communicate()
         status, body = await post(server.url, out.strip())
         assert (status, body["status"]) == (200, outcome), body
+        answer = await dns.asyncquery.udp(query, "127.0.0.1", port=dns_port, timeout=3)
+        if outcome == "published":
+            assert [b"".join(r.strings) for r in answer.answer[0]] == [b"d" * 43]
+        else:
+            assert answer.rcode() == dns.rcode.NXDOMAIN
