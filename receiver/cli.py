@@ -14,9 +14,11 @@ import structlog
 from aiohttp import web
 
 from receiver import __version__, config, logs, signing
-from receiver.errors import ConfigError
+from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
+from receiver.errors import ConfigError, ReceiverError
 from receiver.http import create_app
 from receiver.keys import FileSenderKeys, KeyMaterialError
+from receiver.policy import Policy
 
 log = structlog.get_logger("receiver")
 DEMO_DIR = Path(".demo")
@@ -58,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
     _config_option(check)
     check.set_defaults(run=_check_config)
+
+    delegation = commands.add_parser(
+        "delegation", help="print the CNAME records that delegate domains' challenges to us"
+    )
+    _config_option(delegation)
+    delegation.add_argument("domains", nargs="+", metavar="DOMAIN")
+    delegation.set_defaults(run=_delegation)
 
     keygen = commands.add_parser("keygen", help="write a signing key pair (for local testing)")
     keygen.add_argument(
@@ -185,8 +194,34 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"configuration ok: {len(settings.zones)} zone(s)")
     width = max(len(zone.name) for zone in settings.zones)
     for zone in settings.zones:
-        print(f"  {zone.name:<{width}}  -> {zone.provider}  ttl={zone.ttl}  {zone.options!r}")
+        if zone.cname_to is not None:
+            print(f"  {zone.name:<{width}}  -> CNAME into {zone.cname_to}")
+        else:
+            print(f"  {zone.name:<{width}}  -> {zone.provider}  ttl={zone.ttl}  {zone.options!r}")
     return 0
+
+
+def _delegation(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    policy = Policy(settings.zones)
+    status = 0
+    for domain in args.domains:
+        try:
+            shown, fqdn = challenge_record_name(domain, CHALLENGE_LABEL)
+            route = policy.route(Challenge(Action.ADD, shown, fqdn, ""))
+        except ReceiverError as exc:
+            print(f"; {domain}: {exc.detail}", file=sys.stderr)
+            status = 2
+            continue
+        if route.delegated_from is None:
+            print(
+                f"; {shown}: written directly at {fqdn} in zone {route.zone.name}"
+                f" ({route.zone.provider}); no delegation needed"
+            )
+            continue
+        print(f"{route.delegated_from}. 300 IN CNAME {route.fqdn}.")
+        print(f";   check: dig +short CNAME {route.delegated_from}")
+    return status
 
 
 def _keygen(args: argparse.Namespace) -> int:

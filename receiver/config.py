@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from providers.base import Secret
 from providers.registry import UnknownProvider, load_provider_class, provider_names
-from receiver.challenge import canonical_name
+from receiver.challenge import canonical_name, longest_zone
 from receiver.crn import InstanceCrn, InvalidCrn
 from receiver.errors import ConfigError, InvalidName
 
@@ -91,10 +91,14 @@ class DispatchSettings:
 
 @dataclass(frozen=True)
 class ZoneSettings:
+    """A zone the receiver may write to (`provider`), or a zone whose challenge names are
+    CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
+
     name: str
-    provider: str
+    provider: str = ""
     ttl: int = 60
     options: Any = None  # the provider's own frozen Settings dataclass
+    cname_to: str | None = None
 
     @property
     def provider_key(self) -> tuple[str, Any]:
@@ -353,10 +357,9 @@ class _Reader:
         return tuple(zones)
 
     def zone(self, entry: Mapping[str, Any], key: str) -> ZoneSettings | None:
-        for unknown in set(entry) - {"name", "provider", "ttl", "options"}:
-            self.problem(
-                f"{key}.{unknown}", "unknown setting (known: name, provider, ttl, options)"
-            )
+        known = {"name", "provider", "ttl", "options", "cname_to"}
+        for unknown in sorted(set(entry) - known):
+            self.problem(f"{key}.{unknown}", f"unknown setting (known: {', '.join(sorted(known))})")
         name = None
         try:
             name = canonical_name(entry.get("name"), allow_underscore=True)
@@ -365,10 +368,12 @@ class _Reader:
         ttl = entry.get("ttl", 60)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 86400:
             self.problem(f"{key}.ttl", f"must be an integer from 1 to 86400, not {ttl!r}")
+        if "cname_to" in entry:
+            return self._delegating_zone(entry, key, name, ttl)
         provider = entry.get("provider")
         options: Any = None
         if not isinstance(provider, str):
-            self.problem(f"{key}.provider", "required: the name of a DNS provider")
+            self.problem(f"{key}.provider", "required: the name of a DNS provider (or cname_to)")
         else:
             try:
                 cls = load_provider_class(provider)
@@ -385,6 +390,21 @@ class _Reader:
         if name is None or not isinstance(provider, str) or options is None:
             return None
         return ZoneSettings(name=name, provider=provider, ttl=ttl, options=options)
+
+    def _delegating_zone(
+        self, entry: Mapping[str, Any], key: str, name: str | None, ttl: int
+    ) -> ZoneSettings | None:
+        for conflicting in ("provider", "options"):
+            if conflicting in entry:
+                self.problem(f"{key}.{conflicting}", "a zone with cname_to has no provider")
+        try:
+            target = canonical_name(entry["cname_to"], allow_underscore=True)
+        except InvalidName as exc:
+            self.problem(f"{key}.cname_to", exc.detail)
+            return None
+        if name is None:
+            return None
+        return ZoneSettings(name=name, ttl=ttl, cname_to=target)
 
 
 _INVALID: Any = object()
@@ -461,6 +481,13 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
             )
         seen.setdefault(zone.name, index)
+    written = [z.name for z in settings.zones if z.cname_to is None]
+    for index, zone in enumerate(settings.zones):
+        if zone.cname_to is not None and longest_zone(zone.cname_to, written) is None:
+            reader.problem(
+                f"zones[{index}].cname_to",
+                f"{zone.cname_to!r} is inside no zone with a provider: add one for it",
+            )
 
 
 def _check_local(settings: Settings, reader: _Reader) -> None:

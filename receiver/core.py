@@ -7,6 +7,7 @@ else. Exactly one summary log event is emitted per request, here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,14 +88,19 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
     if challenge is None:
         summary["outcome"] = "acknowledged"
         return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
-    zone = runtime.policy.zone_for(challenge)
-    summary.update(zone=zone.name, provider=zone.provider, value=challenge.value)
+    route = runtime.policy.route(challenge)
+    summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
+    if route.delegated_from is not None:
+        summary["record"] = route.fqdn
     await runtime.dispatcher.apply(
-        challenge, zone, request_id=request.request_id, user_token=notification.user_token
+        dataclasses.replace(challenge, fqdn=route.fqdn),
+        route.zone,
+        request_id=request.request_id,
+        user_token=notification.user_token,
     )
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
-    return Outcome(200, {"status": status, "fqdn": challenge.fqdn})
+    return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})
 
 
 def _check_body(runtime: Runtime, request: InboundRequest) -> None:

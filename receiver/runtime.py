@@ -44,7 +44,7 @@ class Runtime:
             stack.push_async_callback(session.close)
             providers: dict[tuple[str, Any], Provider] = {}
             for zone in settings.zones:
-                if zone.provider_key not in providers:
+                if zone.cname_to is None and zone.provider_key not in providers:
                     adapter = await load_provider_class(zone.provider).open(zone.options)
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter

@@ -19,7 +19,11 @@ async def test_required_publishes_and_completed_removes(
     value = signing.challenge_value()
     resp = await service.post(sender.body(sender.claims(REQUIRED, "www.example.com", value)))
     assert resp.status == 200
-    assert await resp.json() == {"status": "published", "fqdn": "_acme-challenge.www.example.com"}
+    assert await resp.json() == {
+        "status": "published",
+        "fqdn": "_acme-challenge.www.example.com",
+        "record": "_acme-challenge.www.example.com",
+    }
     assert await service.records("_acme-challenge.www.example.com") == {value}
 
     resp = await service.post(sender.body(sender.claims(COMPLETED, "www.example.com", value)))

@@ -132,7 +132,14 @@ async def test_server_process_end_to_end(
         server.url,
         sender.body(sender.claims(REQUIRED, "*.example.com", value, user_token=user_token)),
     )
-    assert (status, body) == (200, {"status": "published", "fqdn": "_acme-challenge.example.com"})
+    assert (status, body) == (
+        200,
+        {
+            "status": "published",
+            "fqdn": "_acme-challenge.example.com",
+            "record": "_acme-challenge.example.com",
+        },
+    )
 
     status, body = await post(
         server.url,
