@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import sqlite3
 import struct
 import time
@@ -22,7 +23,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
 
 import dns.exception
 import dns.flags
@@ -91,12 +91,20 @@ class Answerer:
         self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._cache_version = -1
 
-    def answer(self, wire: bytes, *, max_size: int | None) -> bytes | None:
-        """`max_size` None means TCP (no limit); otherwise the UDP limit applies."""
+    def refresh(self) -> None:
+        """Drop cached answers if any process changed the store since the last call.
+
+        Called before every TCP query and before every batch of UDP queries (one cheap
+        SQLite call per batch rather than per query)."""
         version = self._store.data_version()
         if version != self._cache_version:
             self._cache.clear()
             self._cache_version = version
+
+    def answer(self, wire: bytes, *, max_size: int | None, refresh: bool = True) -> bytes | None:
+        """`max_size` None means TCP (no limit); otherwise the UDP limit applies."""
+        if refresh:
+            self.refresh()
         key = wire[2:] + (b"T" if max_size is None else b"U")
         cached = self._cache.get(key)
         if cached is not None and cached[1] > time.time():
@@ -227,23 +235,60 @@ def _formerr(wire: bytes) -> bytes | None:
     return struct.pack("!HHHHHH", ident, 0x8000 | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, answerer: Answerer) -> None:
+UDP_BATCH = 64  # datagrams read per wakeup: amortises the event loop's per-wakeup cost
+
+
+class _UdpServer:
+    """A non-blocking UDP socket drained in batches from the event loop's reader callback.
+
+    asyncio's datagram transport delivers one datagram per loop iteration; draining the
+    socket per wakeup roughly doubles throughput under load. Replies that would block
+    are dropped, as a busy DNS server drops them; the client retries.
+    """
+
+    def __init__(self, answerer: Answerer, sock: socket.socket) -> None:
         self._answerer = answerer
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._drain)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # CPython's selector transport does not subclass DatagramTransport; it is one.
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            response = self._answerer.answer(data, max_size=PLAIN_UDP_PAYLOAD)
-        except Exception:  # one bad packet must not stop the server
-            log.exception("dns_query_failed", transport="udp")
-            return
-        if response is not None and self._transport is not None:
-            self._transport.sendto(response, addr)
+    def _drain(self) -> None:
+        self._answerer.refresh()
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = self._sock.recvfrom(PLAIN_UDP_PAYLOAD * 128)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP errors surface here on some systems: keep serving
+                continue
+            try:
+                response = self._answerer.answer(data, max_size=PLAIN_UDP_PAYLOAD, refresh=False)
+            except Exception:  # one bad packet must not stop the server
+                log.exception("dns_query_failed", transport="udp")
+                continue
+            if response is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(response, addr)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Responder:
@@ -253,27 +298,23 @@ class Responder:
         self._answerer = answerer
         self._host = host
         self._port = port
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UdpServer | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] = (host, port)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for _ in range(10):  # with port 0, TCP may find UDP's port taken: pick again
-            transport, _protocol = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._answerer), local_addr=(self._host, self._port)
-            )
-            port = transport.get_extra_info("sockname")[1]
+            udp = _UdpServer(self._answerer, _udp_socket(self._host, self._port))
             try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, self._host, port)
+                self._tcp = await asyncio.start_server(self._serve_tcp, self._host, udp.port)
             except OSError:
-                transport.close()
+                udp.close()
                 if self._port:
                     raise
                 continue
-            self._udp = transport
-            self.address = (self._host, port)
+            self._udp = udp
+            self.address = (self._host, udp.port)
             return
         raise OSError(f"no port free for UDP and TCP on {self._host}")
 
