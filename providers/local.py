@@ -9,6 +9,7 @@ mode serialises writers, readers never wait, and every value expires on its own 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
@@ -16,12 +17,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Self, TypeVar
+from typing import ClassVar, ParamSpec, Self, TypeVar
 
 from providers.base import ChangeContext, ZoneRef, setting
 from providers.errors import ProviderUnavailable
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 _SCHEMA = """
@@ -76,6 +78,22 @@ def reversed_name(fqdn: str) -> str:
     return ".".join(reversed(fqdn.split(".")))
 
 
+def _serialised(method: Callable[P, T]) -> Callable[P, T]:
+    """One call at a time per connection: a store may be used from the event loop and a
+    worker thread, and `close` must wait for a call still running in a thread."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = args[0]
+        assert isinstance(store, ChallengeStore)
+        with store._lock:
+            if store._closed:
+                raise sqlite3.ProgrammingError(f"challenge store {store.path} is closed")
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class ChallengeStore:
     """Synchronous SQLite access; one instance per connection (writer or reader)."""
 
@@ -83,6 +101,8 @@ class ChallengeStore:
         self.path = path
         self._lifetime = lifetime
         self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -99,6 +119,7 @@ class ChallengeStore:
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return _immediate(self._db)
 
+    @_serialised
     def add(self, fqdn: str, value: str, ttl: int) -> bool:
         """Add or refresh `value`; True when it was not there before."""
         now = self._clock()
@@ -120,6 +141,7 @@ class ChallengeStore:
                 self._bump_serial(db, now)
         return not existed
 
+    @_serialised
     def remove(self, fqdn: str, value: str) -> bool:
         """Remove `value`; True when it was there."""
         now = self._clock()
@@ -131,6 +153,7 @@ class ChallengeStore:
                 self._bump_serial(db, now)
         return bool(gone)
 
+    @_serialised
     def values(self, fqdn: str) -> list[StoredValue]:
         rows = self._db.execute(
             "SELECT value, ttl, expires FROM txt_values WHERE fqdn = ? AND expires > ?"
@@ -139,6 +162,7 @@ class ChallengeStore:
         ).fetchall()
         return [StoredValue(value, ttl, expires) for value, ttl, expires in rows]
 
+    @_serialised
     def has_descendants(self, fqdn: str) -> bool:
         """Whether a live value sits strictly below `fqdn` (an empty non-terminal)."""
         prefix = reversed_name(fqdn) + "."
@@ -148,14 +172,17 @@ class ChallengeStore:
         ).fetchone()
         return row is not None
 
+    @_serialised
     def serial(self) -> int:
         row = self._db.execute("SELECT value FROM store_meta WHERE key = 'serial'").fetchone()
         return int(row[0]) if row else 1
 
+    @_serialised
     def data_version(self) -> int:
         """Changes whenever any connection (any process) commits: a cheap cache key."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    @_serialised
     def purge_expired(self) -> int:
         now = self._clock()
         with self._transaction() as db:
@@ -164,6 +191,7 @@ class ChallengeStore:
                 self._bump_serial(db, now)
         return count
 
+    @_serialised
     def names(self, zone: str) -> Iterable[str]:
         """Every live name at or under `zone` (for tests and audits)."""
         rname = reversed_name(zone)
@@ -174,7 +202,9 @@ class ChallengeStore:
         ).fetchall()
         return [row[0] for row in rows]
 
+    @_serialised
     def close(self) -> None:
+        self._closed = True
         self._db.close()
 
     @staticmethod

@@ -336,3 +336,25 @@ def test_store_expiry_and_serial(tmp_path: Path) -> None:
     assert store.remove(NAME, "a" * 43) is True
     assert store.remove(NAME, "a" * 43) is False
     store.close()
+
+
+def test_close_waits_for_a_call_running_in_a_thread(tmp_path: Path) -> None:
+    """Shutdown closes the store while a purge may still run in a worker thread: the
+    close must wait for it (it used to free the connection under it and crash)."""
+    import threading
+    import time as clock
+
+    def slow_clock() -> float:
+        clock.sleep(0.3)
+        return clock.time()
+
+    store = ChallengeStore(tmp_path / "s.sqlite3", lifetime=10, clock=slow_clock)
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(store.purge_expired()))
+    worker.start()
+    clock.sleep(0.05)  # the purge is inside the store now
+    store.close()
+    worker.join()
+    assert results == [0]
+    with pytest.raises(Exception, match="closed"):
+        store.values(NAME)
