@@ -16,9 +16,13 @@ Semantics (the conformance suite in `tests/providers` is the executable definiti
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
-from typing import Any, ClassVar, Protocol, Self
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 
 class Secret:
@@ -76,15 +80,72 @@ class ChangeContext:
     user_token: Secret | None = None
 
 
+class RateBudget:
+    """A token bucket shared by every adapter using one provider account.
+
+    The core creates it (from the adapter's `default_rate_per_second` or the
+    `[dispatch] rate_limits` setting) and hands it to `open`; the adapter draws one token
+    before every API call, so calls wait their turn instead of drawing throttling errors.
+    Reservation-based (GCRA) and thread-safe: blocking SDKs draw from worker threads.
+    """
+
+    def __init__(
+        self,
+        per_second: float | None,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_second = per_second
+        self._interval = 1 / per_second if per_second else 0.0
+        self._tolerance = self._interval * max(0, (burst or max(1, round(per_second or 1))) - 1)
+        self._clock = clock
+        self._theoretical_arrival = float("-inf")
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Claim the next slot; return how many seconds to wait before using it."""
+        if not self._interval:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            arrival = max(self._theoretical_arrival, now)
+            self._theoretical_arrival = arrival + self._interval
+            return max(0.0, arrival - self._tolerance - now)
+
+    async def take(self) -> None:
+        delay = self.reserve()
+        if delay:
+            await asyncio.sleep(delay)
+
+    def take_blocking(self) -> None:
+        delay = self.reserve()
+        if delay:
+            time.sleep(delay)
+
+
+UNLIMITED = RateBudget(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TxtChange:
+    """One step of a batch: add or remove one value at one (canonical) name."""
+
+    action: Literal["add", "remove"]
+    fqdn: str
+    value: str
+    ttl: int
+
+
 class Provider(Protocol):
     """One provider's adapter. See the module docstring for the semantics."""
 
     name: ClassVar[str]
     Settings: ClassVar[type[Any]]
     wants_user_token: ClassVar[bool]
+    default_rate_per_second: ClassVar[float | None]
 
     @classmethod
-    async def open(cls, settings: Any) -> Self:
+    async def open(cls, settings: Any, budget: RateBudget) -> Self:
         """Build the adapter. Cheap: no network I/O here (cold starts matter)."""
         ...
 
@@ -105,3 +166,17 @@ class Provider(Protocol):
     ) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchingProvider(Protocol):
+    """An adapter that can apply many changes in one provider call (Route 53, Cloud DNS).
+
+    The dispatcher coalesces changes per zone within a short window and calls `apply`
+    once; changes are in arrival order and may touch one name several times. All or
+    nothing per provider transaction; the same errors as the single-change methods.
+    """
+
+    async def apply(
+        self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
+    ) -> None: ...

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, ParamSpec, Self, TypeVar
 
-from providers.base import ChangeContext, ZoneRef, setting
+from providers.base import ChangeContext, RateBudget, ZoneRef, setting
 from providers.errors import ProviderUnavailable
 
 T = TypeVar("T")
@@ -236,6 +236,7 @@ class LocalProvider:
     name: ClassVar[str] = "local"
     Settings: ClassVar[type[LocalSettings]] = LocalSettings
     wants_user_token: ClassVar[bool] = False
+    default_rate_per_second: ClassVar[float | None] = None
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
@@ -243,7 +244,7 @@ class LocalProvider:
         self._lock = threading.Lock()
 
     @classmethod
-    async def open(cls, settings: LocalSettings) -> Self:
+    async def open(cls, settings: LocalSettings, budget: RateBudget) -> Self:
         return cls(settings)
 
     def _run(self, operation: Callable[[ChallengeStore], T]) -> T:

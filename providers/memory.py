@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from providers.base import ChangeContext, ZoneRef, setting
+from providers.base import ChangeContext, RateBudget, ZoneRef, setting
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,14 @@ class MemoryProvider:
     name: ClassVar[str] = "memory"
     Settings: ClassVar[type[MemorySettings]] = MemorySettings
     wants_user_token: ClassVar[bool] = False
+    default_rate_per_second: ClassVar[float | None] = None
 
     def __init__(self, settings: MemorySettings, store: MemoryStore | None = None) -> None:
         self._latency = settings.latency_ms / 1000
         self._sets = (store or MemoryStore()).sets
 
     @classmethod
-    async def open(cls, settings: MemorySettings) -> Self:
+    async def open(cls, settings: MemorySettings, budget: RateBudget) -> Self:
         return cls(settings)
 
     async def zone_handle(self, zone_name: str) -> str:

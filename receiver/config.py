@@ -87,6 +87,10 @@ class DispatchSettings:
     deadline_seconds: float = 10.0
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 3.0
+    # Changes for one zone arriving within this window go out as one batch (0: never).
+    batch_window_seconds: float = 0.2
+    # Requests per second per provider account, overriding each adapter's default.
+    rate_limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,12 @@ class _Reader:
                 self.problem(key, f"must be one of {', '.join(map(repr, args))}, not {value!r}")
                 return _INVALID
             return value
+        if origin is dict:
+            if not isinstance(value, Mapping):
+                self.problem(key, "must be a table")
+                return _INVALID
+            entries = {k: self.convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+            return _INVALID if _INVALID in entries.values() else entries
         if origin is tuple:
             if not isinstance(value, list):
                 self.problem(key, "must be a list")
@@ -470,6 +480,13 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     ]:
         if not 0 < value <= 300:
             reader.problem(name, "must be greater than 0 and at most 300")
+    if not 0 <= settings.dispatch.batch_window_seconds <= 5:
+        reader.problem("dispatch.batch_window_seconds", "must be between 0 and 5")
+    for provider, rate in settings.dispatch.rate_limits.items():
+        if provider not in provider_names():
+            reader.problem(f"dispatch.rate_limits.{provider}", "no provider has that name")
+        if not 0 < rate <= 100_000:
+            reader.problem(f"dispatch.rate_limits.{provider}", "must be greater than 0")
 
     if not zones_given:
         reader.problem("zones", "required: at least one [[zones]] entry")

@@ -1,22 +1,23 @@
 """Carry a checked Challenge out through its zone's adapter.
 
 Owns what adapters must not: the zone-handle cache, one-at-a-time changes per record
-name (so read-modify-write adapters cannot lose an update inside this process), and
-every retry. Transient provider errors are retried with exponential backoff and full
-jitter until the deadline; what is still failing then becomes a 503 with Retry-After.
+name (so read-modify-write adapters cannot lose an update inside this process), the
+coalescing of changes into batches for adapters that can apply many at once, and every
+retry. Transient provider errors are retried with exponential backoff and full jitter
+until the deadline; what is still failing then becomes a 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 
-from providers.base import ChangeContext, Provider, Secret, ZoneRef
+from providers.base import BatchingProvider, ChangeContext, Provider, Secret, TxtChange, ZoneRef
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -59,6 +60,55 @@ class KeyedLocks:
         return len(self._locks)
 
 
+class Coalescer:
+    """Collects changes for one zone during `window` seconds and runs them as one batch.
+
+    One batch per zone is in flight at a time; changes arriving meanwhile form the next.
+    Every submitter learns the outcome of the batch its change went out in.
+    """
+
+    def __init__(
+        self, run: Callable[[list[TxtChange], list[str]], Awaitable[None]], window: float
+    ) -> None:
+        self._run = run
+        self._window = window
+        self._pending: list[tuple[TxtChange, str, asyncio.Future[None]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, change: TxtChange, request_id: str) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((change, request_id, future))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._drain())
+        # Shielded: a caller that gives up (deadline) must not cancel everyone's batch.
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(self._window)
+                batch, self._pending = self._pending, []
+                try:
+                    await self._run([c for c, _, _ in batch], [r for _, r, _ in batch])
+                except asyncio.CancelledError:  # shutting down: nobody may wait forever
+                    for _, _, future in batch + self._pending:
+                        future.cancel()
+                    raise
+                except Exception as exc:  # every waiter of this batch gets it; go on
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._worker = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -72,6 +122,7 @@ class Dispatcher:
         self._jitter = jitter
         self._zone_refs: dict[tuple[str, str], ZoneRef] = {}
         self._locks = KeyedLocks()
+        self._coalescers: dict[tuple[str, str], Coalescer] = {}
 
     def provider_for(self, zone: ZoneSettings) -> Provider:
         return self._providers[zone.provider_key]
@@ -86,39 +137,67 @@ class Dispatcher:
     ) -> None:
         """Make the provider match the challenge, or raise `UpstreamFailed`/`Unavailable`."""
         provider = self.provider_for(zone)
-        ctx = ChangeContext(
-            request_id=request_id, user_token=user_token if provider.wants_user_token else None
+        change = TxtChange(
+            "add" if challenge.action is Action.ADD else "remove",
+            challenge.fqdn,
+            challenge.value,
+            zone.ttl,
         )
         deadline = self._settings.deadline_seconds
+        batching = isinstance(provider, BatchingProvider) and self._settings.batch_window_seconds
         try:
+            if batching:
+                # The batch has its own deadline; waiting also covers the collection window.
+                async with asyncio.timeout(deadline + self._settings.batch_window_seconds):
+                    await self._coalescer(provider, zone).submit(change, request_id)
+                return
+            ctx = ChangeContext(
+                request_id=request_id, user_token=user_token if provider.wants_user_token else None
+            )
             async with asyncio.timeout(deadline):
                 async with self._locks.hold((zone.provider, challenge.fqdn)):
-                    await self._with_retries(provider, zone, challenge, ctx, deadline)
+                    await self._retrying(
+                        provider, zone, lambda ref: _single(provider, ref, change, ctx)
+                    )
         except TimeoutError:
             raise Unavailable(
-                f"{zone.provider} did not complete the change within {deadline:g}s",
+                f"the DNS provider ({zone.provider}) did not complete the change within"
+                f" {deadline:g}s",
                 code="provider_timeout",
             ) from None
 
-    async def _with_retries(
+    def _coalescer(self, provider: Provider, zone: ZoneSettings) -> Coalescer:
+        key = (zone.provider, zone.name)
+        coalescer = self._coalescers.get(key)
+        if coalescer is None:
+            assert isinstance(provider, BatchingProvider)
+            batching: BatchingProvider = provider
+
+            async def run(changes: list[TxtChange], request_ids: list[str]) -> None:
+                ctx = ChangeContext(request_id=",".join(request_ids[:10]))
+                log.debug("batch", zone=zone.name, changes=len(changes))
+                async with asyncio.timeout(self._settings.deadline_seconds):
+                    await self._retrying(
+                        provider, zone, lambda ref: batching.apply(ref, changes, ctx=ctx)
+                    )
+
+            coalescer = Coalescer(run, self._settings.batch_window_seconds)
+            self._coalescers[key] = coalescer
+        return coalescer
+
+    async def _retrying(
         self,
         provider: Provider,
         zone: ZoneSettings,
-        challenge: Challenge,
-        ctx: ChangeContext,
-        deadline: float,
+        operation: Callable[[ZoneRef], Awaitable[None]],
     ) -> None:
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + deadline
+        give_up_at = loop.time() + self._settings.deadline_seconds
         attempt = 0
         while True:
             attempt += 1
             try:
-                ref = await self._zone_ref(provider, zone)
-                if challenge.action is Action.ADD:
-                    await provider.add_txt(ref, challenge.fqdn, challenge.value, zone.ttl, ctx=ctx)
-                else:
-                    await provider.remove_txt(ref, challenge.fqdn, challenge.value, ctx=ctx)
+                await operation(await self._zone_ref(provider, zone))
                 return
             except ProviderError as exc:
                 if isinstance(exc, ZoneNotFound):
@@ -140,7 +219,7 @@ class Dispatcher:
                 log.warning(
                     "provider_retry",
                     provider=zone.provider,
-                    fqdn=challenge.fqdn,
+                    zone=zone.name,
                     attempt=attempt,
                     delay_s=round(delay, 3),
                     error=str(exc),
@@ -163,6 +242,13 @@ class Dispatcher:
             ref = ZoneRef(name=zone.name, handle=await provider.zone_handle(zone.name))
             self._zone_refs[key] = ref
         return ref
+
+
+async def _single(provider: Provider, zone: ZoneRef, change: TxtChange, ctx: ChangeContext) -> None:
+    if change.action == "add":
+        await provider.add_txt(zone, change.fqdn, change.value, change.ttl, ctx=ctx)
+    else:
+        await provider.remove_txt(zone, change.fqdn, change.value, ctx=ctx)
 
 
 ERROR_CODES: dict[type[ProviderError], str] = {

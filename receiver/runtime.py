@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from providers.base import Provider
+from providers.base import Provider, RateBudget
 from providers.registry import load_provider_class
 from receiver import __version__
 from receiver.config import Settings
@@ -45,7 +45,12 @@ class Runtime:
             providers: dict[tuple[str, Any], Provider] = {}
             for zone in settings.zones:
                 if zone.cname_to is None and zone.provider_key not in providers:
-                    adapter = await load_provider_class(zone.provider).open(zone.options)
+                    adapter_class = load_provider_class(zone.provider)
+                    rate = settings.dispatch.rate_limits.get(
+                        zone.provider, adapter_class.default_rate_per_second
+                    )
+                    # One budget per account: zones with equal options share the adapter.
+                    adapter = await adapter_class.open(zone.options, RateBudget(rate))
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
             yield cls(

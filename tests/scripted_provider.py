@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from providers import errors
-from providers.base import ChangeContext, ZoneRef, setting
+from providers.base import ChangeContext, RateBudget, ZoneRef, setting
 from providers.memory import MemoryProvider, MemorySettings
 
 ERRORS = {
@@ -38,6 +38,7 @@ class ScriptedProvider:
     name: ClassVar[str] = "scripted"
     Settings: ClassVar[type[ScriptedSettings]] = ScriptedSettings
     wants_user_token: ClassVar[bool] = True
+    default_rate_per_second: ClassVar[float | None] = None
 
     def __init__(self, settings: ScriptedSettings) -> None:
         self.settings = settings
@@ -46,7 +47,7 @@ class ScriptedProvider:
         self.contexts: list[ChangeContext] = []
 
     @classmethod
-    async def open(cls, settings: ScriptedSettings) -> Self:
+    async def open(cls, settings: ScriptedSettings, budget: RateBudget) -> Self:
         return cls(settings)
 
     async def zone_handle(self, zone_name: str) -> str:

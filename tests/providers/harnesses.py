@@ -19,7 +19,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 
-from providers.base import Provider
+from providers.base import UNLIMITED, Provider
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
 from providers.registry import load_provider_class
@@ -110,7 +110,7 @@ class LocalHarness:
             yield self
 
     async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings)
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
 
     async def _query(self, fqdn: str) -> dns.message.Message:
         query = dns.message.make_query(fqdn, "TXT")
