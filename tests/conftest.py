@@ -19,6 +19,8 @@ from receiver import config, signing
 from receiver.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
+from .backends.moto import aws_credentials, moto_server  # noqa: F401 - shared fixtures
+
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 OTHER_ACCOUNT = "fedcba9876543210fedcba9876543210"
 CRN = "crn:v1:bluemix:public:cloudcerts:{region}:a/{account}:{guid}-2222-3333-4444-555555555555::"

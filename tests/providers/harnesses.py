@@ -8,6 +8,7 @@ the built-in responder). Adding a provider means adding a harness here and nothi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -18,12 +19,18 @@ from typing import Any, Protocol
 import dns.asyncquery
 import dns.message
 import dns.rcode
+import pytest
+from aiohttp.test_utils import TestServer
 
 from providers.base import UNLIMITED, Provider
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
 from providers.registry import load_provider_class
+from providers.route53 import Route53Settings
 from receiver import dnsserver
+
+from ..backends.moto import MotoServer
+from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
 
@@ -149,7 +156,101 @@ class LocalHarness:
         return self._locked()
 
 
-HARNESSES: dict[str, Callable[[Path], Any]] = {
-    "memory": MemoryHarness,
-    "local": LocalHarness,
+@dataclass
+class Route53Harness:
+    """moto_server behind the Route 53 stub; observed by a separate boto3 client on moto."""
+
+    tmp_path: Path
+    moto: MotoServer
+    shared_backend: bool = True
+    name: str = "route53"
+    zone: str = ZONE
+    settings: Any = None
+    stub: Route53Stub | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Route53Harness]:
+        await asyncio.to_thread(self.moto.reset)
+        await asyncio.to_thread(self.moto.create_zone, self.zone)
+        self.stub = Route53Stub(self.moto.url)
+        server = TestServer(self.stub.app(), host="127.0.0.1")
+        await server.start_server()
+        self.stub.url = str(server.make_url("")).rstrip("/")
+        self.settings = Route53Settings(endpoint=self.stub.url)
+        try:
+            yield self
+        finally:
+            await server.close()
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    def _rrset(self, fqdn: str) -> dict[str, Any] | None:
+        client = self.moto.client()
+        zone_id = client.list_hosted_zones_by_name(DNSName=self.zone)["HostedZones"][0]["Id"]
+        found = client.list_resource_record_sets(
+            HostedZoneId=zone_id, StartRecordName=fqdn, StartRecordType="TXT", MaxItems="1"
+        )["ResourceRecordSets"]
+        if found and found[0]["Name"].rstrip(".") == fqdn and found[0]["Type"] == "TXT":
+            return dict(found[0])
+        return None
+
+    async def observe(self, fqdn: str) -> list[str]:
+        rrset = await asyncio.to_thread(self._rrset, fqdn)
+        records = rrset["ResourceRecords"] if rrset else []
+        return sorted(r["Value"][1:-1] for r in records)  # test values need no unescaping
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        rrset = await asyncio.to_thread(self._rrset, fqdn)
+        return int(rrset["TTL"]) if rrset else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        def upsert() -> None:
+            client = self.moto.client()
+            zone_id = client.list_hosted_zones_by_name(DNSName=self.zone)["HostedZones"][0]["Id"]
+            existing = self._rrset(fqdn)
+            records = existing["ResourceRecords"] if existing else []
+            client.change_resource_record_sets(
+                HostedZoneId=zone_id,
+                ChangeBatch={
+                    "Changes": [
+                        {
+                            "Action": "UPSERT",
+                            "ResourceRecordSet": {
+                                "Name": fqdn,
+                                "Type": "TXT",
+                                "TTL": existing["TTL"] if existing else 300,
+                                "ResourceRecords": [*records, {"Value": f'"{value}"'}],
+                            },
+                        }
+                    ]
+                },
+            )
+
+        await asyncio.to_thread(upsert)
+
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[type[Exception]]:
+        from providers import errors
+
+        assert self.stub is not None
+        self.stub.inject("ServiceUnavailable", status=503, times=1_000)
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            self.stub.faults.clear()
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._outage()
+
+
+def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
+    request.getfixturevalue("aws_credentials")
+    return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
+
+
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
+    "memory": lambda request, tmp_path: MemoryHarness(tmp_path),
+    "local": lambda request, tmp_path: LocalHarness(tmp_path),
+    "route53": _route53,
 }
