@@ -151,6 +151,7 @@ class Route53Provider:
     ) -> None:
         names = list(dict.fromkeys(change.fqdn for change in changes))
         current: dict[str, _RecordSet | None] = {}
+        read: set[str] = set()
         for fqdn in names:
             key = (zone.handle, fqdn)
             if key in self._known and key not in self._stale:
@@ -161,7 +162,15 @@ class Route53Provider:
                 current[fqdn] = None  # a guess: a wrong one fails the batch, and we re-read
             else:
                 current[fqdn] = await self._read(zone, fqdn)
+                read.add(fqdn)
         wanted = _apply_changes(current, changes)
+        # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
+        # so would skip the write, and with it Route 53's check. Re-read those names.
+        unsure = [fqdn for fqdn in names if wanted[fqdn] == current[fqdn] and fqdn not in read]
+        for fqdn in unsure:
+            current[fqdn] = await self._read(zone, fqdn)
+        if unsure:
+            wanted = _apply_changes(current, changes)
         groups = [
             _rrset_changes(fqdn, current[fqdn], wanted[fqdn])
             for fqdn in names
@@ -209,7 +218,8 @@ class Route53Provider:
                     region_name=self.settings.region,
                     # The core owns retries; the SDK must not retry behind its back.
                     config=Config(
-                        retries={"max_attempts": 1, "mode": "standard"},
+                        # `max_attempts` would count retries; this counts calls.
+                        retries={"total_max_attempts": 1, "mode": "standard"},
                         connect_timeout=5,
                         read_timeout=15,
                     ),

@@ -3,6 +3,7 @@ a fake IBM Cloud (public-key endpoint + IAM JWKS) on loopback, and an in-process
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class Sender:
         import jwt
 
         key = key if key is not None else self.keys[self.key_name].private_pem
-        return jwt.encode(claims, key, algorithm=alg, headers=headers)
+        return jwt.encode(claims, _loaded(key, alg), algorithm=alg, headers=headers)
 
     def body(self, claims: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
         return signing.envelope(self.token(claims or self.claims(), **kwargs))
@@ -119,7 +120,20 @@ class Sender:
         import jwt
 
         claims = _override(signing.user_token_claims(account=ACCOUNT), overrides)
-        return jwt.encode(claims, self.keys[key].private_pem, algorithm=alg, headers={"kid": kid})
+        return jwt.encode(
+            claims, _loaded(self.keys[key].private_pem, alg), algorithm=alg, headers={"kid": kid}
+        )
+
+
+@functools.cache
+def _loaded(key: bytes, algorithm: str) -> Any:
+    """Parse a PEM private key once: PyJWT would re-parse (and re-validate) it per token,
+    which costs ~50 ms for RSA. HMAC keys (forged-token cases) stay bytes."""
+    if algorithm.startswith("HS") or not key.startswith(b"-----BEGIN"):
+        return key
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return load_pem_private_key(key, password=None)
 
 
 def _override(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
