@@ -31,11 +31,10 @@ from pathlib import Path
 
 import dns.message
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from providers.local import ChallengeStore
+from receiver import signing
 
-from providers.local import ChallengeStore  # noqa: E402
-from receiver import signing  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NAME = "_acme-challenge.example.test"
 VALUE = "x" * 43

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
     _config_option(check)
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also write, read back and remove a probe value in every zone (proves the "
+        "credentials and that the zone is the intended one)",
+    )
     check.set_defaults(run=_check_config)
 
     delegation = commands.add_parser(
@@ -198,7 +204,25 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"  {zone.name:<{width}}  -> CNAME into {zone.cname_to}")
         else:
             print(f"  {zone.name:<{width}}  -> {zone.provider}  ttl={zone.ttl}  {zone.options!r}")
+    if args.probe:
+        return asyncio.run(_probe(settings))
     return 0
+
+
+async def _probe(settings: config.Settings) -> int:
+    from receiver.probe import probe
+    from receiver.runtime import Runtime
+
+    async with Runtime.open(settings) as runtime:
+        results = await probe(runtime)
+    width = max(len(r.zone) for r in results)
+    for result in results:
+        verdict = "ok  " if result.ok else "FAIL"
+        print(
+            f"  {verdict} {result.zone:<{width}}  {result.provider:<8} "
+            f"{result.seconds:5.1f}s  {result.detail}"
+        )
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _delegation(args: argparse.Namespace) -> int:

@@ -236,11 +236,15 @@ class Dispatcher:
         return ceiling * self._jitter()
 
     async def _zone_ref(self, provider: Provider, zone: ZoneSettings) -> ZoneRef:
+        """Cached; single-flight, so a burst of first requests costs one lookup."""
         key = (zone.provider, zone.name)
         ref = self._zone_refs.get(key)
         if ref is None:
-            ref = ZoneRef(name=zone.name, handle=await provider.zone_handle(zone.name))
-            self._zone_refs[key] = ref
+            async with self._locks.hold(("zone", *key)):
+                ref = self._zone_refs.get(key)
+                if ref is None:
+                    ref = ZoneRef(name=zone.name, handle=await provider.zone_handle(zone.name))
+                    self._zone_refs[key] = ref
         return ref
 
 

@@ -30,3 +30,24 @@ def test_dns_benchmark_runs_and_prints_its_ratio() -> None:
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("ratio receiver/challtestsrv: ")
     assert float(last.rsplit(" ", 1)[1]) > 0
+
+
+def test_route53_benchmark_runs_and_prints_its_ratio() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "route53_batching.py"),
+            "--names",
+            "10",
+            "--rate",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("write call ratio naive/coalesced: ")
+    assert float(last.rsplit(" ", 1)[1]) > 1

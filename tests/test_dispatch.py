@@ -185,3 +185,40 @@ async def test_keyed_locks_serialise_per_key() -> None:
     assert a_events in (["1+", "1-", "2+", "2-"], ["2+", "2-", "1+", "1-"])
     assert order.index("3+") < order.index("1-") or order.index("3+") < order.index("2-")
     assert len(locks) == 0
+
+
+async def test_coalescer_batches_and_reports_per_batch() -> None:
+    import asyncio
+
+    from providers.base import TxtChange
+    from receiver.dispatch import Coalescer
+
+    batches: list[list[str]] = []
+    fail_next = [True]
+
+    async def run(changes: list[TxtChange], request_ids: list[str]) -> None:
+        batches.append([c.value for c in changes])
+        await asyncio.sleep(0.05)
+        if fail_next[0]:
+            fail_next[0] = False
+            raise RuntimeError("batch failed")
+
+    coalescer = Coalescer(run, window=0.02)
+
+    def change(v: str) -> TxtChange:
+        return TxtChange("add", "n", v, 60)
+
+    first = await asyncio.gather(
+        *(coalescer.submit(change(v), v) for v in "abc"), return_exceptions=True
+    )
+    assert batches == [["a", "b", "c"]]
+    assert all(isinstance(r, RuntimeError) for r in first)  # everyone in it learns
+    await asyncio.gather(coalescer.submit(change("d"), "d"), coalescer.submit(change("e"), "e"))
+    assert batches[1] == ["d", "e"]  # the next batch is unaffected
+
+    waiter = asyncio.create_task(coalescer.submit(change("f"), "f"))
+    await asyncio.sleep(0.03)  # the batch with "f" is running now
+    waiter.cancel()  # the caller gives up (deadline) ...
+    await asyncio.sleep(0.1)
+    assert batches[2] == ["f"]  # ... but the change still went out
+    assert len(coalescer) == 0

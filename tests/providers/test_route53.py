@@ -302,3 +302,61 @@ async def test_a_batch_touching_one_name_twice(stub: Route53Stub, moto_server: M
     )
     assert observe(moto_server, fqdn) == {"b" * 43}
     assert stub.calls["write"] == 1
+
+
+async def test_check_config_probe(
+    stub: Route53Stub, moto_server: MotoServer, tmp_path: Any, public_key_file: Any
+) -> None:
+    import sys
+
+    from ..conftest import INSTANCE
+
+    config = tmp_path / "r.toml"
+
+    async def run(extra: str = "") -> tuple[int, str]:
+        config.write_text(f"""
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_file = "{public_key_file}"
+[route53]
+endpoint = "{stub.url}"
+{extra}
+[local]
+database = "store.sqlite3"
+[[zones]]
+name = "{ZONE}"
+provider = "route53"
+[[zones]]
+name = "acme.example.net"
+provider = "local"
+""")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "check-config",
+            "--probe",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await run()
+    assert code == 0, out
+    assert "ok   example.com" in out and "ok   acme.example.net" in out
+    assert "wrote, read back and removed a value at _acme-challenge.example.com" in out
+    assert observe(moto_server, f"_acme-challenge.{ZONE}") == set()  # nothing left behind
+    assert stub.calls["write"] == 2
+
+    code, out = await run("private = true")  # there is no private example.com
+    assert code == 1
+    assert "FAIL example.com" in out and "no private hosted zone" in out
+    assert "ok   acme.example.net" in out
+
+    stub.inject("AccessDenied", status=403, times=10)
+    code, out = await run()
+    assert code == 1 and "FAIL example.com" in out and "AccessDenied" in out
