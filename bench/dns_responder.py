@@ -48,9 +48,17 @@ QUERIES = [
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free for both UDP and TCP (DNS servers bind both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 def wait_for_dns(port: int, within: float = 15) -> None:
@@ -110,44 +118,59 @@ provider = "local"
 
 
 @contextmanager
-def challtestsrv() -> Iterator[int]:
+def challtestsrv(attempts: int = 3) -> Iterator[int]:
     binary = shutil.which("pebble-challtestsrv")
     if binary is None:
         raise SystemExit("pebble-challtestsrv not found: apt-get install pebble")
-    port, management = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "-dns01",
-            f"127.0.0.1:{port}",
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-management",
-            f"127.0.0.1:{management}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        body = json.dumps({"host": NAME + ".", "value": VALUE}).encode()
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(  # loopback only
-                    urllib.request.Request(f"http://127.0.0.1:{management}/set-txt", data=body),
-                    timeout=1,
-                )
-                break
-            except OSError:
-                time.sleep(0.05)
-        wait_for_dns(port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait()
+    for attempt in range(attempts):
+        port, management = free_port(), free_port()
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-dns01",
+                f"127.0.0.1:{port}",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                f"127.0.0.1:{management}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _set_txt(management, proc)
+            wait_for_dns(port)
+        except RuntimeError:
+            proc.terminate()
+            proc.wait()
+            if attempt == attempts - 1:
+                raise
+            continue
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait()
+        return
+
+
+def _set_txt(management: int, proc: subprocess.Popen[bytes]) -> None:
+    body = json.dumps({"host": NAME + ".", "value": VALUE}).encode()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(  # loopback only
+                urllib.request.Request(f"http://127.0.0.1:{management}/set-txt", data=body),
+                timeout=1,
+            )
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"pebble-challtestsrv management API unavailable (exit {proc.poll()})")
 
 
 def load_dnsperf(port: int, seconds: float, folder: Path) -> float:
