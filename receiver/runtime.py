@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from providers.base import Provider, RateBudget
+from providers.errors import ProviderError
 from providers.registry import load_provider_class
 from receiver import __version__
 from receiver.config import Settings
@@ -50,7 +51,11 @@ class Runtime:
                         zone.provider, adapter_class.default_rate_per_second
                     )
                     # One budget per account: zones with equal options share the adapter.
-                    adapter = await adapter_class.open(zone.options, RateBudget(rate))
+                    try:
+                        adapter = await adapter_class.open(zone.options, RateBudget(rate))
+                    except ProviderError as exc:  # unusable options found on opening
+                        index = settings.zones.index(zone)
+                        raise ConfigError([f"zones[{index}].options: {exc}"]) from None
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
             yield cls(

@@ -20,6 +20,7 @@ from receiver import config, signing
 from receiver.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
+from .backends.bind import bind_primary  # noqa: F401 - shared fixtures
 from .backends.moto import aws_credentials, moto_server  # noqa: F401 - shared fixtures
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"

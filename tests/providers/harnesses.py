@@ -22,13 +22,15 @@ import dns.rcode
 import pytest
 from aiohttp.test_utils import TestServer
 
-from providers.base import UNLIMITED, Provider
+from providers.base import UNLIMITED, Provider, Secret
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
 from providers.registry import load_provider_class
+from providers.rfc2136 import Rfc2136Settings
 from providers.route53 import Route53Settings
 from receiver import dnsserver
 
+from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
 from ..fakes.route53 import Route53Stub
 
@@ -244,6 +246,69 @@ class Route53Harness:
         return self._outage()
 
 
+@dataclass
+class Rfc2136Harness:
+    """A real BIND 9 primary; observed by plain DNS queries to it, seeded with its key."""
+
+    tmp_path: Path
+    bind: Bind
+    shared_backend: bool = True
+    name: str = "rfc2136"
+    zone: str = ZONE
+    settings: Any = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Rfc2136Harness]:
+        self.settings = self._settings(self.bind.secret)
+        yield self
+
+    def _settings(self, secret: str) -> Any:
+        return Rfc2136Settings(
+            server=self.bind.address, tsig_key_name=KEY_NAME, tsig_secret=Secret(secret)
+        )
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    async def _query(self, fqdn: str) -> dns.message.Message:
+        query = dns.message.make_query(fqdn, "TXT")
+        return await dns.asyncquery.tcp(query, "127.0.0.1", port=self.bind.port, timeout=3)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        response = await self._query(fqdn)
+        return sorted(b"".join(r.strings).decode() for rrset in response.answer for r in rrset)
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        response = await self._query(fqdn)
+        return response.answer[0].ttl if response.answer else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        import base64
+
+        import dns.tsig
+        import dns.update
+
+        key = dns.tsig.Key(KEY_NAME, base64.b64decode(self.bind.secret), "hmac-sha256")
+        update = dns.update.UpdateMessage(self.zone + ".", keyring=key)
+        update.add(fqdn + ".", 300, "TXT", f'"{value}"')
+        response = await dns.asyncquery.tcp(update, "127.0.0.1", port=self.bind.port, timeout=3)
+        assert response.rcode() == dns.rcode.NOERROR
+
+    @contextlib.asynccontextmanager
+    async def _wrong_key(self) -> AsyncIterator[type[Exception]]:
+        """The server rejects the key (BIND: a TSIG BADSIG error)."""
+        from providers import errors
+
+        good, self.settings = self.settings, self._settings("d3Jvbmcgc2VjcmV0IQ==")
+        try:
+            yield errors.ProviderAuthError
+        finally:
+            self.settings = good
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._wrong_key()
+
+
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     request.getfixturevalue("aws_credentials")
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
@@ -253,4 +318,7 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": lambda request, tmp_path: MemoryHarness(tmp_path),
     "local": lambda request, tmp_path: LocalHarness(tmp_path),
     "route53": _route53,
+    "rfc2136": lambda request, tmp_path: Rfc2136Harness(
+        tmp_path, request.getfixturevalue("bind_primary")
+    ),
 }
