@@ -67,9 +67,11 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
         summary["outcome"] = "error"
         log.exception("unhandled_error", request_id=request.request_id)
         outcome = Outcome(500, {"error": "internal_error", "detail": "unexpected error; see logs"})
-    summary.update(
-        status=outcome.status, duration_ms=round((time.perf_counter() - started) * 1000, 2)
-    )
+    elapsed = time.perf_counter() - started
+    summary.update(status=outcome.status, duration_ms=round(elapsed * 1000, 2))
+    door = summary.get("door", "none")
+    runtime.metrics.requests.labels(door, summary.get("outcome", "rejected")).inc()
+    runtime.metrics.request_seconds.labels(door).observe(elapsed)
     level = log.info if outcome.status < 500 else log.error
     level("notification", **summary)
     return outcome

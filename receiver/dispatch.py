@@ -30,6 +30,7 @@ from providers.errors import (
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
 from receiver.errors import Unavailable, UpstreamFailed
+from receiver.metrics import Metrics
 
 log = structlog.get_logger("receiver.dispatch")
 
@@ -115,9 +116,11 @@ class Dispatcher:
         providers: Mapping[tuple[str, Any], Provider],
         settings: DispatchSettings,
         *,
+        metrics: Metrics | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._providers = providers
+        self._metrics = metrics
         self._settings = settings
         self._jitter = jitter
         self._zone_refs: dict[tuple[str, str], ZoneRef] = {}
@@ -203,6 +206,7 @@ class Dispatcher:
                 if isinstance(exc, ZoneNotFound):
                     self._zone_refs.pop((zone.provider, zone.name), None)
                 if not exc.retryable:
+                    self._count("provider_failures", zone, exc)
                     raise UpstreamFailed(
                         f"the DNS provider ({zone.provider}) refused the change",
                         code=_code(exc),
@@ -210,12 +214,14 @@ class Dispatcher:
                     ) from exc
                 delay = self._delay(exc, attempt)
                 if loop.time() + delay >= give_up_at:
+                    self._count("provider_failures", zone, exc)
                     raise Unavailable(
                         f"the DNS provider ({zone.provider}) is unavailable; try again later",
                         code=_code(exc),
                         internal=f"{exc} (gave up after {attempt} attempts)",
                         retry_after=max(delay, 1.0),
                     ) from exc
+                self._count("provider_retries", zone, exc)
                 log.warning(
                     "provider_retry",
                     provider=zone.provider,
@@ -225,6 +231,10 @@ class Dispatcher:
                     error=str(exc),
                 )
                 await asyncio.sleep(delay)
+
+    def _count(self, metric: str, zone: ZoneSettings, exc: ProviderError) -> None:
+        if self._metrics is not None:
+            getattr(self._metrics, metric).labels(zone.provider, _code(exc)).inc()
 
     def _delay(self, exc: ProviderError, attempt: int) -> float:
         if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from receiver import core
 from receiver.config import Settings
 from receiver.logs import bind_request
+from receiver.metrics import CONTENT_TYPE
 from receiver.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(settings.server.callback_path, notification)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -119,6 +121,11 @@ async def notification(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from receiver.dispatch import Dispatcher
 from receiver.doors.certificate_manager import Verifier
 from receiver.errors import ConfigError, Unavailable
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
+from receiver.metrics import Metrics
 from receiver.policy import Policy
 
 USER_AGENT = f"dns-challenge-receiver/{__version__}"
@@ -36,6 +37,7 @@ class Runtime:
     policy: Policy
     dispatcher: Dispatcher
     providers: dict[tuple[str, Any], Provider]
+    metrics: Metrics
 
     @classmethod
     @asynccontextmanager
@@ -58,12 +60,14 @@ class Runtime:
                         raise ConfigError([f"zones[{index}].options: {exc}"]) from None
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
+            metrics = Metrics.create()
             yield cls(
                 settings=settings,
                 verifier=build_verifier(settings, session),
                 policy=Policy(settings.zones),
-                dispatcher=Dispatcher(providers, settings.dispatch),
+                dispatcher=Dispatcher(providers, settings.dispatch, metrics=metrics),
                 providers=providers,
+                metrics=metrics,
             )
 
     async def readiness(self) -> dict[str, str]:

@@ -222,3 +222,20 @@ async def test_coalescer_batches_and_reports_per_batch() -> None:
     await asyncio.sleep(0.1)
     assert batches[2] == ["f"]  # ... but the change still went out
     assert len(coalescer) == 0
+
+
+async def test_retries_and_failures_are_counted(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(zones=zones(failures=2, error="unavailable"))
+    assert (await service.post(sender.body())).status == 200
+    text = await (await service.client.get("/metrics")).text()
+    assert (
+        'dcr_provider_retries_total{error="provider_unavailable",provider="scripted"} 2.0' in text
+    )
+    failing = await start_service(zones=zones(failures=5, error="auth"))
+    assert (await failing.post(sender.body())).status == 502
+    text = await (await failing.client.get("/metrics")).text()
+    assert (
+        'dcr_provider_failures_total{error="provider_auth_failed",provider="scripted"} 1.0' in text
+    )

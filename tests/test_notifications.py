@@ -232,3 +232,19 @@ async def test_health_and_readiness(start_service: ServiceFactory, ibm_cloud: Fa
     body = await resp.json()
     assert resp.status == 503 and body["status"] == "not_ready"
     assert "HTTP 503" in body["checks"]["user_token_keys"]
+
+
+async def test_metrics_count_requests_by_door_and_outcome(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service()
+    await service.post(sender.body())
+    await service.post(sender.body(key=sender.keys["attacker"].private_pem))
+    resp = await service.client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'dcr_requests_total{door="certificate_manager",outcome="published"} 1.0' in text
+    assert 'dcr_requests_total{door="certificate_manager",outcome="rejected"} 1.0' in text
+    assert "dcr_request_duration_seconds_bucket" in text
+    assert "example.com" not in text  # names are never labels
