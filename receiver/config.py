@@ -66,6 +66,8 @@ class CertificateManagerSettings:
     clock_skew_seconds: float = 300.0
     key_refetch_interval_seconds: float = 60.0
     key_fetch_timeout_seconds: float = 5.0
+    # Answer only once every authoritative nameserver serves the value (504 otherwise).
+    wait_for_propagation: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,16 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True)
+class PropagationSettings:
+    check: bool = True  # in the long-running server, check every new value in the background
+    timeout_seconds: float = 60.0
+    interval_seconds: float = 2.0
+    resolvers: tuple[str, ...] = ()  # host[:port] for NS lookups (default: the system's)
+    nameserver_port: int = 53  # port of nameservers found by NS lookup
+    rewrite_lagging: bool = True  # write a value once more if it is still missing
+
+
+@dataclass(frozen=True)
 class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
@@ -103,6 +115,8 @@ class ZoneSettings:
     ttl: int = 60
     options: Any = None  # the provider's own frozen Settings dataclass
     cname_to: str | None = None
+    # (name, "host:port") of the zone's authoritative servers, instead of an NS lookup.
+    nameservers: tuple[tuple[str, str], ...] = ()
 
     @property
     def provider_key(self) -> tuple[str, Any]:
@@ -119,6 +133,7 @@ class Settings:
     )
     user_token: UserTokenSettings = field(default_factory=UserTokenSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    propagation: PropagationSettings = field(default_factory=PropagationSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -128,6 +143,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "certificate_manager": CertificateManagerSettings,
     "user_token": UserTokenSettings,
     "dispatch": DispatchSettings,
+    "propagation": PropagationSettings,
 }
 
 
@@ -367,7 +383,7 @@ class _Reader:
         return tuple(zones)
 
     def zone(self, entry: Mapping[str, Any], key: str) -> ZoneSettings | None:
-        known = {"name", "provider", "ttl", "options", "cname_to"}
+        known = {"name", "provider", "ttl", "options", "cname_to", "nameservers"}
         for unknown in sorted(set(entry) - known):
             self.problem(f"{key}.{unknown}", f"unknown setting (known: {', '.join(sorted(known))})")
         name = None
@@ -378,8 +394,10 @@ class _Reader:
         ttl = entry.get("ttl", 60)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 86400:
             self.problem(f"{key}.ttl", f"must be an integer from 1 to 86400, not {ttl!r}")
+        nameservers = self._nameservers(entry.get("nameservers", {}), f"{key}.nameservers")
         if "cname_to" in entry:
-            return self._delegating_zone(entry, key, name, ttl)
+            zone = self._delegating_zone(entry, key, name, ttl)
+            return dataclasses.replace(zone, nameservers=nameservers) if zone else None
         provider = entry.get("provider")
         options: Any = None
         if not isinstance(provider, str):
@@ -399,7 +417,26 @@ class _Reader:
                     options = self.build(cls.Settings, {**defaults, **raw}, prefix)
         if name is None or not isinstance(provider, str) or options is None:
             return None
-        return ZoneSettings(name=name, provider=provider, ttl=ttl, options=options)
+        return ZoneSettings(
+            name=name, provider=provider, ttl=ttl, options=options, nameservers=nameservers
+        )
+
+    def _nameservers(self, raw: Any, key: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, Mapping):
+            self.problem(key, 'must be a table of name = "host:port"')
+            return ()
+        found = []
+        for name, address in raw.items():
+            try:
+                canonical = canonical_name(name)
+                if not isinstance(address, str):
+                    raise ValueError(f"{address!r} is not a string")
+                _split_host_port(address if ":" in address else f"{address}:53")
+            except (InvalidName, ValueError) as exc:
+                self.problem(f"{key}.{name}", getattr(exc, "detail", str(exc)))
+                continue
+            found.append((canonical, address if ":" in address else f"{address}:53"))
+        return tuple(found)
 
     def _delegating_zone(
         self, entry: Mapping[str, Any], key: str, name: str | None, ttl: int
@@ -480,6 +517,16 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     ]:
         if not 0 < value <= 300:
             reader.problem(name, "must be greater than 0 and at most 300")
+    propagation = settings.propagation
+    if not 0 < propagation.interval_seconds <= propagation.timeout_seconds <= 3600:
+        reader.problem("propagation", "need 0 < interval_seconds <= timeout_seconds <= 3600")
+    for index, resolver in enumerate(propagation.resolvers):
+        try:
+            _split_host_port(resolver if ":" in resolver else f"{resolver}:53")
+        except ValueError as exc:
+            reader.problem(f"propagation.resolvers[{index}]", str(exc))
+    if not 0 < propagation.nameserver_port <= 65535:
+        reader.problem("propagation.nameserver_port", "must be a port number")
     if not 0 <= settings.dispatch.batch_window_seconds <= 5:
         reader.problem("dispatch.batch_window_seconds", "must be between 0 and 5")
     for provider, rate in settings.dispatch.rate_limits.items():

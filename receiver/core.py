@@ -94,12 +94,25 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
         summary["record"] = route.fqdn
-    await runtime.dispatcher.apply(
-        dataclasses.replace(challenge, fqdn=route.fqdn),
-        route.zone,
-        request_id=request.request_id,
-        user_token=notification.user_token,
-    )
+    written = dataclasses.replace(challenge, fqdn=route.fqdn)
+
+    async def write() -> None:
+        await runtime.dispatcher.apply(
+            written,
+            route.zone,
+            request_id=request.request_id,
+            user_token=notification.user_token,
+        )
+
+    if challenge.action is Action.REMOVE:
+        runtime.propagation.forget(written)  # before the removal: never rewrite it later
+    await write()
+    if challenge.action is Action.ADD:
+        if runtime.settings.certificate_manager.wait_for_propagation:
+            result = await runtime.propagation.wait(route.zone, written)
+            summary["propagation_s"] = round(result.seconds, 2)
+        elif runtime.long_running and runtime.settings.propagation.check:
+            runtime.propagation.watch(route.zone, written, rewrite=write)
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})

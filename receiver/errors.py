@@ -101,6 +101,17 @@ class Unavailable(ServiceFault):
         return {"Retry-After": str(self.retry_after)}
 
 
+class PropagationTimeout(ServiceFault):
+    """Waiting for propagation was asked for, and some nameservers still lack the value."""
+
+    status = 504
+    default_code = "propagation_timeout"
+
+    def __init__(self, detail: str, *, missing: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.missing = missing
+
+
 class ConfigError(Exception):
     """Configuration is unusable; lists every problem at once, each naming its key."""
 

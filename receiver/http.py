@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
-    async with Runtime.open(app[SETTINGS]) as runtime:
+    async with Runtime.open(app[SETTINGS], long_running=True) as runtime:
         app[RUNTIME] = runtime
         yield
 
@@ -60,6 +60,7 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
     local = [zone for zone in settings.zones if zone.provider == "local"]
     async with dnsserver.running([z.name for z in local], local[0].options) as responder:
         app[DNS_ADDRESS] = responder.address
+        app[RUNTIME].propagation.checker.local_responder = responder.address
         host, port = responder.address
         log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
         yield

@@ -26,6 +26,7 @@ from receiver.errors import ConfigError, Unavailable
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
 from receiver.metrics import Metrics
 from receiver.policy import Policy
+from receiver.propagation import Propagation
 
 USER_AGENT = f"dns-challenge-receiver/{__version__}"
 
@@ -38,10 +39,14 @@ class Runtime:
     dispatcher: Dispatcher
     providers: dict[tuple[str, Any], Provider]
     metrics: Metrics
+    propagation: Propagation
+    long_running: bool  # may work on after answering (never on serverless platforms)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
+    async def open(
+        cls, settings: Settings, *, long_running: bool = False
+    ) -> AsyncIterator[Runtime]:
         async with AsyncExitStack() as stack:
             session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
             stack.push_async_callback(session.close)
@@ -61,6 +66,8 @@ class Runtime:
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
             metrics = Metrics.create()
+            propagation = Propagation(settings.propagation, metrics)
+            stack.push_async_callback(propagation.aclose)
             yield cls(
                 settings=settings,
                 verifier=build_verifier(settings, session),
@@ -68,6 +75,8 @@ class Runtime:
                 dispatcher=Dispatcher(providers, settings.dispatch, metrics=metrics),
                 providers=providers,
                 metrics=metrics,
+                propagation=propagation,
+                long_running=long_running,
             )
 
     async def readiness(self) -> dict[str, str]:

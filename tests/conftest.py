@@ -35,16 +35,24 @@ USER_KID = "20261101"
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach beyond loopback: refuse any other destination at the socket."""
-    real_connect = socket.socket.connect
+    real_connect, real_sendto = socket.socket.connect, socket.socket.sendto
 
-    def guarded(sock: socket.socket, address: Any) -> Any:
+    def check(sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             host = address[0]
             if host not in ("127.0.0.1", "::1", "localhost"):
                 raise OSError(f"test tried to reach {host}: only loopback is allowed")
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        check(sock, address)
         return real_connect(sock, address)
 
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    def sendto(sock: socket.socket, data: Any, *args: Any) -> Any:
+        check(sock, args[-1])  # UDP: the destination is the last argument
+        return real_sendto(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "sendto", sendto)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,8 @@ def make_settings(ibm_cloud: FakeIbmCloud) -> SettingsFactory:
                 "public_key_url": ibm_cloud.public_key_url,
             },
             "user_token": {"jwks_url": ibm_cloud.jwks_url},
+            # Background checks would look up NS records: tests that want them say so.
+            "propagation": {"check": False},
             "dispatch": {
                 "deadline_seconds": 2,
                 "retry_initial_seconds": 0.01,

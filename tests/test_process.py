@@ -64,6 +64,9 @@ shutdown_timeout_seconds = 10
 [log]
 format = "json"
 
+[propagation]
+check = false
+
 [certificate_manager]
 allowed_instances = ["{INSTANCE}"]
 public_key_url = "{ibm_cloud.public_key_url}"
