@@ -66,6 +66,26 @@ def _pair(algorithm: str = "RS256") -> KeyPair:
     return KeyPair(private, signing.public_pem(private))
 
 
+@pytest.fixture
+def scripted_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register `tests.scripted_provider` (fails on cue) as the provider "scripted"."""
+    from importlib.metadata import EntryPoint
+
+    from providers import registry
+
+    real = registry._entry_points
+
+    def with_scripted() -> dict[str, EntryPoint]:
+        return {
+            **real(),
+            "scripted": EntryPoint(
+                "scripted", "tests.scripted_provider:ScriptedProvider", registry.ENTRY_POINT_GROUP
+            ),
+        }
+
+    monkeypatch.setattr(registry, "_entry_points", with_scripted)
+
+
 @pytest.fixture(scope="session")
 def keys() -> dict[str, KeyPair]:
     """Generated once per session: RSA generation is slow."""

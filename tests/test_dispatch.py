@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
 
-from providers import registry
 from providers.base import ZoneRef
 from receiver import signing
 from receiver.dispatch import KeyedLocks
@@ -20,18 +18,7 @@ REQUIRED = "cert_domain_validation_required"
 FQDN = "_acme-challenge.www.example.com"
 
 
-@pytest.fixture(autouse=True)
-def scripted_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = registry._entry_points
-
-    def with_scripted() -> dict[str, EntryPoint]:
-        found = real()
-        found["scripted"] = EntryPoint(
-            "scripted", "tests.scripted_provider:ScriptedProvider", registry.ENTRY_POINT_GROUP
-        )
-        return found
-
-    monkeypatch.setattr(registry, "_entry_points", with_scripted)
+pytestmark = pytest.mark.usefixtures("scripted_registered")
 
 
 def zones(**options: Any) -> list[dict[str, Any]]:

@@ -89,6 +89,7 @@ options {{
     listen-on-v6 {{ none; }};
     recursion no; dnssec-validation no;
     notify {"explicit" if self.notify else "no"};
+    notify-delay 0;  // the default (5 s) would make every test wait
     allow-transfer {{ 127.0.0.1; }};
     transfer-source 127.0.0.1;
     notify-source 127.0.0.1;
