@@ -106,6 +106,20 @@ class PropagationSettings:
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    enabled: bool = True
+    # Default: the `local` store's file when a zone uses it, else this name beside the config.
+    database: Path | None = None
+    max_age_seconds: float = 7200.0  # the sweep removes values of ours older than this
+    sweep_interval_seconds: float = 300.0
+    retention_days: float = 90.0  # settled history older than this is pruned
+    admin_token: Secret | None = None  # enables GET /journal (Bearer token)
+
+
+DEFAULT_DATABASE = "dns-challenge-receiver.sqlite3"
+
+
+@dataclass(frozen=True)
 class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
@@ -134,6 +148,7 @@ class Settings:
     user_token: UserTokenSettings = field(default_factory=UserTokenSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -144,6 +159,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "user_token": UserTokenSettings,
     "dispatch": DispatchSettings,
     "propagation": PropagationSettings,
+    "journal": JournalSettings,
 }
 
 
@@ -187,11 +203,22 @@ def from_mapping(
     zones = reader.zones(raw_zones)
     # Fields that failed conversion kept their defaults, so the cross-field rules can still
     # run and every problem is reported in one go.
-    settings = Settings(zones=zones, **sections)
+    settings = _with_journal_database(Settings(zones=zones, **sections), reader.base_dir)
     _check(settings, reader, zones_given=bool(raw_zones))
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _with_journal_database(settings: Settings, base_dir: Path) -> Settings:
+    """The journal shares the `local` store's file unless told otherwise."""
+    if settings.journal.database is not None:
+        return settings
+    local = [z.options.database for z in settings.zones if z.provider == "local" and z.options]
+    database = local[0] if local else base_dir / DEFAULT_DATABASE
+    return dataclasses.replace(
+        settings, journal=dataclasses.replace(settings.journal, database=database)
+    )
 
 
 def with_listen(settings: Settings, listen: str) -> Settings:
@@ -525,6 +552,13 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
             _split_host_port(resolver if ":" in resolver else f"{resolver}:53")
         except ValueError as exc:
             reader.problem(f"propagation.resolvers[{index}]", str(exc))
+    journal = settings.journal
+    if not 60 <= journal.max_age_seconds <= 30 * 86400:
+        reader.problem("journal.max_age_seconds", "must be between 60 and 2592000")
+    if not 10 <= journal.sweep_interval_seconds <= 86400:
+        reader.problem("journal.sweep_interval_seconds", "must be between 10 and 86400")
+    if not 1 <= journal.retention_days <= 3650:
+        reader.problem("journal.retention_days", "must be between 1 and 3650")
     if not 0 < propagation.nameserver_port <= 65535:
         reader.problem("propagation.nameserver_port", "must be a port number")
     if not 0 <= settings.dispatch.batch_window_seconds <= 5:

@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 
-from receiver.challenge import Action
+from receiver.challenge import Action, Challenge
+from receiver.changes import apply_change
 from receiver.doors import certificate_manager
 from receiver.errors import (
     MethodNotAllowed,
@@ -25,8 +26,10 @@ from receiver.errors import (
     RequestRejected,
     UnsupportedMediaType,
 )
+from receiver.journal import Origin
 from receiver.logs import bind_request, merge
 from receiver.runtime import Runtime
+from receiver.sweep import clean_up_certificates
 
 log = structlog.get_logger("receiver")
 JSON_TYPES = ("application/json",)
@@ -86,20 +89,55 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
     _check_body(runtime, request)
     notification = await certificate_manager.receive(request.body, runtime.verifier)
     merge(summary, notification.log_fields())
-    challenge = notification.challenge
-    if challenge is None:
-        summary["outcome"] = "acknowledged"
-        return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
+    if notification.challenge is not None:
+        return await _challenge(runtime, request, notification, notification.challenge, summary)
+    if notification.event_type in certificate_manager.ORDER_FAILED:
+        report = await clean_up_certificates(
+            runtime, list(notification.certificates), notification.instance.text
+        )
+        summary.update(outcome="cleaned", removed=len(report.removed), failed=len(report.failed))
+        if report.failed:  # nothing lost: what remains is swept later
+            summary["outcome"] = "cleaned_partly"
+        return Outcome(
+            200,
+            {
+                "status": "cleaned",
+                "event_type": notification.event_type,
+                "removed": len(report.removed),
+                "failed": len(report.failed),
+            },
+        )
+    summary["outcome"] = "acknowledged"
+    return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
+
+
+async def _challenge(
+    runtime: Runtime,
+    request: InboundRequest,
+    notification: certificate_manager.Notification,
+    challenge: Challenge,
+    summary: dict[str, Any],
+) -> Outcome:
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
         summary["record"] = route.fqdn
     written = dataclasses.replace(challenge, fqdn=route.fqdn)
+    user = notification.user
+    origin = Origin(
+        door=certificate_manager.DOOR,
+        sender=notification.instance.text,
+        user=(user.iam_id or user.subject) if user else None,
+        certificate=notification.certificate_crn,
+        domain=challenge.domain,
+    )
 
-    async def write() -> None:
-        await runtime.dispatcher.apply(
+    async def write(door: str = certificate_manager.DOOR) -> None:
+        await apply_change(
+            runtime,
             written,
             route.zone,
+            dataclasses.replace(origin, door=door),
             request_id=request.request_id,
             user_token=notification.user_token,
         )
@@ -112,7 +150,7 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
             result = await runtime.propagation.wait(route.zone, written)
             summary["propagation_s"] = round(result.seconds, 2)
         elif runtime.long_running and runtime.settings.propagation.check:
-            runtime.propagation.watch(route.zone, written, rewrite=write)
+            runtime.propagation.watch(route.zone, written, rewrite=lambda: write("propagation"))
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})

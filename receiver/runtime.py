@@ -23,6 +23,7 @@ from receiver.crn import InstanceCrn
 from receiver.dispatch import Dispatcher
 from receiver.doors.certificate_manager import Verifier
 from receiver.errors import ConfigError, Unavailable
+from receiver.journal import Journal, SqliteJournal
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
 from receiver.metrics import Metrics
 from receiver.policy import Policy
@@ -41,6 +42,7 @@ class Runtime:
     metrics: Metrics
     propagation: Propagation
     long_running: bool  # may work on after answering (never on serverless platforms)
+    journal: Journal | None
 
     @classmethod
     @asynccontextmanager
@@ -68,6 +70,10 @@ class Runtime:
             metrics = Metrics.create()
             propagation = Propagation(settings.propagation, metrics)
             stack.push_async_callback(propagation.aclose)
+            journal = None
+            if settings.journal.enabled and settings.journal.database is not None:
+                journal = SqliteJournal(settings.journal.database)
+                stack.push_async_callback(journal.aclose)
             yield cls(
                 settings=settings,
                 verifier=build_verifier(settings, session),
@@ -77,6 +83,7 @@ class Runtime:
                 metrics=metrics,
                 propagation=propagation,
                 long_running=long_running,
+                journal=journal,
             )
 
     async def readiness(self) -> dict[str, str]:

@@ -245,7 +245,7 @@ SettingsFactory = Callable[..., config.Settings]
 
 
 @pytest.fixture
-def make_settings(ibm_cloud: FakeIbmCloud) -> SettingsFactory:
+def make_settings(ibm_cloud: FakeIbmCloud, tmp_path: Path) -> SettingsFactory:
     """Settings from a dict, defaulting to keys fetched from the fake IBM Cloud."""
 
     def build(**sections: Any) -> config.Settings:
@@ -272,7 +272,7 @@ def make_settings(ibm_cloud: FakeIbmCloud) -> SettingsFactory:
                 data[name] = {**data[name], **value}
             else:
                 data[name] = value
-        return config.from_mapping(data)
+        return config.from_mapping(data, base_dir=tmp_path)  # relative files land in tmp
 
     return build
 

@@ -84,7 +84,6 @@ async def test_other_events_are_acknowledged_and_change_nothing(
     for event in (
         "test_notification_channel",
         "cert_issued",
-        "cert_order_failed",
         "cert_about_to_expire_renew_required",
         "something_new",
     ):

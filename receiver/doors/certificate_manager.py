@@ -30,6 +30,7 @@ from receiver.user_token import UserIdentity, verify_user_token
 DOOR = "certificate_manager"
 VALIDATION_REQUIRED = "cert_domain_validation_required"
 VALIDATION_COMPLETED = "cert_domain_validation_completed"
+ORDER_FAILED = ("cert_order_failed", "cert_renew_failed")
 ACTIONS = {VALIDATION_REQUIRED: Action.ADD, VALIDATION_COMPLETED: Action.REMOVE}
 ENVELOPE = "notification envelope"
 
@@ -42,6 +43,7 @@ class Notification:
     challenge: Challenge | None
     user: UserIdentity | None = None
     user_token: Secret | None = field(default=None, repr=False)
+    certificates: tuple[str, ...] = ()  # cert_crn of each certificate a lifecycle event names
 
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -136,7 +138,10 @@ async def receive(body: bytes, verifier: Verifier) -> Notification:
     certificate_crn = _optional_text(claims, "certificateCRN")
     action = ACTIONS.get(event_type or "")
     challenge = _challenge(claims, action) if action is not None else None
-    return Notification(instance, event_type, certificate_crn, challenge, user, user_token)
+    certificates = _certificates(claims) if event_type in ORDER_FAILED else ()
+    return Notification(
+        instance, event_type, certificate_crn, challenge, user, user_token, certificates
+    )
 
 
 async def _user(
@@ -173,6 +178,17 @@ def _challenge(claims: Mapping[str, Any], action: Action) -> Challenge:
     domain, fqdn = challenge_record_name(claims["domain"], challenge["txt_record_name"])
     value = check_challenge_value(challenge["txt_record_val"])
     return Challenge(action=action, domain=domain, fqdn=fqdn, value=value)
+
+
+def _certificates(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    entries = claims.get("certificates", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("cert_crn"), str) for e in entries
+    ):
+        raise BadRequest(
+            "certificates must be a list of objects with a cert_crn", code="invalid_notification"
+        )
+    return tuple(e["cert_crn"] for e in entries)
 
 
 def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:

@@ -1,0 +1,82 @@
+"""The one path every provider write takes: journal the intent, write, settle.
+
+Notifications, propagation rewrites, sweeps and failed-order clean-ups all come here, so
+the journal holds every value the receiver ever touched. If the intent cannot be
+recorded, nothing is written (503): an unrecorded value could never be swept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from providers.base import Secret
+from receiver.challenge import Challenge
+from receiver.config import ZoneSettings
+from receiver.errors import ReceiverError, Unavailable
+from receiver.journal import Entry, Origin, Outcome
+from receiver.runtime import Runtime
+
+log = structlog.get_logger("receiver.changes")
+
+
+async def apply_change(
+    runtime: Runtime,
+    challenge: Challenge,
+    zone: ZoneSettings,
+    origin: Origin,
+    *,
+    request_id: str,
+    user_token: Secret | None = None,
+) -> None:
+    journal = runtime.journal
+    entry_id = None
+    if journal is not None:
+        try:
+            entry_id = await journal.begin(
+                Entry(
+                    action=challenge.action.value,
+                    outcome="pending",
+                    fqdn=challenge.fqdn,
+                    value=challenge.value,
+                    provider=zone.provider,
+                    zone=zone.name,
+                    door=origin.door,
+                    sender=origin.sender,
+                    user=origin.user,
+                    certificate=origin.certificate,
+                    domain=origin.domain or challenge.domain,
+                    request_id=request_id,
+                    created=time.time(),
+                )
+            )
+        except Exception as exc:  # any backend failure: refuse rather than write unrecorded
+            raise Unavailable(
+                "cannot record the change in the journal; nothing was written",
+                code="journal_unavailable",
+                internal=str(exc),
+            ) from exc
+    try:
+        await runtime.dispatcher.apply(
+            challenge, zone, request_id=request_id, user_token=user_token
+        )
+    except ReceiverError as exc:
+        if entry_id is not None:
+            await _settle(runtime, entry_id, "failed", exc.code)
+        raise
+    if entry_id is not None:
+        await _settle(runtime, entry_id, "done")
+
+
+async def _settle(
+    runtime: Runtime, entry_id: int, outcome: Outcome, error: str | None = None
+) -> None:
+    """A settle that fails leaves the entry pending; the sweep settles it from the
+    provider's actual state. The write itself stands either way."""
+    assert runtime.journal is not None
+    try:
+        await asyncio.shield(runtime.journal.settle(entry_id, outcome, error))
+    except Exception as exc:
+        log.warning("journal_settle_failed", entry=entry_id, error=str(exc))

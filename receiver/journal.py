@@ -1,0 +1,264 @@
+"""The journal: a durable record of every provider write, made before the write and
+settled after it.
+
+It answers "who created this record, when, and why?", and it is what makes clean-up safe:
+only values the journal says we wrote are ever swept. An entry left `pending` means the
+process died between the write and the settle; the sweep settles it against the
+provider's actual state.
+
+The interface is small so that a shared backend (for replicated or serverless
+deployments) can sit behind it; SQLite is the default, in the same file as the `local`
+store, in WAL mode, safe for several processes on one host. No token is ever recorded:
+the sender is identified by its instance CRN and the user by IAM id or subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+T = TypeVar("T")
+Outcome = Literal["pending", "done", "failed"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_entries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    created     REAL NOT NULL,
+    settled     REAL,
+    action      TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+    outcome     TEXT NOT NULL CHECK (outcome IN ('pending', 'done', 'failed')),
+    door        TEXT NOT NULL,
+    sender      TEXT,
+    user        TEXT,
+    certificate TEXT,
+    domain      TEXT,
+    fqdn        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    zone        TEXT NOT NULL,
+    request_id  TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_value ON journal_entries (zone, fqdn, value, id);
+CREATE INDEX IF NOT EXISTS journal_certificate ON journal_entries (certificate);
+CREATE INDEX IF NOT EXISTS journal_created ON journal_entries (created);
+"""
+_COLUMNS = (
+    "id",
+    "created",
+    "settled",
+    "action",
+    "outcome",
+    "door",
+    "sender",
+    "user",
+    "certificate",
+    "domain",
+    "fqdn",
+    "value",
+    "provider",
+    "zone",
+    "request_id",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked for a write, and why: recorded with it."""
+
+    door: str
+    sender: str | None = None  # instance CRN, httpreq user, "sweep", ...
+    user: str | None = None  # the ordering user's IAM id or subject (never a token)
+    certificate: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    action: Literal["add", "remove"]
+    outcome: Outcome
+    fqdn: str
+    value: str
+    provider: str
+    zone: str
+    door: str
+    created: float
+    sender: str | None = None
+    user: str | None = None
+    certificate: str | None = None
+    domain: str | None = None
+    request_id: str | None = None
+    settled: float | None = None
+    error: str | None = None
+    id: int | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Journal(Protocol):
+    async def begin(self, entry: Entry) -> int:
+        """Record the intent; return its id. Raise if it cannot be recorded."""
+        ...
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None: ...
+
+    async def candidates(
+        self,
+        *,
+        added_before: float | None = None,
+        certificates: Sequence[str] = (),
+        sender: str | None = None,
+    ) -> list[Entry]:
+        """The latest entry of every value we may still have published: its latest entry
+        is not a completed removal. Filtered by the age of its latest add, or by
+        certificate (and then by the sender that wrote it)."""
+        ...
+
+    async def entries(
+        self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
+    ) -> list[Entry]: ...
+
+    async def prune(self, before: float) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SqliteJournal:
+    """SQLite in WAL mode; opened on first use; every call in a worker thread, one at a
+    time per process (several processes are serialised by SQLite's own lock)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=5, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return operation(self._connection())
+
+        return await asyncio.to_thread(locked)
+
+    async def begin(self, entry: Entry) -> int:
+        values = asdict(entry)
+        values.pop("id")
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+
+        def insert(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                f"INSERT INTO journal_entries ({names}) VALUES ({marks})",  # noqa: S608 - column names are ours
+                tuple(values.values()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self._run(insert)
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        now = self._clock()
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE journal_entries SET outcome = ?, settled = ?, error = ? WHERE id = ?",
+                (outcome, now, error, entry_id),
+            )
+        )
+
+    async def candidates(
+        self,
+        *,
+        added_before: float | None = None,
+        certificates: Sequence[str] = (),
+        sender: str | None = None,
+    ) -> list[Entry]:
+        where = ["NOT (e.action = 'remove' AND e.outcome = 'done')"]
+        params: list[Any] = []
+        if added_before is not None:
+            where.append("last_add.created <= ?")
+            params.append(added_before)
+        if certificates:
+            where.append(f"last_add.certificate IN ({', '.join('?' for _ in certificates)})")
+            params += list(certificates)
+        if sender is not None:
+            where.append("last_add.sender = ?")
+            params.append(sender)
+        query = f"""
+            SELECT {", ".join(f"e.{c}" for c in _COLUMNS)} FROM journal_entries e
+            JOIN (SELECT zone, fqdn, value, MAX(id) AS id FROM journal_entries
+                  GROUP BY zone, fqdn, value) latest ON e.id = latest.id
+            JOIN journal_entries last_add ON last_add.id = (
+                SELECT MAX(id) FROM journal_entries a WHERE a.zone = e.zone
+                AND a.fqdn = e.fqdn AND a.value = e.value AND a.action = 'add')
+            WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
+        rows = await self._run(lambda db: db.execute(query, params).fetchall())
+        return [_entry(row) for row in rows]
+
+    async def entries(
+        self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
+    ) -> list[Entry]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("created >= ?")
+            params.append(since)
+        if domain is not None:
+            where.append("(domain = ? OR fqdn = ? OR domain LIKE ? OR fqdn LIKE ?)")
+            params += [domain, domain, f"%.{domain}", f"%.{domain}"]
+        query = (
+            f"SELECT {', '.join(_COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
+            f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._run(lambda db: db.execute(query, (*params, limit)).fetchall())
+        return [_entry(row) for row in reversed(rows)]
+
+    async def prune(self, before: float) -> int:
+        """Drop settled history older than `before`, except the latest entry of a value
+        that may still be published: the sweep still needs that one."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute(
+                """DELETE FROM journal_entries WHERE created < ? AND outcome != 'pending'
+                   AND id NOT IN (
+                       SELECT e.id FROM journal_entries e
+                       JOIN (SELECT MAX(id) AS id FROM journal_entries
+                             GROUP BY zone, fqdn, value) latest ON e.id = latest.id
+                       WHERE NOT (e.action = 'remove' AND e.outcome = 'done'))""",
+                (before,),
+            ).rowcount
+
+        return await self._run(delete)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return Entry(**values)
