@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -73,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(delegation)
     delegation.add_argument("domains", nargs="+", metavar="DOMAIN")
     delegation.set_defaults(run=_delegation)
+
+    sweep = commands.add_parser(
+        "sweep", help="remove values of ours older than journal.max_age_seconds (for cron)"
+    )
+    _config_option(sweep)
+    sweep.add_argument("--max-age", type=_duration, help="e.g. 2h, 30m, 90s (default: config)")
+    sweep.add_argument("--dry-run", action="store_true", help="only list what would go")
+    sweep.set_defaults(run=_sweep)
+
+    journal = commands.add_parser("journal", help="list what was written and removed")
+    _config_option(journal)
+    journal.add_argument("--since", type=_since, help="a duration (2h, 7d) or an ISO time")
+    journal.add_argument("--domain", help="this name and the names below it")
+    journal.add_argument("--limit", type=int, default=1000)
+    journal.add_argument("--json", action="store_true", help="one JSON object per line")
+    journal.set_defaults(run=_journal)
 
     keygen = commands.add_parser("keygen", help="write a signing key pair (for local testing)")
     keygen.add_argument(
@@ -246,6 +266,93 @@ def _delegation(args: argparse.Namespace) -> int:
         print(f"{route.delegated_from}. 300 IN CNAME {route.fqdn}.")
         print(f";   check: dig +short CNAME {route.delegated_from}")
     return status
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 90s, 30m, 2h, 7d"
+        ) from None
+
+
+def _since(text: str) -> float:
+    try:
+        return time.time() - _duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration nor an ISO time"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    logs.configure(settings.log, sys.stderr)
+    return asyncio.run(_run_sweep(settings, args.max_age, args.dry_run))
+
+
+async def _run_sweep(settings: config.Settings, max_age: float | None, dry_run: bool) -> int:
+    from receiver.runtime import Runtime
+    from receiver.sweep import sweep
+
+    if not settings.journal.enabled:
+        print("sweep: the journal is disabled; nothing is known to be ours", file=sys.stderr)
+        return 2
+    async with Runtime.open(settings) as runtime:
+        report = await sweep(runtime, max_age=max_age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for entry in report.removed:
+        print(
+            f"{verb} {entry.fqdn} {entry.value} ({entry.provider}, written "
+            f"{_iso(entry.created)}, certificate {entry.certificate or '-'})"
+        )
+    for entry in report.settled:
+        print(f"settled {entry.fqdn} {entry.value}: a crashed write, nothing to remove")
+    for entry, reason in report.failed + report.skipped:
+        print(f"left {entry.fqdn} {entry.value}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _journal(args: argparse.Namespace) -> int:
+    from receiver.journal import SqliteJournal
+
+    settings = _load(args)
+    if not settings.journal.enabled or settings.journal.database is None:
+        print("journal: the journal is disabled", file=sys.stderr)
+        return 2
+
+    async def read() -> list[Any]:
+        assert settings.journal.database is not None
+        journal = SqliteJournal(settings.journal.database)
+        try:
+            return await journal.entries(since=args.since, domain=args.domain, limit=args.limit)
+        finally:
+            await journal.aclose()
+
+    for entry in asyncio.run(read()):
+        if args.json:
+            print(json.dumps(entry.as_dict(), sort_keys=True))
+        else:
+            who = entry.user or entry.sender or "-"
+            print(
+                f"{_iso(entry.created)}  {entry.action:<6} {entry.outcome:<7} {entry.fqdn}"
+                f"  {entry.value}  {entry.provider}  {entry.door}  {who}"
+                f"  {entry.certificate or '-'}"
+            )
+    return 0
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _keygen(args: argparse.Namespace) -> int:

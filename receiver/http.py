@@ -6,6 +6,9 @@ under a typed AppKey; handlers translate to and from `core.handle` and do nothin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +22,7 @@ from receiver.config import Settings
 from receiver.logs import bind_request
 from receiver.metrics import CONTENT_TYPE
 from receiver.runtime import Runtime
+from receiver.sweep import sweep_periodically
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
@@ -43,6 +47,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if settings.journal.enabled:
+        app.cleanup_ctx.append(_sweep_context)
+        if settings.journal.admin_token is not None:
+            app.router.add_get("/journal", journal_entries)
     return app
 
 
@@ -64,6 +72,41 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
         host, port = responder.address
         log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
         yield
+
+
+async def _sweep_context(app: web.Application) -> AsyncIterator[None]:
+    """The periodic sweep: long-running server only (serverless uses `sweep` on a timer)."""
+    task = asyncio.create_task(sweep_periodically(app[RUNTIME]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def journal_entries(request: web.Request) -> web.Response:
+    """The audit trail, for holders of the admin token only (the route exists only then)."""
+    settings = request.app[SETTINGS].journal
+    assert settings.admin_token is not None
+    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+    if not hmac.compare_digest(offered, settings.admin_token.reveal().encode()):
+        log.info("request_rejected", status=401, error="unauthorized", path=request.path)
+        return web.json_response(
+            {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    journal = request.app[RUNTIME].journal
+    assert journal is not None
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+        limit = min(int(request.query.get("limit", "1000")), 10_000)
+    except ValueError:
+        return web.json_response(
+            {"error": "bad_request", "detail": "since is epoch seconds, limit an integer"},
+            status=400,
+        )
+    entries = await journal.entries(since=since, domain=request.query.get("domain"), limit=limit)
+    return web.json_response({"entries": [e.as_dict() for e in entries]})
 
 
 @web.middleware

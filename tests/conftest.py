@@ -3,8 +3,12 @@ a fake IBM Cloud (public-key endpoint + IAM JWKS) on loopback, and an in-process
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,3 +329,61 @@ def start_service(
         return Service(client, app[RUNTIME])
 
     return start
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    url: str = ""
+    reader: asyncio.Task[None] | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode().rstrip("\n"))
+
+    async def wait_for(self, event: str, within: float = 15) -> dict[str, Any]:
+        async with asyncio.timeout(within):
+            while True:
+                for item in self.events():
+                    if item.get("event") == event:
+                        return item
+                if self.proc.returncode is not None:
+                    raise AssertionError("server exited:\n" + "\n".join(self.lines))
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def run_server() -> AsyncIterator[Callable[..., Any]]:
+    started: list[ServerProcess] = []
+
+    async def start(config: Path, *args: str) -> ServerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            "--config",
+            str(config),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        server = ServerProcess(proc)
+        server.reader = asyncio.create_task(server._read())
+        started.append(server)
+        server.url = (await server.wait_for("listening"))["url"]
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.returncode is None:
+            server.proc.kill()
+        await server.proc.wait()
+        if server.reader is not None:
+            await server.reader

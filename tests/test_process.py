@@ -7,17 +7,13 @@ the test's event loop, so the process fetches them exactly as it would in produc
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from receiver import signing
 
@@ -25,32 +21,6 @@ from .conftest import INSTANCE, FakeIbmCloud, Sender
 
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
-
-
-@dataclass
-class ServerProcess:
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-    reader: asyncio.Task[None] | None = None
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            self.lines.append(raw.decode().rstrip("\n"))
-
-    async def wait_for(self, event: str, within: float = 15) -> dict[str, Any]:
-        async with asyncio.timeout(within):
-            while True:
-                for item in self.events():
-                    if item.get("event") == event:
-                        return item
-                if self.proc.returncode is not None:
-                    raise AssertionError("server exited:\n" + "\n".join(self.lines))
-                await asyncio.sleep(0.02)
 
 
 def write_config(
@@ -82,38 +52,6 @@ provider = "memory"
 latency_ms = {latency_ms}
 """)
     return path
-
-
-@pytest.fixture
-async def run_server() -> AsyncIterator[Callable[..., Any]]:
-    started: list[ServerProcess] = []
-
-    async def start(config: Path, *args: str) -> ServerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "receiver",
-            "serve",
-            "--config",
-            str(config),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        server = ServerProcess(proc)
-        server.reader = asyncio.create_task(server._read())
-        started.append(server)
-        server.url = (await server.wait_for("listening"))["url"]
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.returncode is None:
-            server.proc.kill()
-        await server.proc.wait()
-        if server.reader is not None:
-            await server.reader
 
 
 async def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
