@@ -73,7 +73,11 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
     elapsed = time.perf_counter() - started
     summary.update(status=outcome.status, duration_ms=round(elapsed * 1000, 2))
     door = summary.get("door", "none")
-    runtime.metrics.requests.labels(door, summary.get("outcome", "rejected")).inc()
+    event_type = summary.get("event_type")
+    known = event_type in certificate_manager.KNOWN_EVENTS or event_type is None
+    runtime.metrics.requests.labels(
+        door, (event_type or "none") if known else "other", summary.get("outcome", "rejected")
+    ).inc()
     runtime.metrics.request_seconds.labels(door).observe(elapsed)
     level = log.info if outcome.status < 500 else log.error
     level("notification", **summary)

@@ -199,10 +199,13 @@ class Dispatcher:
         attempt = 0
         while True:
             attempt += 1
+            started = loop.time()
             try:
                 await operation(await self._zone_ref(provider, zone))
+                self._timed(zone, "ok", loop.time() - started)
                 return
             except ProviderError as exc:
+                self._timed(zone, _code(exc), loop.time() - started)
                 if isinstance(exc, ZoneNotFound):
                     self._zone_refs.pop((zone.provider, zone.name), None)
                 if not exc.retryable:
@@ -231,6 +234,10 @@ class Dispatcher:
                     error=str(exc),
                 )
                 await asyncio.sleep(delay)
+
+    def _timed(self, zone: ZoneSettings, result: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.provider_seconds.labels(zone.provider, result).observe(seconds)
 
     def _count(self, metric: str, zone: ZoneSettings, exc: ProviderError) -> None:
         if self._metrics is not None:

@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry owned by the Runtime (no process-global state).
 
-Labels stay low-cardinality: door, outcome, provider, error code. Names and values are
-never labels (they would grow without bound and leak what is being validated).
+Labels stay low-cardinality: door, event type (documented ones only), outcome, provider,
+error code. Names and values are never labels (they would grow without bound and leak
+what is being validated).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Metrics:
     registry: CollectorRegistry
     requests: Counter
     request_seconds: Histogram
+    provider_seconds: Histogram
     provider_retries: Counter
     provider_failures: Counter
     propagation: Counter
@@ -29,44 +31,52 @@ class Metrics:
     @classmethod
     def create(cls) -> Metrics:
         registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, text: str, labels: list[str]) -> Counter:
+            return Counter(name, text, labels, registry=registry)
+
+        def histogram(
+            name: str, text: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, text, labels, buckets=buckets, registry=registry)
+
         return cls(
             registry=registry,
-            requests=Counter(
+            requests=counter(
                 "dcr_requests",
-                "Requests handled, by door and outcome.",
-                ["door", "outcome"],
-                registry=registry,
+                "Requests handled, by door, event type and outcome.",
+                ["door", "event_type", "outcome"],
             ),
-            request_seconds=Histogram(
+            request_seconds=histogram(
                 "dcr_request_duration_seconds",
                 "Time to answer a request.",
                 ["door"],
-                buckets=_LATENCY_BUCKETS,
-                registry=registry,
+                _LATENCY_BUCKETS,
             ),
-            provider_retries=Counter(
-                "dcr_provider_retries",
-                "Provider calls retried.",
-                ["provider", "error"],
-                registry=registry,
+            provider_seconds=histogram(
+                "dcr_provider_call_duration_seconds",
+                "One attempt at a provider change (or batch).",
+                ["provider", "result"],
+                _LATENCY_BUCKETS,
             ),
-            provider_failures=Counter(
+            provider_retries=counter(
+                "dcr_provider_retries", "Provider calls retried.", ["provider", "error"]
+            ),
+            provider_failures=counter(
                 "dcr_provider_failures",
                 "Changes given up on (answered 502/503).",
                 ["provider", "error"],
-                registry=registry,
             ),
-            propagation=Counter(
+            propagation=counter(
                 "dcr_propagation_checks",
-                "Propagation checks, by outcome (live, lagging, timeout).",
+                "Propagation checks, by outcome (live, timeout, lagging).",
                 ["outcome"],
-                registry=registry,
             ),
-            propagation_seconds=Histogram(
+            propagation_seconds=histogram(
                 "dcr_propagation_seconds",
                 "Time until every nameserver served a value.",
-                buckets=_PROPAGATION_BUCKETS,
-                registry=registry,
+                [],
+                _PROPAGATION_BUCKETS,
             ),
         )
 

@@ -243,7 +243,9 @@ async def test_metrics_count_requests_by_door_and_outcome(
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
-    assert 'dcr_requests_total{door="certificate_manager",outcome="published"} 1.0' in text
-    assert 'dcr_requests_total{door="certificate_manager",outcome="rejected"} 1.0' in text
+    labels = 'door="certificate_manager",event_type="cert_domain_validation_required"'
+    assert f'dcr_requests_total{{{labels},outcome="published"}} 1.0' in text
+    assert 'event_type="none",outcome="rejected"} 1.0' in text  # rejected before parsing
+    assert 'dcr_provider_call_duration_seconds_count{provider="memory",result="ok"} 1.0' in text
     assert "dcr_request_duration_seconds_bucket" in text
     assert "example.com" not in text  # names are never labels

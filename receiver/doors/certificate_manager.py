@@ -31,6 +31,24 @@ DOOR = "certificate_manager"
 VALIDATION_REQUIRED = "cert_domain_validation_required"
 VALIDATION_COMPLETED = "cert_domain_validation_completed"
 ORDER_FAILED = ("cert_order_failed", "cert_renew_failed")
+# Event types documented for Certificate Manager (a metrics label must not be free text).
+KNOWN_EVENTS = frozenset(
+    {
+        VALIDATION_REQUIRED,
+        VALIDATION_COMPLETED,
+        *ORDER_FAILED,
+        "test_notification_channel",
+        "cert_issued",
+        "cert_renewed",
+        "cert_reimported",
+        "cert_about_to_expire_reimport_required",
+        "cert_expired_reimport_required",
+        "cert_about_to_expire_renew_required",
+        "cert_expired_renew_required",
+        "cert_issued_not_downloaded",
+        "cert_renewed_not_downloaded",
+    }
+)
 ACTIONS = {VALIDATION_REQUIRED: Action.ADD, VALIDATION_COMPLETED: Action.REMOVE}
 ENVELOPE = "notification envelope"
 
