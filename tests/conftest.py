@@ -61,7 +61,7 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass(frozen=True)
 class KeyPair:
-    private_pem: bytes
+    private_pem: bytes = field(repr=False)
     public_pem: bytes
 
 
@@ -109,7 +109,7 @@ def keys() -> dict[str, KeyPair]:
 class Sender:
     """Builds and signs notifications the way Certificate Manager does."""
 
-    keys: dict[str, KeyPair]
+    keys: dict[str, KeyPair] = field(repr=False)  # never print private keys in a report
     instance_crn: str = INSTANCE
     key_name: str = "sender"
 

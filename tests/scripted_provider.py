@@ -4,6 +4,7 @@ raise the configured contract error (or hang), then it behaves like `memory`."""
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -32,6 +33,8 @@ class ScriptedSettings:
     error: str = setting(default="unavailable", help="which failure: " + ", ".join(ERRORS))
     retry_after: float = setting(default=0.0, help="retry_after for rate_limited")
     hang_seconds: float = setting(default=0.0, help="instead of failing, hang this long")
+    failure_rate: float = setting(default=0.0, help="after `failures`, fail at this rate")
+    seed: int = setting(default=0, help="random seed for failure_rate")
 
 
 class ScriptedProvider:
@@ -45,6 +48,7 @@ class ScriptedProvider:
         self.inner = MemoryProvider(MemorySettings())
         self.calls = 0
         self.contexts: list[ChangeContext] = []
+        self._random = random.Random(settings.seed)
 
     @classmethod
     async def open(cls, settings: ScriptedSettings, budget: RateBudget) -> Self:
@@ -64,6 +68,11 @@ class ScriptedProvider:
                 await asyncio.sleep(self.settings.hang_seconds)
             else:
                 raise ERRORS[self.settings.error](self.settings)
+        elif self._random.random() < self.settings.failure_rate:
+            kind = self._random.choice(["unavailable", "rate_limited", "hang"])
+            if kind == "hang":
+                await asyncio.sleep(60)  # beyond any deadline: the core gives up
+            raise ERRORS[kind](self.settings)
 
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext

@@ -226,3 +226,44 @@ async def test_retries_and_failures_are_counted(
     assert (
         'dcr_provider_failures_total{error="provider_auth_failed",provider="scripted"} 1.0' in text
     )
+
+
+async def test_faults_at_a_rate_never_lose_a_challenge(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    """30% of provider calls fail (5xx, throttling, hangs past the deadline). Every
+    accepted challenge ends published or answered 503; a sender that retries its 503s
+    ends with every value published, and after the completions with every value gone."""
+    import asyncio
+
+    service = await start_service(
+        zones=zones(failure_rate=0.3, seed=7, retry_after=0.01),
+        dispatch={
+            "deadline_seconds": 0.4,
+            "retry_initial_seconds": 0.01,
+            "retry_max_seconds": 0.02,
+        },
+    )
+    (provider,) = service.runtime.providers.values()
+    assert isinstance(provider, ScriptedProvider)
+    domains = {f"h{i}.example.com": signing.challenge_value() for i in range(40)}
+
+    async def until_ok(event: str, domain: str, value: str) -> list[int]:
+        statuses = []
+        for _ in range(30):
+            resp = await service.post(sender.body(sender.claims(event, domain, value)))
+            statuses.append(resp.status)
+            if resp.status == 200:
+                return statuses
+            assert resp.status == 503 and "Retry-After" in resp.headers
+        raise AssertionError(f"never accepted: {statuses}")
+
+    first = await asyncio.gather(*(until_ok(REQUIRED, d, v) for d, v in domains.items()))
+    assert any(len(s) > 1 for s in first)  # faults really happened
+    for domain, value in domains.items():  # every 200 means published
+        assert value in await provider.list_txt(ZoneRef("", ""), f"_acme-challenge.{domain}")
+    await asyncio.gather(
+        *(until_ok("cert_domain_validation_completed", d, v) for d, v in domains.items())
+    )
+    for domain in domains:
+        assert await provider.list_txt(ZoneRef("", ""), f"_acme-challenge.{domain}") == set()

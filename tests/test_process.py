@@ -230,3 +230,63 @@ async def test_readme_demo_flow(tmp_path: Path, run_server: Callable[..., Any]) 
             assert [b"".join(r.strings) for r in answer.answer[0]] == [b"d" * 43]
         else:
             assert answer.rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_two_processes_share_one_store_and_lose_nothing(
+    tmp_path: Path, sender: Sender, public_key_file: Path, run_server: Callable[..., Any]
+) -> None:
+    """50 concurrent add/remove pairs for one name through two receiver processes that
+    share one `local` store: no value lost on the way, none left behind."""
+    from providers.local import ChallengeStore
+
+    config = tmp_path / "r.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_file = "{public_key_file}"
+[local]
+database = "shared.sqlite3"
+dns_listen = "127.0.0.1:0"
+[propagation]
+check = false
+[[zones]]
+name = "example.com"
+provider = "local"
+""")
+    first, second = await run_server(config), await run_server(config)
+    name = "_acme-challenge.example.com"
+    keeper = signing.challenge_value()
+    assert (await post(first.url, sender.body(sender.claims(REQUIRED, "example.com", keeper))))[
+        0
+    ] == 200
+    values = [signing.challenge_value() for _ in range(50)]
+    seen_together: list[bool] = []
+
+    async def pair(index: int, value: str) -> None:
+        add_via, remove_via = (first, second) if index % 2 else (second, first)
+        status, _ = await post(
+            add_via.url, sender.body(sender.claims(REQUIRED, "*.example.com", value))
+        )
+        assert status == 200
+        store = ChallengeStore(tmp_path / "shared.sqlite3", lifetime=3600)
+        try:
+            current = {v.value for v in store.values(name)}
+        finally:
+            store.close()
+        seen_together.append({value, keeper} <= current)  # nothing lost meanwhile
+        status, _ = await post(
+            remove_via.url, sender.body(sender.claims(COMPLETED, "*.example.com", value))
+        )
+        assert status == 200
+
+    await asyncio.gather(*(pair(i, v) for i, v in enumerate(values)))
+    assert all(seen_together)
+    store = ChallengeStore(tmp_path / "shared.sqlite3", lifetime=3600)
+    try:
+        assert {v.value for v in store.values(name)} == {keeper}  # nothing left behind
+    finally:
+        store.close()
