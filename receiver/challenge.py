@@ -19,6 +19,7 @@ from receiver.errors import BadRequest, InvalidName
 CHALLENGE_LABEL = "_acme-challenge"
 MAX_NAME_LENGTH = 253
 
+_PLAIN_NAME = re.compile(r"[a-z0-9_.-]+\Z")
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _UNDERSCORE_LABEL = re.compile(r"_[a-z0-9](?:[a-z0-9_-]{0,61})\Z")
 # A DNS-01 value is base64url(SHA-256(key authorisation)) without padding: 43 characters.
@@ -49,10 +50,8 @@ def canonical_name(text: object, *, allow_underscore: bool = False) -> str:
         raise InvalidName("a name must be a non-empty string")
     if len(text) > MAX_NAME_LENGTH + 1:
         raise InvalidName("name is longer than 253 characters")
-    try:
-        mapped = idna.uts46_remap(text, std3_rules=False, transitional=False)
-    except (idna.IDNAError, UnicodeError, ValueError) as exc:
-        raise InvalidName(f"name {text!r} is not a valid domain name: {exc}") from None
+    # Lower-case LDH ASCII (the usual case) has nothing for UTS 46 to map.
+    mapped = text if _PLAIN_NAME.match(text) else _uts46(text)
     if mapped.endswith("."):
         mapped = mapped[:-1]
     labels = [_canonical_label(label, text, allow_underscore) for label in mapped.split(".")]
@@ -60,6 +59,14 @@ def canonical_name(text: object, *, allow_underscore: bool = False) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"name {text!r} is longer than 253 characters")
     return name
+
+
+def _uts46(text: str) -> str:
+    try:
+        mapped = idna.uts46_remap(text, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        raise InvalidName(f"name {text!r} is not a valid domain name: {exc}") from None
+    return mapped
 
 
 def _canonical_label(label: str, name: str, allow_underscore: bool) -> str:

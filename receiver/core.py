@@ -75,10 +75,12 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
     door = summary.get("door", "none")
     event_type = summary.get("event_type")
     known = event_type in certificate_manager.KNOWN_EVENTS or event_type is None
-    runtime.metrics.requests.labels(
-        door, (event_type or "none") if known else "other", summary.get("outcome", "rejected")
-    ).inc()
-    runtime.metrics.request_seconds.labels(door).observe(elapsed)
+    runtime.metrics.count_request(
+        door,
+        (event_type or "none") if known else "other",
+        summary.get("outcome", "rejected"),
+        elapsed,
+    )
     level = log.info if outcome.status < 500 else log.error
     level("notification", **summary)
     return outcome
@@ -126,7 +128,11 @@ async def _challenge(
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
         summary["record"] = route.fqdn
-    written = dataclasses.replace(challenge, fqdn=route.fqdn)
+    written = (
+        challenge
+        if route.fqdn == challenge.fqdn
+        else dataclasses.replace(challenge, fqdn=route.fqdn)
+    )
     user = notification.user
     origin = Origin(
         door=certificate_manager.DOOR,
@@ -141,7 +147,7 @@ async def _challenge(
             runtime,
             written,
             route.zone,
-            dataclasses.replace(origin, door=door),
+            origin if door == origin.door else dataclasses.replace(origin, door=door),
             request_id=request.request_id,
             user_token=notification.user_token,
         )

@@ -126,6 +126,8 @@ class Dispatcher:
         self._zone_refs: dict[tuple[str, str], ZoneRef] = {}
         self._locks = KeyedLocks()
         self._coalescers: dict[tuple[str, str], Coalescer] = {}
+        # isinstance() on a runtime-checkable Protocol is slow: decide once per adapter.
+        self._batching = {key: isinstance(p, BatchingProvider) for key, p in providers.items()}
 
     def provider_for(self, zone: ZoneSettings) -> Provider:
         return self._providers[zone.provider_key]
@@ -147,7 +149,7 @@ class Dispatcher:
             zone.ttl,
         )
         deadline = self._settings.deadline_seconds
-        batching = isinstance(provider, BatchingProvider) and self._settings.batch_window_seconds
+        batching = self._batching[zone.provider_key] and self._settings.batch_window_seconds
         try:
             if batching:
                 # The batch has its own deadline; waiting also covers the collection window.

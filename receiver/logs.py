@@ -8,6 +8,7 @@ Configured once per process by an entry point, never at import.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -36,16 +37,26 @@ _LEVELS = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    return bool(key) and _SECRET_KEY.search(key) is not None
+
+
 def scrub(value: Any, key: str = "") -> Any:
     """A copy of `value` with secrets removed (keys that sound secret, JWTs, PEM blocks)."""
     if isinstance(value, Secret):
         return REDACTED
-    if isinstance(value, str | bytes) and key and _SECRET_KEY.search(key):
+    if isinstance(value, str | bytes) and _secret_key(key):
         return REDACTED
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
-        return _PEM.sub(REDACTED, _JWT_LIKE.sub(REDACTED, value))
+        # Substring checks first (C speed): almost every string holds neither marker.
+        if "eyJ" in value:
+            value = _JWT_LIKE.sub(REDACTED, value)
+        if "-----BEGIN" in value:
+            value = _PEM.sub(REDACTED, value)
+        return value
     if isinstance(value, Mapping):
         return {k: scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
@@ -54,7 +65,18 @@ def scrub(value: Any, key: str = "") -> Any:
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    return {k: scrub(v, k) if k != "event" else scrub(v) for k, v in event_dict.items()}
+    redacted: EventDict = {}
+    for key, value in event_dict.items():
+        kind = type(value)
+        if kind is str:  # the common case, kept cheap
+            if key != "event" and _secret_key(key):
+                value = REDACTED
+            elif "eyJ" in value or "-----BEGIN" in value:
+                value = scrub(value)
+        elif value is not None and kind not in (int, float, bool):
+            value = scrub(value, key if key != "event" else "")
+        redacted[key] = value
+    return redacted
 
 
 def configure(settings: LogSettings, stream: TextIO | None = None) -> None:

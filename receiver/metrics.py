@@ -7,7 +7,8 @@ what is being validated).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,6 +28,20 @@ class Metrics:
     provider_failures: Counter
     propagation: Counter
     propagation_seconds: Histogram
+    _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False)
+
+    def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
+        """Per request: label lookups cached (they cost more than the increments)."""
+        key = (door, event_type, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(door, event_type, outcome),
+                self.request_seconds.labels(door),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def create(cls) -> Metrics:

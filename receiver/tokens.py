@@ -1,50 +1,77 @@
-"""JWT checks shared by the sender envelope and the user token; pure functions.
+"""Compact JWS parsing and claim checks shared by the sender envelope and the user token.
 
-PyJWT does the cryptography; this module pins what PyJWT is allowed to accept (one
-configured asymmetric algorithm, never `none` or HMAC) and turns each failure into a
-`receiver.errors` rejection with a stable code.
+PyJWT does the cryptography (its algorithm objects verify signatures, its `PyJWK` reads
+JWKS keys). The compact form is parsed here, once per token: PyJWT 2.15 re-parses a token
+for every call and checks each character in a Python loop (about 150 us per call for an
+envelope that carries a user token, against 27 us for the RSA check itself), and a
+notification needs the header, then the claims, then the verified claims. Parsing is
+strict: the base64url alphabet, canonical encoding without padding, JSON objects only.
+Only one configured asymmetric algorithm is ever accepted; `none` and HMAC never are.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.exceptions import InvalidKeyError
 
 from receiver.errors import BadRequest, RequestRejected, Unauthorized
 
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\Z")
 
 
-def check_compact(
+@dataclass(frozen=True)
+class CompactJws:
+    header: dict[str, Any]
+    claims: dict[str, Any]  # not to be trusted before `verify`
+    signing_input: bytes
+    signature: bytes
+
+
+def parse(
     token: object, *, what: str, code: str, error: type[RequestRejected] = BadRequest
-) -> str:
-    if not isinstance(token, str) or not _COMPACT_JWS.match(token):
+) -> CompactJws:
+    """Split and decode a compact JWS; raise `error` for anything malformed."""
+    match = _COMPACT_JWS.match(token) if isinstance(token, str) else None
+    if match is None:
         raise error(f"{what} is not a compact JWS (header.payload.signature)", code=code)
-    return token
-
-
-def unverified_header(
-    token: str, *, what: str, code: str, error: type[RequestRejected] = BadRequest
-) -> dict[str, Any]:
+    header_b64, claims_b64, signature_b64 = match.groups()
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise error(f"{what} has an unreadable header", code=code) from None
-    return header
+        header = json.loads(_b64decode(header_b64))
+        claims = json.loads(_b64decode(claims_b64))
+        signature = _b64decode(signature_b64)
+    except (ValueError, UnicodeDecodeError):
+        raise error(f"{what} is not valid base64url JSON", code=code) from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise error(f"{what} header and payload must be JSON objects", code=code)
+    signing_input = f"{header_b64}.{claims_b64}".encode("ascii")
+    return CompactJws(header, claims, signing_input, signature)
 
 
-def unverified_claims(token: str, *, what: str, code: str) -> dict[str, Any]:
-    """Claims before verification: only ever used to pick the key, never trusted."""
+# In a canonical encoding the bits after the data in the last character are zero: with
+# 2 leftover characters (1 byte) that leaves 4 data bits, with 3 (2 bytes) 2 data bits.
+_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+
+
+def _b64decode(segment: str) -> bytes:
+    """Canonical unpadded base64url only (the alphabet is checked by the pattern)."""
+    leftover = len(segment) % 4
+    if leftover == 1:
+        raise ValueError("impossible base64 length")
+    if leftover and segment[-1] not in _LAST[leftover]:
+        raise ValueError("non-canonical base64url")
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise BadRequest(f"{what} has an unreadable payload", code=code) from None
-    if not isinstance(claims, dict):
-        raise BadRequest(f"{what} payload is not a JSON object", code=code)
-    return claims
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
 
 
 def pinned_algorithm(
@@ -59,7 +86,7 @@ def pinned_algorithm(
 
 
 def verify(
-    token: str,
+    jws: CompactJws,
     key: Any,
     algorithm: str,
     *,
@@ -68,33 +95,45 @@ def verify(
     leeway: float,
     require: Collection[str] = (),
     issuer: str | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """Verify signature and time claims (`exp`, `nbf`, `iat` when present) with `leeway`."""
-    options: Any = {"require": list(require), "verify_aud": False}
+    """The claims, once the signature verifies with `key` and `algorithm` and the time
+    claims (`exp`, `nbf`, `iat`, checked when present) hold within `leeway` seconds."""
+    invalid = "invalid_signature" if code_prefix == "envelope" else f"invalid_{code_prefix}"
+    if isinstance(key, jwt.PyJWK):
+        key = key.key
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token, key, algorithms=[algorithm], options=options, leeway=leeway, issuer=issuer
-        )
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized(f"{what} has expired", code=f"{code_prefix}_expired") from None
-    except jwt.ImmatureSignatureError:
-        raise Unauthorized(
-            f"{what} is not valid yet (check clocks)", code=f"{code_prefix}_not_yet_valid"
-        ) from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise Unauthorized(
-            f"{what} lacks the {exc.claim!r} claim", code=f"invalid_{code_prefix}"
-        ) from None
-    except jwt.InvalidIssuerError:
-        raise Unauthorized(f"{what} has the wrong issuer", code=f"invalid_{code_prefix}") from None
-    except jwt.InvalidSignatureError:
-        raise Unauthorized(
-            f"{what} signature does not verify",
-            code="invalid_signature" if code_prefix == "envelope" else f"invalid_{code_prefix}",
-        ) from None
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
-        # Wrong key type for the algorithm, malformed claims, undecodable segments.
+        verifier = jwt.get_algorithm_by_name(algorithm)
+        valid = verifier.verify(jws.signing_input, verifier.prepare_key(key), jws.signature)
+    except (InvalidKeyError, NotImplementedError, TypeError, ValueError) as exc:
+        # The key does not fit the algorithm (an EC key for RS256, say).
         raise Unauthorized(
             f"{what} is invalid ({type(exc).__name__})", code=f"invalid_{code_prefix}"
         ) from None
+    if not valid:
+        raise Unauthorized(f"{what} signature does not verify", code=invalid)
+    claims = jws.claims
+    for name in require:
+        if name not in claims:
+            raise Unauthorized(f"{what} lacks the {name!r} claim", code=f"invalid_{code_prefix}")
+    now = time.time() if now is None else now
+    times = {}
+    for name in ("exp", "nbf", "iat"):
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthorized(
+                    f"{what} claim {name!r} must be a number", code=f"invalid_{code_prefix}"
+                )
+            times[name] = value
+    if "exp" in times and times["exp"] <= now - leeway:
+        raise Unauthorized(f"{what} has expired", code=f"{code_prefix}_expired")
+    if ("nbf" in times and times["nbf"] > now + leeway) or (
+        "iat" in times and times["iat"] > now + leeway
+    ):
+        raise Unauthorized(
+            f"{what} is not valid yet (check clocks)", code=f"{code_prefix}_not_yet_valid"
+        )
+    if issuer is not None and claims.get("iss") != issuer:
+        raise Unauthorized(f"{what} has the wrong issuer", code=f"invalid_{code_prefix}")
     return claims

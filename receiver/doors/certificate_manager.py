@@ -13,6 +13,7 @@ Order of checks, each before anything more expensive or outward-facing:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ from providers.base import Secret
 from receiver import tokens
 from receiver.challenge import Action, Challenge, challenge_record_name, check_challenge_value
 from receiver.config import CertificateManagerSettings, UserTokenSettings
-from receiver.crn import InstanceCrn, InvalidCrn
+from receiver.crn import InstanceCrn
 from receiver.errors import BadRequest, Forbidden, Unauthorized
 from receiver.keys import Jwks, SenderKeys
-from receiver.user_token import UserIdentity, verify_user_token
+from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
 DOOR = "certificate_manager"
 VALIDATION_REQUIRED = "cert_domain_validation_required"
@@ -84,46 +85,45 @@ class Verifier:
     user_token_settings: UserTokenSettings
     sender_keys: SenderKeys
     jwks: Jwks | None  # None when user-token verification is off
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens, compare=False)
 
-    @property
-    def allowed_instances(self) -> frozenset[str]:
-        return frozenset(self.settings.allowed_instances)
+    @functools.cached_property
+    def allowed_instances(self) -> dict[str, InstanceCrn]:
+        """Parsed once: config validation has already checked every one of them."""
+        return {crn: InstanceCrn.parse(crn) for crn in self.settings.allowed_instances}
 
 
-def envelope_token(body: bytes) -> str:
+def envelope(body: bytes) -> tokens.CompactJws:
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not valid JSON", code="malformed_body") from None
     if not isinstance(document, dict) or "data" not in document:
         raise BadRequest('body must be a JSON object {"data": "<JWS>"}', code="malformed_body")
-    return tokens.check_compact(document["data"], what="data", code="malformed_envelope")
+    return tokens.parse(document["data"], what="data", code="malformed_envelope")
 
 
-def allowed_instance(token: str, allowed: frozenset[str]) -> InstanceCrn:
-    claims = tokens.unverified_claims(token, what=ENVELOPE, code="malformed_envelope")
-    crn = claims.get("instance_crn")
+def allowed_instance(jws: tokens.CompactJws, allowed: dict[str, InstanceCrn]) -> InstanceCrn:
+    crn = jws.claims.get("instance_crn")  # unverified: it only picks the key
     if not isinstance(crn, str) or crn not in allowed:
         raise Forbidden(
             "instance_crn is not an allowed Certificate Manager instance",
             code="instance_not_allowed",
         )
-    try:
-        return InstanceCrn.parse(crn)
-    except InvalidCrn:  # config validation makes this unreachable; fail closed anyway
-        raise Forbidden("instance_crn is malformed", code="instance_not_allowed") from None
+    return allowed[crn]
 
 
-async def verified_claims(token: str, instance: InstanceCrn, verifier: Verifier) -> dict[str, Any]:
+async def verified_claims(
+    jws: tokens.CompactJws, instance: InstanceCrn, verifier: Verifier
+) -> dict[str, Any]:
     settings = verifier.settings
-    header = tokens.unverified_header(token, what=ENVELOPE, code="malformed_envelope")
     alg = tokens.pinned_algorithm(
-        header, settings.algorithms, what=ENVELOPE, code="algorithm_not_allowed"
+        jws.header, settings.algorithms, what=ENVELOPE, code="algorithm_not_allowed"
     )
 
     def check(key: Any) -> dict[str, Any]:
         return tokens.verify(
-            token,
+            jws,
             key,
             alg,
             what=ENVELOPE,
@@ -145,11 +145,9 @@ async def verified_claims(token: str, instance: InstanceCrn, verifier: Verifier)
 
 async def receive(body: bytes, verifier: Verifier) -> Notification:
     """Authenticate and parse one notification body; raise a `RequestRejected` otherwise."""
-    token = envelope_token(body)
-    instance = allowed_instance(token, verifier.allowed_instances)
-    claims = await verified_claims(token, instance, verifier)
-    if claims.get("instance_crn") != instance.text:  # same token, so only a library bug
-        raise Unauthorized("instance_crn changed during verification", code="invalid_signature")
+    jws = envelope(body)
+    instance = allowed_instance(jws, verifier.allowed_instances)
+    claims = await verified_claims(jws, instance, verifier)
 
     user, user_token = await _user(claims, instance, verifier)
     event_type = _optional_text(claims, "event_type")
@@ -175,7 +173,9 @@ async def _user(
         return None, None
     if not isinstance(token, str) or not token:
         raise Unauthorized("userToken must be a non-empty string", code="invalid_user_token")
-    user = await verify_user_token(token, verifier.jwks, settings, instance)
+    user = await verify_user_token(
+        token, verifier.jwks, settings, instance, verifier.verified_tokens
+    )
     return user, Secret(token)
 
 

@@ -1,0 +1,156 @@
+"""Shared pieces of the HTTP benchmarks: keys, a JWKS server, signed notifications,
+receiver and baseline processes, RSS readings. Loopback only."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from receiver import signing
+
+HERE = Path(__file__).resolve().parent
+CRN = signing.DEMO_CRN
+KID = "bench-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def jwks_server(public_pem: bytes) -> Iterator[str]:
+    document = json.dumps(signing.jwks_document({KID: public_pem})).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/keys"
+    finally:
+        server.shutdown()
+
+
+class Keys:
+    def __init__(self, folder: Path) -> None:
+        self.sender_public = signing.write_key_pair(folder / "sender.pem")
+        user_private = signing.generate_private_key()
+        self.user_public = signing.public_pem(user_private)
+        self._sender = load_pem_private_key((folder / "sender.pem").read_bytes(), None)
+        self._user = load_pem_private_key(user_private, None)
+
+    def bodies(self, pairs: int) -> list[bytes]:
+        """`pairs` required/completed pairs, each for its own name, each with a user token."""
+        import jwt
+
+        account = CRN.split(":")[6].removeprefix("a/")
+        token = jwt.encode(
+            signing.user_token_claims(account=account, lifetime=24 * 3600),
+            self._user,
+            algorithm="RS256",
+            headers={"kid": KID},
+        )
+        found = []
+        for index in range(pairs):
+            value = signing.challenge_value()
+            for event in ("cert_domain_validation_required", "cert_domain_validation_completed"):
+                claims = signing.notification_claims(
+                    instance_crn=CRN,
+                    event_type=event,
+                    domain=f"h{index}.example.com",
+                    value=value,
+                    user_token=token,
+                    lifetime=24 * 3600,
+                )
+                found.append(signing.envelope(jwt.encode(claims, self._sender, "RS256")))
+        return found
+
+
+def receiver_config(folder: Path, keys: Keys, jwks_url: str, port: int, *, journal: bool) -> Path:
+    config = folder / f"receiver-{port}.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[log]
+format = "json"
+[certificate_manager]
+allowed_instances = ["{CRN}"]
+public_key_file = "{keys.sender_public}"
+[user_token]
+required = true
+jwks_url = "{jwks_url}"
+[journal]
+enabled = {str(journal).lower()}
+database = "{folder}/journal-{port}.sqlite3"
+[propagation]
+check = false
+[[zones]]
+name = "example.com"
+provider = "memory"
+""")
+    return config
+
+
+@contextmanager
+def process(argv: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=1)
+            except urllib.error.HTTPError:
+                break  # answering (a 4xx for this empty body is fine)
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv} did not start") from None
+                time.sleep(0.05)
+                continue
+            break
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def receiver(config: Path) -> list[str]:
+    return [sys.executable, "-m", "receiver", "serve", "--config", str(config)]
+
+
+def bare(port: int) -> list[str]:
+    return [sys.executable, str(HERE / "bare_app.py"), str(port)]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0))
