@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from providers.errors import ProviderError
 from receiver import __version__, config, logs, signing
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
 from receiver.errors import ConfigError, ReceiverError
@@ -26,11 +27,16 @@ from receiver.policy import Policy
 
 log = structlog.get_logger("receiver")
 DEMO_DIR = Path(".demo")
+DIGICERT_AUTH_KEY_ENV = "DIGICERT_AUTH_KEY"
 DEMO_KEY = "notification-key.pem"
 EVENT_ALIASES = {
     "required": "cert_domain_validation_required",
     "completed": "cert_domain_validation_completed",
 }
+
+
+class _CommandError(Exception):
+    """A command cannot start: printed as one line, exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--json", action="store_true", help="one JSON object per line")
     journal.set_defaults(run=_journal)
 
+    _digicert_parser(commands)
+
     keygen = commands.add_parser("keygen", help="write a signing key pair (for local testing)")
     keygen.add_argument(
         "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
@@ -130,6 +138,47 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--account", help="user token account (default: the instance's)")
     sign.set_defaults(run=_sign_notification)
     return parser
+
+
+def _digicert_parser(commands: Any) -> None:
+    digicert_command = commands.add_parser(
+        "digicert",
+        help="DigiCert AuthKey request tokens (DV immediate issuance)",
+        description=f"The AuthKey comes from ${DIGICERT_AUTH_KEY_ENV} or --auth-key-file, "
+        "never from an argument. The CSR is hashed exactly as the file holds it.",
+    )
+    actions = digicert_command.add_subparsers(required=True, metavar="ACTION")
+    # No abbreviations: `--auth-key` must not pass as `--auth-key-file` with the key as a path.
+    token = actions.add_parser(
+        "token", help="print the request token for a CSR", allow_abbrev=False
+    )
+    place = actions.add_parser(
+        "place",
+        help="publish the token as TXT at each domain (or _dnsauth.<domain>)",
+        allow_abbrev=False,
+    )
+    remove = actions.add_parser(
+        "remove",
+        help="remove this CSR's tokens at each domain, and no other value",
+        allow_abbrev=False,
+    )
+    for parser in (token, place, remove):
+        parser.add_argument("--csr", type=Path, required=True, help="PEM CSR file")
+        parser.add_argument("--auth-key-file", type=Path, help="file holding the AuthKey")
+    for parser in (place, remove):
+        _config_option(parser)
+        parser.add_argument("--domain", action="append", required=True, dest="domains")
+        parser.add_argument(
+            "--dnsauth", action="store_true", help="use _dnsauth.<domain> as the record name"
+        )
+    token.add_argument("--timestamp", help="yyyyMMddHHmmss in UTC (default: now)")
+    place.add_argument("--timestamp", help="yyyyMMddHHmmss in UTC (default: now)")
+    remove.add_argument(
+        "--timestamp", help="remove only the token of this timestamp (default: any of this CSR)"
+    )
+    token.set_defaults(run=_digicert_token)
+    place.set_defaults(run=_digicert_place)
+    remove.set_defaults(run=_digicert_remove)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -353,6 +402,101 @@ def _journal(args: argparse.Namespace) -> int:
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _digicert_inputs(args: argparse.Namespace) -> tuple[str, bytes]:
+    """The AuthKey and the CSR bytes, or `_CommandError` saying what is missing."""
+    if args.auth_key_file is not None:
+        try:
+            auth_key = args.auth_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _CommandError(f"cannot read {args.auth_key_file}: {exc.strerror}") from None
+    else:
+        auth_key = os.environ.get(DIGICERT_AUTH_KEY_ENV, "").strip()
+    if not auth_key:
+        raise _CommandError(f"no AuthKey: set ${DIGICERT_AUTH_KEY_ENV} or pass --auth-key-file")
+    try:
+        csr = args.csr.read_bytes()
+    except OSError as exc:
+        raise _CommandError(f"cannot read {args.csr}: {exc.strerror}") from None
+    if b"-----BEGIN" not in csr:
+        raise _CommandError(f"{args.csr} is not a PEM CSR")
+    return auth_key, csr
+
+
+def _digicert_token_now(args: argparse.Namespace, auth_key: str, csr: bytes) -> str:
+    from receiver import digicert
+
+    timestamp = args.timestamp or digicert.format_timestamp(datetime.now(UTC))
+    return digicert.request_token(auth_key, csr, timestamp)
+
+
+def _digicert(args: argparse.Namespace, action: Any) -> int:
+    try:
+        return int(action(args, *_digicert_inputs(args)))
+    except _CommandError as exc:
+        print(f"digicert: {exc}", file=sys.stderr)
+        return 2
+    except ReceiverError as exc:
+        print(f"digicert: {exc.detail}", file=sys.stderr)
+        return 1 if exc.status >= 500 else 2
+    except ProviderError as exc:
+        print(f"digicert: {exc}", file=sys.stderr)
+        return 1
+
+
+def _digicert_token(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, auth_key: str, csr: bytes) -> int:
+        print(_digicert_token_now(args, auth_key, csr))
+        return 0
+
+    return _digicert(args, run)
+
+
+def _digicert_place(args: argparse.Namespace) -> int:
+    async def publish(settings: config.Settings, token: str) -> list[Any]:
+        from receiver.doors import digicert
+        from receiver.runtime import Runtime
+
+        async with Runtime.open(settings) as runtime:
+            return await digicert.place(runtime, token, args.domains, dnsauth=args.dnsauth)
+
+    def run(args: argparse.Namespace, auth_key: str, csr: bytes) -> int:
+        from receiver import digicert
+
+        token = _digicert_token_now(args, auth_key, csr)
+        settings = _load(args)
+        logs.configure(settings.log, sys.stderr)
+        window = digicert.window(token)
+        for placed in asyncio.run(publish(settings, token)):
+            print(f"placed {placed.fqdn} TXT {placed.token} ({placed.provider})")
+        print(f"valid {_iso(window.start.timestamp())} to {_iso(window.end.timestamp())}")
+        return 0
+
+    return _digicert(args, run)
+
+
+def _digicert_remove(args: argparse.Namespace) -> int:
+    async def withdraw(settings: config.Settings, auth_key: str, csr: bytes) -> list[Any]:
+        from receiver.doors import digicert
+        from receiver.runtime import Runtime
+
+        async with Runtime.open(settings) as runtime:
+            return await digicert.remove(
+                runtime, auth_key, csr, args.domains, dnsauth=args.dnsauth, timestamp=args.timestamp
+            )
+
+    def run(args: argparse.Namespace, auth_key: str, csr: bytes) -> int:
+        settings = _load(args)
+        logs.configure(settings.log, sys.stderr)
+        removed = asyncio.run(withdraw(settings, auth_key, csr))
+        for placed in removed:
+            print(f"removed {placed.fqdn} TXT {placed.token} ({placed.provider})")
+        if not removed:
+            print("no token of this CSR was published at those names")
+        return 0
+
+    return _digicert(args, run)
 
 
 def _keygen(args: argparse.Namespace) -> int:

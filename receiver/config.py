@@ -120,6 +120,17 @@ DEFAULT_DATABASE = "dns-challenge-receiver.sqlite3"
 
 
 @dataclass(frozen=True)
+class DigicertSettings:
+    """DigiCert AuthKey request tokens (`dcv_method = http-token` needs `fileauth`)."""
+
+    auth_key: Secret | None = None
+    # Serve GET /.well-known/pki-validation/fileauth.txt for these hosts.
+    fileauth: bool = False
+    # host -> the PEM CSR file (used byte for byte) whose token that host serves
+    fileauth_csr_files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
@@ -149,6 +160,7 @@ class Settings:
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
+    digicert: DigicertSettings = field(default_factory=DigicertSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -160,6 +172,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dispatch": DispatchSettings,
     "propagation": PropagationSettings,
     "journal": JournalSettings,
+    "digicert": DigicertSettings,
 }
 
 
@@ -579,6 +592,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
             )
         seen.setdefault(zone.name, index)
+    _check_digicert(settings, reader)
     written = [z.name for z in settings.zones if z.cname_to is None]
     for index, zone in enumerate(settings.zones):
         if zone.cname_to is not None and longest_zone(zone.cname_to, written) is None:
@@ -586,6 +600,30 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].cname_to",
                 f"{zone.cname_to!r} is inside no zone with a provider: add one for it",
             )
+
+
+def _check_digicert(settings: Settings, reader: _Reader) -> None:
+    digicert = settings.digicert
+    if not digicert.fileauth:
+        return
+    if digicert.auth_key is None:
+        reader.problem("digicert.auth_key", "required with fileauth: set auth_key_env or _file")
+    if not digicert.fileauth_csr_files:
+        reader.problem("digicert.fileauth_csr_files", "name at least one host and its CSR file")
+    zones = [zone.name for zone in settings.zones]
+    for host, path in digicert.fileauth_csr_files.items():
+        key = f"digicert.fileauth_csr_files.{host}"
+        try:
+            name = canonical_name(host)
+        except InvalidName as exc:
+            reader.problem(key, exc.detail)
+            continue
+        if name != host:
+            reader.problem(key, f"write the host as {name!r}")
+        elif longest_zone(name, zones) is None:
+            reader.problem(key, f"{name} is in no configured zone")
+        if not path.is_file():
+            reader.problem(key, f"{path} is not a readable file")
 
 
 def _check_local(settings: Settings, reader: _Reader) -> None:

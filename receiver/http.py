@@ -19,6 +19,8 @@ from aiohttp.typedefs import Handler
 
 from receiver import core
 from receiver.config import Settings
+from receiver.doors.digicert import FileAuth
+from receiver.errors import ReceiverError
 from receiver.logs import bind_request
 from receiver.metrics import CONTENT_TYPE
 from receiver.runtime import Runtime
@@ -28,6 +30,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
 DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
+FILEAUTH = web.AppKey("fileauth", FileAuth)
+FILEAUTH_PATH = "/.well-known/pki-validation/fileauth.txt"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -47,6 +51,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if settings.digicert.fileauth:
+        app[FILEAUTH] = FileAuth(settings.digicert)
+        app.router.add_get(FILEAUTH_PATH, fileauth)
     if settings.journal.enabled:
         app.cleanup_ctx.append(_sweep_context)
         if settings.journal.admin_token is not None:
@@ -165,6 +172,17 @@ async def notification(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
+
+
+async def fileauth(request: web.Request) -> web.Response:
+    """DigiCert's `http-token` check: the current request token for the Host asked for."""
+    try:
+        token = request.app[FILEAUTH].token_for(request.host)
+    except ReceiverError as exc:
+        log.info("fileauth_rejected", host=request.host, error=exc.code, status=exc.status)
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    log.info("fileauth_served", host=request.host, value=token)
+    return web.Response(text=token, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:

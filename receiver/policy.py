@@ -45,6 +45,17 @@ class Policy:
             raise Forbidden(f"{target} is delegated again", code="zone_not_allowed")
         return Route(written, target, delegated_from=challenge.fqdn)
 
+    def route_name(self, fqdn: str) -> Route:
+        """Where a record that is not a challenge goes (DigiCert tokens): written only in
+        a zone with a provider; a `cname_to` zone delegated its challenge names alone."""
+        zone = self._zone(fqdn)
+        if zone.cname_to is not None:
+            raise Forbidden(
+                f"{fqdn} is in {zone.name}, which delegates only its _acme-challenge names",
+                code="zone_not_allowed",
+            )
+        return Route(zone, fqdn)
+
     def _zone(self, fqdn: str) -> ZoneSettings:
         name = longest_zone(fqdn, self._zones)
         if name is None:

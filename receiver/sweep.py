@@ -19,6 +19,7 @@ from providers.errors import ProviderError
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
 from receiver.config import ZoneSettings
+from receiver.doors import digicert
 from receiver.errors import ReceiverError
 from receiver.journal import Entry, Origin
 from receiver.runtime import Runtime
@@ -48,7 +49,12 @@ async def sweep(runtime: Runtime, *, max_age: float | None = None, dry_run: bool
     if journal is None:
         return Report()
     age = runtime.settings.journal.max_age_seconds if max_age is None else max_age
-    candidates = await journal.candidates(added_before=time.time() - age)
+    now = time.time()
+    candidates = [
+        entry
+        for entry in await journal.candidates(added_before=now - age)
+        if not digicert.still_needed(entry.door, entry.value, now)
+    ]
     report = await _remove(runtime, candidates, Origin("sweep", sender="sweep"), dry_run=dry_run)
     if not dry_run:
         await journal.prune(time.time() - runtime.settings.journal.retention_days * 86400)
