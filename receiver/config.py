@@ -59,6 +59,7 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class CertificateManagerSettings:
+    enabled: bool = True
     allowed_instances: tuple[str, ...] = ()
     public_key_file: Path | None = None
     public_key_url: str = DEFAULT_PUBLIC_KEY_URL
@@ -120,6 +121,24 @@ DEFAULT_DATABASE = "dns-challenge-receiver.sqlite3"
 
 
 @dataclass(frozen=True)
+class HttpreqSettings:
+    """lego's `httpreq` protocol: POST /present and /cleanup with HTTP basic auth."""
+
+    enabled: bool = False
+    username: str = ""
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class AcmeDnsSettings:
+    """The acme-dns API: POST /update (and /register when allowed) for one served zone."""
+
+    enabled: bool = False
+    zone: str = ""  # registrations live at <subdomain>.<zone>; a zone with a provider
+    allow_register: bool = False
+
+
+@dataclass(frozen=True)
 class DigicertSettings:
     """DigiCert AuthKey request tokens (`dcv_method = http-token` needs `fileauth`)."""
 
@@ -160,6 +179,8 @@ class Settings:
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
+    httpreq: HttpreqSettings = field(default_factory=HttpreqSettings)
+    acme_dns: AcmeDnsSettings = field(default_factory=AcmeDnsSettings)
     digicert: DigicertSettings = field(default_factory=DigicertSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
@@ -172,6 +193,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "dispatch": DispatchSettings,
     "propagation": PropagationSettings,
     "journal": JournalSettings,
+    "httpreq": HttpreqSettings,
+    "acme_dns": AcmeDnsSettings,
     "digicert": DigicertSettings,
 }
 
@@ -518,7 +541,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         reader.problem("server.max_body_bytes", "must be between 1024 and 16777216")
 
     cm = settings.certificate_manager
-    if not cm.allowed_instances:
+    if cm.enabled and not cm.allowed_instances:
         reader.problem(
             "certificate_manager.allowed_instances",
             "required: the CRNs of the Certificate Manager instances allowed to call",
@@ -593,6 +616,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
             )
         seen.setdefault(zone.name, index)
     _check_digicert(settings, reader)
+    _check_doors(settings, reader)
     written = [z.name for z in settings.zones if z.cname_to is None]
     for index, zone in enumerate(settings.zones):
         if zone.cname_to is not None and longest_zone(zone.cname_to, written) is None:
@@ -600,6 +624,26 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].cname_to",
                 f"{zone.cname_to!r} is inside no zone with a provider: add one for it",
             )
+
+
+def _check_doors(settings: Settings, reader: _Reader) -> None:
+    httpreq, acme_dns = settings.httpreq, settings.acme_dns
+    if not (settings.certificate_manager.enabled or httpreq.enabled or acme_dns.enabled):
+        reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
+    if httpreq.enabled:
+        if not httpreq.username or ":" in httpreq.username:
+            reader.problem("httpreq.username", "required, without ':'")
+        if httpreq.password is None:
+            reader.problem("httpreq.password", "required: set password_env or password_file")
+    if acme_dns.enabled:
+        try:
+            zone = canonical_name(acme_dns.zone)
+        except InvalidName as exc:
+            reader.problem("acme_dns.zone", exc.detail)
+            return
+        served = {z.name: z for z in settings.zones}
+        if zone not in served or served[zone].cname_to is not None:
+            reader.problem("acme_dns.zone", f"{zone!r} must be a [[zones]] entry with a provider")
 
 
 def _check_digicert(settings: Settings, reader: _Reader) -> None:

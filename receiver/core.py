@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from providers.base import Secret
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
-from receiver.doors import certificate_manager
+from receiver.doors import acme_dns, certificate_manager, httpreq
 from receiver.errors import (
     MethodNotAllowed,
     NotFound,
@@ -52,6 +53,10 @@ class Outcome:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+Door = Callable[[Runtime, "InboundRequest", dict[str, Any]], Awaitable[Outcome]]
+DOOR_EVENTS = frozenset({"present", "cleanup", "register", "update"})
+
+
 async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
     bind_request(request.request_id)
     started = time.perf_counter()
@@ -74,7 +79,11 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
     summary.update(status=outcome.status, duration_ms=round(elapsed * 1000, 2))
     door = summary.get("door", "none")
     event_type = summary.get("event_type")
-    known = event_type in certificate_manager.KNOWN_EVENTS or event_type is None
+    known = (
+        event_type is None
+        or event_type in certificate_manager.KNOWN_EVENTS
+        or event_type in DOOR_EVENTS
+    )
     runtime.metrics.count_request(
         door,
         (event_type or "none") if known else "other",
@@ -87,16 +96,47 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
 
 
 async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
-    if request.path != runtime.settings.server.callback_path:
+    """Pick the door by path; a disabled door's paths do not exist."""
+    settings = runtime.settings
+    door: Door
+    if request.path == settings.server.callback_path and settings.certificate_manager.enabled:
+        door = _certificate_manager
+    elif request.path in httpreq.PATHS and settings.httpreq.enabled:
+        door = _httpreq
+    elif request.path in acme_dns.PATHS and runtime.acme_dns is not None:
+        door = _acme_dns
+    else:
         raise NotFound(f"no endpoint at {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed("use POST")
-    summary["door"] = certificate_manager.DOOR
     _check_body(runtime, request)
+    return await door(runtime, request, summary)
+
+
+async def _certificate_manager(
+    runtime: Runtime, request: InboundRequest, summary: dict[str, Any]
+) -> Outcome:
+    summary["door"] = certificate_manager.DOOR
     notification = await certificate_manager.receive(request.body, runtime.verifier)
     merge(summary, notification.log_fields())
     if notification.challenge is not None:
-        return await _challenge(runtime, request, notification, notification.challenge, summary)
+        user = notification.user
+        origin = Origin(
+            door=certificate_manager.DOOR,
+            sender=notification.instance.text,
+            user=(user.iam_id or user.subject) if user else None,
+            certificate=notification.certificate_crn,
+            domain=notification.challenge.domain,
+        )
+        return await _challenge(
+            runtime,
+            request,
+            notification.challenge,
+            origin,
+            summary,
+            user_token=notification.user_token,
+            wait=runtime.settings.certificate_manager.wait_for_propagation,
+        )
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
             runtime, list(notification.certificates), notification.instance.text
@@ -117,13 +157,58 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
     return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
 
 
+async def _httpreq(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+    summary.update(door=httpreq.DOOR, event_type=request.path.lstrip("/"))
+    received = httpreq.receive(
+        runtime.settings.httpreq, request.path, request.headers, request.body
+    )
+    challenge = received.challenge
+    summary.update(user=received.user, mode=received.mode, domain=challenge.domain)
+    summary["fqdn"] = challenge.fqdn
+    origin = Origin(httpreq.DOOR, sender=received.user, domain=challenge.domain)
+    return await _challenge(runtime, request, challenge, origin, summary)
+
+
+async def _acme_dns(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+    door = runtime.acme_dns
+    assert door is not None
+    summary.update(door=acme_dns.DOOR, event_type=request.path.lstrip("/"))
+    if request.path == "/register":
+        registration = await door.register(request.body, request.remote)
+        summary.update(
+            outcome="registered", user=registration["username"], fqdn=registration["fulldomain"]
+        )
+        return Outcome(201, registration)
+    update = await door.update(request.headers, request.body, request.remote)
+    challenge = update.challenge
+    summary.update(user=update.account.username, fqdn=challenge.fqdn, domain=challenge.domain)
+    origin = Origin(acme_dns.DOOR, sender=update.account.username, domain=challenge.domain)
+    await _challenge(runtime, request, challenge, origin, summary)
+    # Like acme-dns, a subdomain keeps its two most recent values: the older ones go now.
+    evicted = await door.store.keep_latest(update.account.subdomain, challenge.value)
+    route = runtime.policy.route(challenge)
+    for value in evicted:
+        stale = dataclasses.replace(challenge, action=Action.REMOVE, value=value)
+        runtime.propagation.forget(stale)
+        try:
+            await apply_change(runtime, stale, route.zone, origin, request_id=request.request_id)
+        except ReceiverError as exc:  # journalled: the sweep removes it later
+            summary["eviction_failed"] = exc.code
+    summary["evicted"] = len(evicted)
+    return Outcome(200, {"txt": challenge.value})
+
+
 async def _challenge(
     runtime: Runtime,
     request: InboundRequest,
-    notification: certificate_manager.Notification,
     challenge: Challenge,
+    origin: Origin,
     summary: dict[str, Any],
+    *,
+    user_token: Secret | None = None,
+    wait: bool = False,
 ) -> Outcome:
+    """Every door's write: policy, journal and provider, then propagation."""
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
@@ -133,30 +218,22 @@ async def _challenge(
         if route.fqdn == challenge.fqdn
         else dataclasses.replace(challenge, fqdn=route.fqdn)
     )
-    user = notification.user
-    origin = Origin(
-        door=certificate_manager.DOOR,
-        sender=notification.instance.text,
-        user=(user.iam_id or user.subject) if user else None,
-        certificate=notification.certificate_crn,
-        domain=challenge.domain,
-    )
 
-    async def write(door: str = certificate_manager.DOOR) -> None:
+    async def write(door: str = origin.door) -> None:
         await apply_change(
             runtime,
             written,
             route.zone,
             origin if door == origin.door else dataclasses.replace(origin, door=door),
             request_id=request.request_id,
-            user_token=notification.user_token,
+            user_token=user_token,
         )
 
     if challenge.action is Action.REMOVE:
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
     await write()
     if challenge.action is Action.ADD:
-        if runtime.settings.certificate_manager.wait_for_propagation:
+        if wait:
             result = await runtime.propagation.wait(route.zone, written)
             summary["propagation_s"] = round(result.seconds, 2)
         elif runtime.long_running and runtime.settings.propagation.check:
@@ -169,6 +246,8 @@ async def _challenge(
 def _check_body(runtime: Runtime, request: InboundRequest) -> None:
     if len(request.body) > runtime.settings.server.max_body_bytes:
         raise PayloadTooLarge(f"body exceeds {runtime.settings.server.max_body_bytes} bytes")
+    if not request.body and request.path == "/register":
+        return  # acme-dns clients register with an empty body
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in JSON_TYPES and not content_type.endswith("+json"):
-        raise UnsupportedMediaType("send the notification as application/json")
+        raise UnsupportedMediaType("send the body as application/json")

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 from receiver import core
 from receiver.config import Settings
+from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
 from receiver.errors import ReceiverError
 from receiver.logs import bind_request
@@ -47,7 +48,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime_context)
     if any(zone.provider == "local" for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
-    app.router.add_post(settings.server.callback_path, notification)
+    if settings.certificate_manager.enabled:
+        app.router.add_post(settings.server.callback_path, notification)
+    if settings.httpreq.enabled:
+        for path in httpreq.PATHS:
+            app.router.add_post(path, notification)
+    if settings.acme_dns.enabled:
+        for path in acme_dns.PATHS:
+            app.router.add_post(path, notification)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

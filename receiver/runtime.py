@@ -18,9 +18,11 @@ from providers.base import Provider, RateBudget
 from providers.errors import ProviderError
 from providers.registry import load_provider_class
 from receiver import __version__
+from receiver.accounts import AccountStore
 from receiver.config import Settings
 from receiver.crn import InstanceCrn
 from receiver.dispatch import Dispatcher
+from receiver.doors.acme_dns import AcmeDns
 from receiver.doors.certificate_manager import Verifier
 from receiver.errors import ConfigError, Unavailable
 from receiver.journal import Journal, SqliteJournal
@@ -43,6 +45,7 @@ class Runtime:
     propagation: Propagation
     long_running: bool  # may work on after answering (never on serverless platforms)
     journal: Journal | None
+    acme_dns: AcmeDns | None = None  # the acme-dns door, when enabled
 
     @classmethod
     @asynccontextmanager
@@ -74,6 +77,12 @@ class Runtime:
             if settings.journal.enabled and settings.journal.database is not None:
                 journal = SqliteJournal(settings.journal.database)
                 stack.push_async_callback(journal.aclose)
+            acme_dns = None
+            if settings.acme_dns.enabled:
+                assert settings.journal.database is not None  # always set by config
+                accounts = AccountStore(settings.journal.database)
+                stack.push_async_callback(accounts.aclose)
+                acme_dns = AcmeDns(settings.acme_dns, accounts)
             yield cls(
                 settings=settings,
                 verifier=build_verifier(settings, session),
@@ -84,11 +93,14 @@ class Runtime:
                 propagation=propagation,
                 long_running=long_running,
                 journal=journal,
+                acme_dns=acme_dns,
             )
 
     async def readiness(self) -> dict[str, str]:
         """Per-check status; the service is ready when every value is "ok"."""
         checks: dict[str, str] = {"config": "ok"}
+        if not self.settings.certificate_manager.enabled:
+            return checks
         for crn in self.settings.certificate_manager.allowed_instances:
             checks[f"sender_key:{crn}"] = await _status(
                 self.verifier.sender_keys.check(InstanceCrn.parse(crn))

@@ -1,0 +1,194 @@
+"""acme-dns registrations: credentials (scrypt-hashed), bound subdomain, source networks.
+
+They live in the receiver's SQLite file (the `local` store's, or the journal's), so every
+process serving the same file sees the same accounts. Like acme-dns, a subdomain keeps its
+two most recent values; the table of current values is what decides which one goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+VALUES_KEPT = 2
+# scrypt cost: 16 MiB and ~40 ms per check; parameters are stored with every hash.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS acme_dns_accounts (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    subdomain TEXT NOT NULL UNIQUE,
+    allow_from TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acme_dns_values (
+    subdomain TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (subdomain, value)
+);
+"""
+
+
+class InvalidNetwork(ValueError):
+    """An allow-from entry that is not an IP network in CIDR notation."""
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    subdomain: str
+    allow_from: tuple[str, ...]
+
+    def allows(self, remote: str | None) -> bool:
+        if not self.allow_from:
+            return True
+        if remote is None:
+            return False
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(net) for net in self.allow_from)
+
+
+@dataclass(frozen=True)
+class Registration:
+    account: Account
+    password: str  # shown once, never stored
+
+
+def networks(entries: Sequence[object]) -> tuple[str, ...]:
+    found = []
+    for entry in entries:
+        try:
+            found.append(str(ipaddress.ip_network(entry, strict=False)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InvalidNetwork(f"{entry!r} is not a network in CIDR notation") from None
+    return tuple(found)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT, dklen=32)
+    n, r, p = _SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"]
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def password_matches(password: str, stored: str) -> bool:
+    _, n, r, p, salt, digest = stored.split("$")
+    candidate = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+    )
+    return hmac.compare_digest(candidate, bytes.fromhex(digest))
+
+
+# Checked when the user is unknown, so a miss costs as long as a wrong password.
+_DECOY = hash_password(secrets.token_urlsafe(16))
+
+
+class AccountStore:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=5, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return operation(self._connection())
+
+        return await asyncio.to_thread(locked)
+
+    async def register(self, allow_from: tuple[str, ...]) -> Registration:
+        account = Account(str(uuid.uuid4()), str(uuid.uuid4()), allow_from)
+        password = secrets.token_urlsafe(30)  # 40 characters, as acme-dns issues
+        hashed = await asyncio.to_thread(hash_password, password)
+        now = self._clock()
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO acme_dns_accounts VALUES (?, ?, ?, ?, ?)",
+                (account.username, hashed, account.subdomain, json.dumps(allow_from), now),
+            )
+        )
+        return Registration(account, password)
+
+    async def authenticate(self, username: str, password: str) -> Account | None:
+        """The account when the password matches; None otherwise (same cost either way)."""
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT password_hash, subdomain, allow_from FROM acme_dns_accounts"
+                " WHERE username = ?",
+                (username,),
+            ).fetchone()
+        )
+        stored = row[0] if row else _DECOY
+        matches = await asyncio.to_thread(password_matches, password, stored)
+        if row is None or not matches:
+            return None
+        return Account(username, row[1], tuple(json.loads(row[2])))
+
+    async def keep_latest(self, subdomain: str, value: str) -> list[str]:
+        """Record `value` as the newest at `subdomain`; return the values that fall out."""
+        now = self._clock()
+
+        def update(db: sqlite3.Connection) -> list[str]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO acme_dns_values VALUES (?, ?, ?)"
+                    " ON CONFLICT (subdomain, value) DO UPDATE SET updated = excluded.updated",
+                    (subdomain, value, now),
+                )
+                rows = db.execute(
+                    "SELECT value FROM acme_dns_values WHERE subdomain = ?"
+                    " ORDER BY updated DESC, rowid DESC",
+                    (subdomain,),
+                ).fetchall()
+                evicted = [row[0] for row in rows[VALUES_KEPT:]]
+                db.executemany(
+                    "DELETE FROM acme_dns_values WHERE subdomain = ? AND value = ?",
+                    [(subdomain, v) for v in evicted],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return evicted
+
+        return await self._run(update)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)
