@@ -102,6 +102,27 @@ def _parser() -> argparse.ArgumentParser:
 
     _digicert_parser(commands)
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="play Certificate Manager: order from an ACME CA, notify the receiver, validate",
+    )
+    simulate.add_argument("--acme-directory", required=True, help="the CA's directory URL")
+    simulate.add_argument("--callback", required=True, help="the receiver's callback URL")
+    simulate.add_argument("--domain", action="append", required=True, dest="domains")
+    simulate.add_argument(
+        "--demo", action="store_true", help="sign as the demo instance (see serve --demo)"
+    )
+    simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    simulate.add_argument("--key", type=Path, help="private key PEM of the sender")
+    simulate.add_argument("--instance-crn", help="the sending instance's CRN")
+    simulate.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    simulate.add_argument(
+        "--ca-bundle", help="CA certificates for the ACME CA and the callback (PEM file)"
+    )
+    simulate.add_argument("--timeout", type=float, default=120, help="seconds to wait for the CA")
+    simulate.add_argument("--output", type=Path, help="write the chain here instead of stdout")
+    simulate.set_defaults(run=_simulate)
+
     keygen = commands.add_parser("keygen", help="write a signing key pair (for local testing)")
     keygen.add_argument(
         "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
@@ -497,6 +518,44 @@ def _digicert_remove(args: argparse.Namespace) -> int:
         return 0
 
     return _digicert(args, run)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    try:
+        from receiver import simulate
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        print("simulate: install the extra: pip install 'dns-challenge-receiver[simulate]'")
+        return 2
+    key_path = args.key or (args.demo_dir / DEMO_KEY if args.demo else None)
+    instance_crn = args.instance_crn or (signing.DEMO_CRN if args.demo else None)
+    if key_path is None or instance_crn is None:
+        print("simulate: pass --key and --instance-crn, or --demo", file=sys.stderr)
+        return 2
+    try:
+        private_pem = key_path.read_bytes()
+    except OSError as exc:
+        print(f"simulate: cannot read {key_path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    timeline = simulate.Timeline(print_line=lambda line: print(line, file=sys.stderr))
+    try:
+        result = simulate.run(
+            directory_url=args.acme_directory,
+            callback_url=args.callback,
+            domains=args.domains,
+            sender=simulate.Sender(private_pem, instance_crn, args.alg),
+            ca_bundle=args.ca_bundle,
+            timeout=args.timeout,
+            timeline=timeline,
+        )
+    except simulate.SimulationFailed as exc:
+        timeline(f"failed: {exc}")
+        return 1
+    timeline(f"done: {result.notified} notifications")
+    if args.output is not None:
+        args.output.write_text(result.fullchain_pem)
+    else:
+        sys.stdout.write(result.fullchain_pem)
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,9 @@ class Bind:
     port: int = field(default_factory=free_port)
     primary: tuple[str, int] | None = None  # set: this server is a secondary of that one
     notify: Sequence[tuple[str, int]] = ()  # secondaries the primary tells about changes
+    records: Mapping[str, Sequence[str]] = field(default_factory=dict)  # zone -> extra lines
+    # zone -> server: a recursive resolver for loopback clients, forwarding those zones
+    forwarders: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,6 +67,7 @@ class Bind:
                 (work / f"{zone}.db").write_text(
                     f"$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. (1 60 60 3600 5)\n"
                     f"  IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
+                    + "".join(f"{line}\n" for line in self.records.get(zone, ()))
                 )
                 also = "".join(f"127.0.0.1 port {p}; " for _, p in self.notify)
                 notify = f"notify explicit; also-notify {{ {also}}};" if self.notify else ""
@@ -77,6 +81,16 @@ class Bind:
                     f'zone "{zone}" {{ type secondary; file "{zone}.sec.db";\n'
                     f"  primaries {{ {host} port {port}; }}; }};"
                 )
+        for zone, (host, port) in self.forwarders.items():
+            zones.append(
+                f'zone "{zone}" {{ type forward; forward only;'
+                f" forwarders {{ {host} port {port}; }}; }};"
+            )
+        recursion = (
+            "recursion yes; allow-recursion { 127.0.0.1; }; allow-query-cache { 127.0.0.1; };"
+            if self.forwarders
+            else "recursion no;"
+        )
         config = self.folder / "named.conf"
         config.write_text(f"""
 key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
@@ -87,7 +101,7 @@ options {{
     managed-keys-directory "{work}";
     listen-on port {self.port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion no; dnssec-validation no;
+    {recursion} dnssec-validation no;
     notify {"explicit" if self.notify else "no"};
     notify-delay 0;  // the default (5 s) would make every test wait
     allow-transfer {{ 127.0.0.1; }};
