@@ -56,14 +56,15 @@ def jwks_server(public_pem: bytes) -> Iterator[str]:
 
 
 class Keys:
-    def __init__(self, folder: Path) -> None:
-        self.sender_public = signing.write_key_pair(folder / "sender.pem")
+    def __init__(self, folder: Path, algorithm: str = "RS256") -> None:
+        self.algorithm = algorithm
+        self.sender_public = signing.write_key_pair(folder / "sender.pem", algorithm)
         user_private = signing.generate_private_key()
         self.user_public = signing.public_pem(user_private)
         self._sender = load_pem_private_key((folder / "sender.pem").read_bytes(), None)
         self._user = load_pem_private_key(user_private, None)
 
-    def bodies(self, pairs: int) -> list[bytes]:
+    def bodies(self, pairs: int, start: int = 0) -> list[bytes]:
         """`pairs` required/completed pairs, each for its own name, each with a user token."""
         import jwt
 
@@ -75,7 +76,7 @@ class Keys:
             headers={"kid": KID},
         )
         found = []
-        for index in range(pairs):
+        for index in range(start, start + pairs):
             value = signing.challenge_value()
             for event in ("cert_domain_validation_required", "cert_domain_validation_completed"):
                 claims = signing.notification_claims(
@@ -86,7 +87,8 @@ class Keys:
                     user_token=token,
                     lifetime=24 * 3600,
                 )
-                found.append(signing.envelope(jwt.encode(claims, self._sender, "RS256")))
+                token = jwt.encode(claims, self._sender, self.algorithm)
+                found.append(signing.envelope(token))
         return found
 
 
@@ -100,6 +102,7 @@ format = "json"
 [certificate_manager]
 allowed_instances = ["{CRN}"]
 public_key_file = "{keys.sender_public}"
+algorithms = ["{keys.algorithm}"]
 [user_token]
 required = true
 jwks_url = "{jwks_url}"
@@ -154,3 +157,39 @@ def rss_mib(pid: int) -> float:
 
 def cpus() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def send_pairs(url: str, bodies: list[bytes], connections: int) -> tuple[int, list[float]]:
+    """Send required/completed pairs in order within a pair, `connections` pairs at once.
+
+    Returns (non-200 answers, per-request seconds). Calls `on_progress(sent)` hooks via
+    `progress` on the module so callers can sample memory while it runs.
+    """
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[int, list[float]]:
+        errors = 0
+        latencies: list[float] = []
+        pairs = iter(range(0, len(bodies), 2))
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections)
+        ) as session:
+
+            async def worker() -> None:
+                nonlocal errors
+                for first in pairs:
+                    for body in bodies[first : first + 2]:
+                        started = time.perf_counter()
+                        async with session.post(
+                            url, data=body, headers={"Content-Type": "application/json"}
+                        ) as resp:
+                            await resp.read()
+                            errors += resp.status != 200
+                        latencies.append(time.perf_counter() - started)
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        return errors, latencies
+
+    return asyncio.run(run())
