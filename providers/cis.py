@@ -259,6 +259,14 @@ class CisProvider:
             self._zone_ids[name] = await self._find_zone(name, token)
         return self._zone_ids[name]
 
+    def _error(self, response: _Response, token: str, what: str) -> ProviderError:
+        error = _translate(response, what)
+        if isinstance(error, ProviderAuthError) and response.status == 401 and self._iam:
+            self._iam.forget(token)
+        if isinstance(error, ZoneNotFound):
+            self._zone_ids.clear()  # a domain re-created under a new id: look it up again
+        return error
+
     async def _find_zone(self, zone_name: str, token: str) -> str:
         labels = zone_name.split(".")
         for start in range(len(labels) - 1):  # the longest CIS domain containing zone_name
@@ -328,20 +336,19 @@ class CisProvider:
             )
         return self._session
 
-    def _error(self, response: _Response, token: str, what: str) -> ProviderError:
-        text = f"{what}: {response.describe()}"
-        status = response.status
-        if status in (401, 403):
-            if status == 401 and self._iam is not None:
-                self._iam.forget(token)
-            return ProviderAuthError(NAME, text)
-        if status == 404:
-            return ZoneNotFound(NAME, text)
-        if status == 429:
-            return ProviderRateLimited(NAME, text, retry_after=_seconds(response.retry_after))
-        if status >= 500:
-            return ProviderUnavailable(NAME, text)
-        return ProviderRejected(NAME, text)
+
+def _translate(response: _Response, what: str) -> ProviderError:
+    text = f"{what}: {response.describe()}"
+    status = response.status
+    if status in (401, 403):
+        return ProviderAuthError(NAME, text)
+    if status == 404:
+        return ZoneNotFound(NAME, text)
+    if status == 429:
+        return ProviderRateLimited(NAME, text, retry_after=_seconds(response.retry_after))
+    if status >= 500:
+        return ProviderUnavailable(NAME, text)
+    return ProviderRejected(NAME, text)
 
 
 def _already_exists(response: _Response) -> bool:

@@ -539,3 +539,19 @@ async def test_a_sweep_without_a_user_token_fails_clearly_and_touches_nothing(
     assert service.runtime.journal is not None
     removals = [e for e in await service.runtime.journal.entries() if e.action == "remove"]
     assert [(e.outcome, e.error) for e in removals] == [("failed", "provider_auth_failed")] * 2
+
+
+async def test_a_recreated_domain_is_looked_up_again(fakes: Fakes) -> None:
+    fakes.cis.valid_tokens.add("user")
+    provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
+    try:
+        ref = await zone(provider)
+        await provider.add_txt(ref, fqdn("a"), "v", 60, ctx=ctx("user"))
+        del fakes.cis.zones[fakes.cis.zone_id(ZONE)]
+        fakes.cis.add_zone(ZONE)  # deleted and added again: a new zone id
+        with pytest.raises(errors.ZoneNotFound):
+            await provider.add_txt(ref, fqdn("b"), "v", 60, ctx=ctx("user"))
+        await provider.add_txt(ref, fqdn("b"), "v", 60, ctx=ctx("user"))
+    finally:
+        await provider.aclose()
+    assert fakes.cis.values(fqdn("b")) == ["v"]
