@@ -32,6 +32,7 @@ from receiver import dnsserver
 
 from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
+from ..fakes.cis import FakeCis, FakeIam
 from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
@@ -309,6 +310,72 @@ class Rfc2136Harness:
         return self._wrong_key()
 
 
+CIS_CRN = "crn:v1:bluemix:public:internet-svcs:global:a/0123456789abcdef:1111-2222::"
+
+
+@dataclass
+class CisHarness:
+    """The fake CIS and IAM over HTTP, with API key auth (the suite's context carries no
+    user token); observed in the fake's own record store."""
+
+    tmp_path: Path
+    shared_backend: bool = True
+    name: str = "cis"
+    zone: str = ZONE
+    settings: Any = None
+    cis: FakeCis = field(default_factory=lambda: FakeCis(CIS_CRN))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CisHarness]:
+        from providers.cis import CisSettings
+
+        iam = FakeIam(self.cis, api_keys={"conformance-key"})
+        self.cis.add_zone("test")  # a shorter domain: the adapter must pick the longest
+        self.cis.add_zone(self.zone)
+        async with contextlib.AsyncExitStack() as stack:
+            urls = []
+            for app in (self.cis.app(), iam.app()):
+                server = TestServer(app, host="127.0.0.1")
+                await server.start_server()
+                stack.push_async_callback(server.close)
+                urls.append(str(server.make_url("")).rstrip("/"))
+            self.settings = CisSettings(
+                instance_crn=CIS_CRN,
+                auth="api_key",
+                api_key=Secret("conformance-key"),
+                endpoint=urls[0],
+                iam_endpoint=urls[1],
+            )
+            yield self
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        return self.cis.values(fqdn)
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        ttls = self.cis.ttls(fqdn)
+        assert len(ttls) <= 1, f"records at {fqdn} disagree on the TTL: {ttls}"
+        return ttls.pop() if ttls else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        self.cis.seed(fqdn, value)
+
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[type[Exception]]:
+        from providers import errors
+
+        self.cis.inject(503, times=1_000)
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            self.cis.faults.clear()
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._outage()
+
+
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     request.getfixturevalue("aws_credentials")
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
@@ -321,4 +388,5 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "rfc2136": lambda request, tmp_path: Rfc2136Harness(
         tmp_path, request.getfixturevalue("bind_primary")
     ),
+    "cis": lambda request, tmp_path: CisHarness(tmp_path),
 }
