@@ -139,7 +139,10 @@ async def _certificate_manager(
         )
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
-            runtime, list(notification.certificates), notification.instance.text
+            runtime,
+            list(notification.certificates),
+            notification.instance.text,
+            notification.user_token,
         )
         summary.update(outcome="cleaned", removed=len(report.removed), failed=len(report.failed))
         if report.failed:  # nothing lost: what remains is swept later

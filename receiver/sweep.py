@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from providers.base import ZoneRef
+from providers.base import Secret, ZoneRef
 from providers.errors import ProviderError
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
@@ -61,17 +61,26 @@ async def sweep(runtime: Runtime, *, max_age: float | None = None, dry_run: bool
     return report
 
 
-async def clean_up_certificates(runtime: Runtime, certificates: list[str], sender: str) -> Report:
+async def clean_up_certificates(
+    runtime: Runtime, certificates: list[str], sender: str, user_token: Secret | None = None
+) -> Report:
     """After `cert_order_failed`/`cert_renew_failed`: every value still published for
-    those certificates, written on behalf of that same sender, whatever its age."""
+    those certificates, written on behalf of that same sender, whatever its age. The
+    failure notification's verified user token goes along (IBM CIS acts as that user)."""
     if runtime.journal is None or not certificates:
         return Report()
     candidates = await runtime.journal.candidates(certificates=certificates, sender=sender)
-    return await _remove(runtime, candidates, Origin("failed_order", sender=sender), dry_run=False)
+    origin = Origin("failed_order", sender=sender)
+    return await _remove(runtime, candidates, origin, dry_run=False, user_token=user_token)
 
 
 async def _remove(
-    runtime: Runtime, candidates: list[Entry], origin: Origin, *, dry_run: bool
+    runtime: Runtime,
+    candidates: list[Entry],
+    origin: Origin,
+    *,
+    dry_run: bool,
+    user_token: Secret | None = None,
 ) -> Report:
     report = Report()
     zones = {zone.name: zone for zone in runtime.settings.zones if zone.cname_to is None}
@@ -104,6 +113,7 @@ async def _remove(
                     domain=entry.domain,
                 ),
                 request_id=f"{origin.door}-{entry.id}",
+                user_token=user_token,
             )
         except (ReceiverError, ProviderError) as exc:
             reason = getattr(exc, "internal", None) or str(exc)

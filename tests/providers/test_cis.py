@@ -501,7 +501,7 @@ async def test_thirty_percent_transient_failures_still_end_right(
     assert fakes.iam.exchanges == 1
 
 
-async def test_a_sweep_without_a_user_token_fails_clearly_and_touches_nothing(
+async def test_a_sweep_without_a_user_token_fails_clearly_and_a_failed_order_cleans_up(
     fakes: Fakes, start_service: ServiceFactory, sender: Sender, tmp_path: Path
 ) -> None:
     user_token = sender.user_token()
@@ -519,11 +519,18 @@ async def test_a_sweep_without_a_user_token_fails_clearly_and_touches_nothing(
     assert report.removed == [] and len(report.failed) == 1
     assert "no verified user token" in report.failed[0][1]
 
+    assert fakes.cis.values(f"_acme-challenge.{ZONE}") == [value]  # still there, as recorded
+    assert fakes.cis.calls.total() == calls  # nothing reached CIS without a token
+    assert service.runtime.journal is not None
+    removals = [e for e in await service.runtime.journal.entries() if e.action == "remove"]
+    assert [(e.outcome, e.error) for e in removals] == [("failed", "provider_auth_failed")]
+
+    # A failed order's notification carries the user's token: its clean-up acts as them.
     failed_order = {
         "instance_crn": INSTANCE,
         "event_type": "cert_order_failed",
         "version": 4,
-        "userToken": user_token,  # even then: the clean-up path does not pass it on
+        "userToken": user_token,
         "certificates": [{"cert_crn": certificate}],
     }
     resp = await service.post(sender.body(failed_order))
@@ -531,14 +538,10 @@ async def test_a_sweep_without_a_user_token_fails_clearly_and_touches_nothing(
     assert await resp.json() == {
         "status": "cleaned",
         "event_type": "cert_order_failed",
-        "removed": 0,
-        "failed": 1,
+        "removed": 1,
+        "failed": 0,
     }
-    assert fakes.cis.values(f"_acme-challenge.{ZONE}") == [value]  # still there, as recorded
-    assert fakes.cis.calls.total() == calls  # nothing reached CIS without a token
-    assert service.runtime.journal is not None
-    removals = [e for e in await service.runtime.journal.entries() if e.action == "remove"]
-    assert [(e.outcome, e.error) for e in removals] == [("failed", "provider_auth_failed")] * 2
+    assert fakes.cis.values(f"_acme-challenge.{ZONE}") == []
 
 
 async def test_a_recreated_domain_is_looked_up_again(fakes: Fakes) -> None:
