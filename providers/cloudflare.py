@@ -46,7 +46,7 @@ RECORDS_PER_PAGE = 100
 # Error codes in Cloudflare's response envelope.
 _ALREADY_THERE = frozenset({81057, 81058})  # record exists / identical record exists
 _RECORD_GONE = frozenset({81044})  # record does not exist
-_NO_SUCH_ZONE = frozenset({7003, 1001})  # cannot route to that zone id / invalid zone
+_NO_SUCH_ZONE = frozenset({7003})  # "Could not route to /zones/<id>/...": no such zone id
 _AUTH = frozenset({6003, 6111, 9106, 9109, 10000})  # bad header, bad token, no permission
 _TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _ESCAPE = re.compile(r"\\(\d{3}|.)")
@@ -102,14 +102,15 @@ class CloudflareProvider:
                 functools.partial(self._cf().zones.list, name=candidate, per_page=ZONES_PER_PAGE)
             )
             found = [zone for zone in page.result if zone.name.lower() == candidate]
-            if len(found) > 1:  # the token sees several accounts: prefer the live one
-                found = [zone for zone in found if zone.status == "active"]
-            if len(found) > 1:
-                raise ProviderRejected(
-                    NAME, f"{len(found)} active zones are named {candidate}: set zone_id"
-                )
+            if len(found) > 1:  # the token sees several accounts: only a live one will do
+                active = [zone for zone in found if zone.status == "active"]
+                if len(active) != 1:
+                    raise ProviderRejected(
+                        NAME, f"{len(found)} zones are named {candidate}: set zone_id"
+                    )
+                found = active
             if found:
-                return str(found[0].id)
+                return found[0].id
         raise ZoneNotFound(NAME, f"no zone this token can read contains {zone_name}")
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
@@ -219,6 +220,7 @@ def _client(settings: CloudflareSettings) -> AsyncCloudflare:
     # The SDK also picks up CLOUDFLARE_API_KEY / CLOUDFLARE_EMAIL from the environment
     # and prefers them over the token. Only the configured token may be used.
     client.api_key = client.api_email = client.user_service_key = None
+    client.zones, client.dns.records  # noqa: B018 - import the SDK's lazy resources now
     return client
 
 

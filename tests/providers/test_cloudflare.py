@@ -320,6 +320,11 @@ async def test_duplicate_zone_names(fake: CloudflareFake) -> None:
         z.id for z in fake.zones.values() if z.name == ZONE and z.status == "active"
     )
     fake.add_zone(ZONE)
+    with pytest.raises(errors.ProviderRejected, match=r"3 zones are named example\.com: set"):
+        await provider.zone_handle(ZONE)
+    for zone in list(fake.zones.values()):
+        zone.status = "pending"  # none live: still ask, never fall back to a parent zone
+    fake.add_zone("com")
     with pytest.raises(errors.ProviderRejected, match="set zone_id"):
         await provider.zone_handle(ZONE)
 
@@ -474,3 +479,46 @@ def test_the_sdk_is_imported_only_when_a_zone_uses_cloudflare() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["True", "False", "True"]
+
+
+async def test_check_config_probe(
+    fake: CloudflareFake, tmp_path: Path, public_key_file: Path
+) -> None:
+    """The operator's proof that the token and zone are right, as a real CLI process."""
+    import os
+
+    from ..conftest import INSTANCE
+
+    fake.add_token("read-only", dns_edit=False)
+    path = tmp_path / "cf.toml"
+    path.write_text(f"""
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_file = "{public_key_file}"
+[cloudflare]
+endpoint = "{fake.url}"
+api_token_env = "CF_PROBE_TOKEN"
+[[zones]]
+name = "{ZONE}"
+provider = "cloudflare"
+""")
+
+    async def run(token: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "receiver", "check-config", "--probe", "--config", str(path)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "CF_PROBE_TOKEN": token},
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await run(TOKEN)
+    assert code == 0, out
+    assert f"ok   {ZONE}" in out and f"zone {zone_id(fake)}: wrote, read back" in out
+    assert fake.calls["create"] == 1 and fake.calls["delete"] == 1
+    assert fake.txt(FQDN) == []  # nothing left behind
+    code, out = await run("read-only")
+    assert code == 1 and f"FAIL {ZONE}" in out and "HTTP 403" in out
