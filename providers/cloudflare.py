@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 NAME = "cloudflare"
 DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
-# Page sizes within Cloudflare's documented bounds (zones: 5-50; DNS records: 5-5,000,000).
+# Page sizes within the API schema's bounds (zones: at most 50; DNS records: 1-5,000,000).
 ZONES_PER_PAGE = 50
 RECORDS_PER_PAGE = 100
 # Error codes in Cloudflare's response envelope.

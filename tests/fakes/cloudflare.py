@@ -251,7 +251,7 @@ class CloudflareFake:
                 request,
                 {"type", "name", "name.exact", "content", "content.exact", "page", "per_page"},
             )
-            per_page = query.int("per_page", 100, 5, RECORDS_PER_PAGE_MAX)
+            per_page = query.int("per_page", 100, 1, RECORDS_PER_PAGE_MAX)
             page = query.int("page", 1, 1, None)
             if query.problem:
                 return query.problem
