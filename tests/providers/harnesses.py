@@ -33,6 +33,7 @@ from receiver import dnsserver
 from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
 from ..fakes.cis import FakeCis, FakeIam
+from ..fakes.cloudflare import CloudflareFake
 from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
@@ -376,6 +377,64 @@ class CisHarness:
         return self._outage()
 
 
+@dataclass
+class CloudflareHarness:
+    """The Cloudflare API fake on loopback; observed through the fake's own records."""
+
+    tmp_path: Path
+    shared_backend: bool = True
+    name: str = "cloudflare"
+    zone: str = ZONE
+    settings: Any = None
+    zone_id: str = ""
+    fake: CloudflareFake = field(default_factory=CloudflareFake)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CloudflareHarness]:
+        from providers.cloudflare import CloudflareSettings
+
+        self.fake.add_token("conformance-token", zones=[self.zone])
+        self.zone_id = self.fake.add_zone(self.zone)
+        self.fake.add_zone("other.test")  # outside the token's scope
+        server = TestServer(self.fake.app(), host="127.0.0.1")
+        await server.start_server()
+        self.fake.url = str(server.make_url("/client/v4"))
+        self.settings = CloudflareSettings(
+            api_token=Secret("conformance-token"), endpoint=self.fake.url
+        )
+        try:
+            yield self
+        finally:
+            await server.close()
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        return self.fake.txt(fqdn)
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        ttls = {record.ttl for record in self.fake.txt_records(fqdn)}
+        assert len(ttls) <= 1, ttls
+        return ttls.pop() if ttls else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        self.fake.add_record(self.zone_id, fqdn, value)  # unquoted, as older tools wrote
+
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[type[Exception]]:
+        from providers import errors
+
+        fault = self.fake.inject([500, 502, 503])
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            self.fake.faults.remove(fault)
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._outage()
+
+
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     request.getfixturevalue("aws_credentials")
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
@@ -389,4 +448,5 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
         tmp_path, request.getfixturevalue("bind_primary")
     ),
     "cis": lambda request, tmp_path: CisHarness(tmp_path),
+    "cloudflare": lambda request, tmp_path: CloudflareHarness(tmp_path),
 }
