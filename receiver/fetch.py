@@ -52,12 +52,15 @@ class AiohttpGet:
                     raise Unavailable(f"{where(url)} answered HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > MAX_DOCUMENT_BYTES:
                     raise _too_large(url)
-                body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
+                # read(n) answers what has arrived (up to n): loop to the end or the limit.
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(16 * 1024):
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise _too_large(url)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"{where(url)} unreachable ({type(exc).__name__})") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise _too_large(url)
-        return body
+        return bytes(body)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -90,15 +93,17 @@ class StdlibGet:
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) > MAX_DOCUMENT_BYTES:
                     raise _too_large(url)
-                body: bytes = resp.read(MAX_DOCUMENT_BYTES + 1)
+                body = bytearray()
+                while chunk := resp.read(16 * 1024):
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise _too_large(url)
         except urllib.error.HTTPError as exc:
             exc.close()
             raise Unavailable(f"{where(url)} answered HTTP {exc.code}") from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad URLs
             raise Unavailable(f"{where(url)} unreachable ({type(exc).__name__})") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise _too_large(url)
-        return body
+        return bytes(body)
 
 
 def _too_large(url: str) -> Unavailable:
