@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
@@ -28,12 +27,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from receiver.crn import InstanceCrn
 from receiver.errors import Unauthorized, Unavailable
+from receiver.fetch import HttpGet
 
 PublicKey = RSAPublicKey | EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey
 Clock = Callable[[], float]
 
-MAX_KEY_DOCUMENT_BYTES = 64 * 1024
 FAILED_FETCH_BACKOFF_SECONDS = 5.0
+ACCEPT_JSON = {"Accept": "application/json"}
 
 
 class KeyMaterialError(ValueError):
@@ -119,16 +119,16 @@ class FetchedSenderKeys:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpGet,
         url_template: str,
         *,
         timeout: float,
         refetch_interval: float,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._session = session
+        self._http = http
         self._template = url_template
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._interval = refetch_interval
         self._clock = clock
         self._entries: dict[str, _Fetched] = {}
@@ -174,7 +174,7 @@ class FetchedSenderKeys:
         entry.attempted_at = self._clock()
         url = public_key_url(self._template, instance)
         try:
-            body = await _get(self._session, url, self._timeout, {"Accept": "application/json"})
+            body = await self._http(url, seconds=self._timeout, headers=ACCEPT_JSON)
             key = load_public_key_pem(_pem_from_document(body), "sender public key")
         except (KeyMaterialError, Unavailable) as exc:
             entry.failed = True
@@ -207,35 +207,6 @@ def _same_key(a: PublicKey, b: PublicKey) -> bool:
     return a.public_bytes(*fmt) == b.public_bytes(*fmt)
 
 
-async def _get(
-    session: aiohttp.ClientSession,
-    url: str,
-    client_timeout: aiohttp.ClientTimeout,
-    headers: dict[str, str],
-) -> bytes:
-    try:
-        async with session.get(
-            url, timeout=client_timeout, headers=headers, allow_redirects=False
-        ) as resp:
-            if resp.status != 200:
-                raise Unavailable(f"{_where(url)} answered HTTP {resp.status}")
-            if resp.content_length is not None and resp.content_length > MAX_KEY_DOCUMENT_BYTES:
-                raise Unavailable(f"{_where(url)} answered a document that is too large")
-            body = await resp.content.read(MAX_KEY_DOCUMENT_BYTES + 1)
-            if len(body) > MAX_KEY_DOCUMENT_BYTES:
-                raise Unavailable(f"{_where(url)} answered a document that is too large")
-            return body
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Unavailable(f"{_where(url)} unreachable ({type(exc).__name__})") from None
-
-
-def _where(url: str) -> str:
-    from yarl import URL
-
-    parsed = URL(url)
-    return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
-
-
 class Jwks:
     """The user-token signing keys (IAM's JWKS by default), cached and refetched on a new kid.
 
@@ -245,7 +216,7 @@ class Jwks:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpGet,
         url: str,
         *,
         timeout: float,
@@ -253,9 +224,9 @@ class Jwks:
         refetch_interval: float,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._session = session
+        self._http = http
         self._url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._cache_seconds = cache_seconds
         self._interval = refetch_interval
         self._clock = clock
@@ -296,9 +267,7 @@ class Jwks:
             )
         self._attempted_at = self._clock()
         try:
-            body = await _get(
-                self._session, self._url, self._timeout, {"Accept": "application/json"}
-            )
+            body = await self._http(self._url, seconds=self._timeout, headers=ACCEPT_JSON)
             self._keys = parse_jwks(body)
         except (Unavailable, KeyMaterialError) as exc:
             if raise_errors:

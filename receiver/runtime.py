@@ -3,6 +3,7 @@
 `async with Runtime.open(settings) as runtime:` opens the outbound HTTP session, the key
 sources and one adapter per distinct (provider, options), and closes them in reverse
 order. Every door (aiohttp, Lambda, Cloud Functions, CLI) enters the same Runtime.
+Serverless doors pass `http=StdlibGet()` so that aiohttp is never imported there.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from providers.base import Provider, RateBudget
 from providers.errors import ProviderError
 from providers.registry import load_provider_class
-from receiver import __version__
 from receiver.accounts import AccountStore
 from receiver.config import Settings
 from receiver.crn import InstanceCrn
@@ -25,13 +23,12 @@ from receiver.dispatch import Dispatcher
 from receiver.doors.acme_dns import AcmeDns
 from receiver.doors.certificate_manager import Verifier
 from receiver.errors import ConfigError, Unavailable
+from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
 from receiver.journal import Journal, SqliteJournal
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
 from receiver.metrics import Metrics
 from receiver.policy import Policy
 from receiver.propagation import Propagation
-
-USER_AGENT = f"dns-challenge-receiver/{__version__}"
 
 
 @dataclass
@@ -50,11 +47,16 @@ class Runtime:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings, *, long_running: bool = False
+        cls, settings: Settings, *, long_running: bool = False, http: HttpGet | None = None
     ) -> AsyncIterator[Runtime]:
+        """`http`: how key documents are fetched (default: a pooled aiohttp session)."""
         async with AsyncExitStack() as stack:
-            session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-            stack.push_async_callback(session.close)
+            if http is None:
+                import aiohttp
+
+                session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+                stack.push_async_callback(session.close)
+                http = AiohttpGet(session)
             providers: dict[tuple[str, Any], Provider] = {}
             for zone in settings.zones:
                 if zone.cname_to is None and zone.provider_key not in providers:
@@ -85,7 +87,7 @@ class Runtime:
                 acme_dns = AcmeDns(settings.acme_dns, accounts)
             yield cls(
                 settings=settings,
-                verifier=build_verifier(settings, session),
+                verifier=build_verifier(settings, http),
                 policy=Policy(settings.zones),
                 dispatcher=Dispatcher(providers, settings.dispatch, metrics=metrics),
                 providers=providers,
@@ -118,7 +120,7 @@ async def _status(check: Any) -> str:
     return "ok"
 
 
-def build_verifier(settings: Settings, session: aiohttp.ClientSession) -> Verifier:
+def build_verifier(settings: Settings, http: HttpGet) -> Verifier:
     cm = settings.certificate_manager
     sender_keys: SenderKeys
     if cm.public_key_file is not None:
@@ -130,7 +132,7 @@ def build_verifier(settings: Settings, session: aiohttp.ClientSession) -> Verifi
             raise ConfigError([f"certificate_manager.public_key_file: {exc}"]) from None
     else:
         sender_keys = FetchedSenderKeys(
-            session,
+            http,
             cm.public_key_url,
             timeout=cm.key_fetch_timeout_seconds,
             refetch_interval=cm.key_refetch_interval_seconds,
@@ -139,7 +141,7 @@ def build_verifier(settings: Settings, session: aiohttp.ClientSession) -> Verifi
     jwks = None
     if ut.verify:
         jwks = Jwks(
-            session,
+            http,
             ut.jwks_url,
             timeout=ut.jwks_fetch_timeout_seconds,
             cache_seconds=ut.jwks_cache_seconds,

@@ -12,6 +12,7 @@ import pytest
 from receiver import signing
 from receiver.crn import InstanceCrn
 from receiver.errors import Unauthorized, Unavailable
+from receiver.fetch import AiohttpGet
 from receiver.keys import (
     FetchedSenderKeys,
     FileSenderKeys,
@@ -48,7 +49,7 @@ def test_key_url_is_built_from_the_crn_region_and_encoded_crn() -> None:
 async def test_fetch_once_then_cache(ibm_cloud: FakeIbmCloud, keys: dict[str, KeyPair]) -> None:
     async with aiohttp.ClientSession() as session:
         source = FetchedSenderKeys(
-            session, ibm_cloud.public_key_url, timeout=2, refetch_interval=60
+            AiohttpGet(session), ibm_cloud.public_key_url, timeout=2, refetch_interval=60
         )
         instance = InstanceCrn.parse(INSTANCE)
         results = await asyncio.gather(*(source.current(instance) for _ in range(10)))
@@ -60,7 +61,11 @@ async def test_rotation_is_picked_up_at_most_once_per_interval(ibm_cloud: FakeIb
     clock = Clock()
     async with aiohttp.ClientSession() as session:
         source = FetchedSenderKeys(
-            session, ibm_cloud.public_key_url, timeout=2, refetch_interval=60, clock=clock
+            AiohttpGet(session),
+            ibm_cloud.public_key_url,
+            timeout=2,
+            refetch_interval=60,
+            clock=clock,
         )
         instance = InstanceCrn.parse(INSTANCE)
         old = await source.current(instance)
@@ -81,7 +86,11 @@ async def test_failed_fetch_is_not_retried_immediately(ibm_cloud: FakeIbmCloud) 
     ibm_cloud.failing = True
     async with aiohttp.ClientSession() as session:
         source = FetchedSenderKeys(
-            session, ibm_cloud.public_key_url, timeout=2, refetch_interval=60, clock=clock
+            AiohttpGet(session),
+            ibm_cloud.public_key_url,
+            timeout=2,
+            refetch_interval=60,
+            clock=clock,
         )
         instance = InstanceCrn.parse(INSTANCE)
         for _ in range(5):
@@ -170,7 +179,7 @@ async def test_jwks_unknown_kid_refetches_once_per_interval(ibm_cloud: FakeIbmCl
     clock = Clock()
     async with aiohttp.ClientSession() as session:
         jwks = Jwks(
-            session,
+            AiohttpGet(session),
             ibm_cloud.jwks_url,
             timeout=2,
             cache_seconds=3600,
@@ -192,7 +201,7 @@ async def test_jwks_stale_cache_survives_an_outage(ibm_cloud: FakeIbmCloud) -> N
     clock = Clock()
     async with aiohttp.ClientSession() as session:
         jwks = Jwks(
-            session,
+            AiohttpGet(session),
             ibm_cloud.jwks_url,
             timeout=2,
             cache_seconds=10,

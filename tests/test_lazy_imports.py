@@ -7,11 +7,12 @@ import sys
 
 PROBE = """
 import sys
+at_start = set(sys.modules)  # a *-nspkg.pth (functions-framework's) pre-creates `google`
 from receiver import cli, core, http, runtime, config  # everything a door imports
 before = sorted(m for m in sys.modules if m.startswith("providers.") and m not in
                 ("providers.base", "providers.errors", "providers.registry"))
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "google",
-               "cloudflare", "dns"))
+heavy = sorted(m for m in set(sys.modules) - at_start if m.split(".")[0] in ("boto3", "botocore",
+               "google", "cloudflare", "dns"))
 from providers.registry import load_provider_class, provider_names
 names = provider_names()
 load_provider_class("memory")

@@ -1,0 +1,267 @@
+"""Lambda cold start: process start to the first answered notification, against a floor.
+
+Every run starts a fresh `python -m awslambdaric <handler>` (the real runtime client)
+against a fake Runtime API on loopback (tests/fakes/lambda_runtime.py), queues one event
+and stops the clock when the handler's answer is posted back:
+
+* receiver: `receiver.entrypoints.aws_lambda.handler` with a signed "validation required"
+  notification in a Function URL event. On that first invocation it loads the config,
+  opens the Runtime, fetches the sender's public key (loopback HTTP), verifies, and
+  writes the record (`memory`, or `route53` against a moto_server) before answering.
+* floor: `bench/cold_start_floor.py`, a handler module that imports only what the path
+  cannot avoid (cryptography's RSA module; plus boto3 for Route 53) and answers a
+  constant. Timed the same way, under the same runtime client and fake Runtime API, so
+  interpreter start, the client's own bootstrap and one exchange are in both.
+
+Variants are interleaved run by run so that machine noise falls on all of them alike.
+`--importtime` adds `python -X importtime` of the handler module (top cumulative entries).
+Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # tests.fakes.lambda_runtime
+
+from receiver import signing  # noqa: E402
+from tests.entrypoints import events  # noqa: E402
+from tests.fakes.lambda_runtime import FakeLambdaRuntime  # noqa: E402
+
+CRN = signing.DEMO_CRN
+ZONE = "example.com"
+RECEIVER_HANDLER = "receiver.entrypoints.aws_lambda.handler"
+FLOOR_HANDLER = "cold_start_floor.handler"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@contextmanager
+def key_endpoint(public_pem: bytes) -> Iterator[str]:
+    """Certificate Manager's public-key endpoint: `{"publicKey": PEM}` for any instance."""
+    document = json.dumps({"publicKey": public_pem.decode()}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/{{instance_crn}}/publicKey"
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def moto() -> Iterator[str]:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **AWS_ENV},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # loopback only
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("moto_server did not start (pip install 'moto[server]')")
+        import boto3
+
+        boto3.client("route53", endpoint_url=url, **_client_credentials()).create_hosted_zone(
+            Name=ZONE, CallerReference=str(time.time_ns())
+        )
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _client_credentials() -> dict[str, str]:
+    return {
+        "region_name": "us-east-1",
+        "aws_access_key_id": "bench",
+        "aws_secret_access_key": "bench",
+    }
+
+
+def write_config(folder: Path, key_url: str, provider: str, moto_url: str | None) -> Path:
+    zone = f'[[zones]]\nname = "{ZONE}"\nprovider = "{provider}"\n'
+    if provider == "route53":
+        zone += f'[zones.options]\nendpoint = "{moto_url}"\n'
+    path = folder / f"{provider}.toml"
+    path.write_text(
+        "[certificate_manager]\n"
+        f'allowed_instances = ["{CRN}"]\n'
+        f'public_key_url = "{key_url}"\n'
+        "[log]\n"
+        'format = "json"\n'
+        "[propagation]\n"
+        "check = false\n"
+        "[journal]\n"
+        "enabled = false\n" + zone
+    )
+    return path
+
+
+def one_run(handler: str, env: dict[str, str], event: dict[str, object]) -> tuple[float, float]:
+    """Seconds from process start to (first /next poll, answer posted)."""
+    fake = FakeLambdaRuntime().start()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "awslambdaric", handler],
+        env={**env, "AWS_LAMBDA_RUNTIME_API": fake.address},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=HERE,
+    )
+    try:
+        answer = fake.invoke(event, timeout=60)
+        answered = time.monotonic()
+        if answer.kind != "response" or answer.body.get("statusCode") != 200:
+            raise SystemExit(f"{handler}: unexpected answer {answer}")
+        return fake.polls[0] - started, answered - started
+    finally:
+        proc.kill()
+        proc.wait()
+        fake.stop()
+
+
+def importtime(handler: str, env: dict[str, str], top: int) -> list[str]:
+    module = handler.rsplit(".", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        env=env,
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in result.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), int(parts[0]), parts[2].rstrip()))
+    rows.sort(reverse=True)
+    return [
+        f"    {cum / 1000:7.1f} ms cum {own / 1000:6.1f} ms own {name}"
+        for cum, own, name in rows[:top]
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--providers", default="memory,route53")
+    parser.add_argument("--importtime", action="store_true")
+    args = parser.parse_args()
+    providers = args.providers.split(",")
+
+    # A deployment package is compiled at install (pip); this checkout may not be.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "receiver", "providers", "bench", "tests"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        check=True,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        private = signing.generate_private_key()
+        aws = moto() if "route53" in providers else nullcontext(None)
+        with key_endpoint(signing.public_pem(private)) as key_url, aws as moto_url:
+            import jwt
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            signer = load_pem_private_key(private, None)
+            base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            base.update(AWS_ENV, PYTHONDONTWRITEBYTECODE="1", AWS_LAMBDA_FUNCTION_NAME="bench")
+            variants: dict[str, tuple[str, dict[str, str]]] = {}
+            for provider in providers:
+                config = write_config(folder, key_url, provider, moto_url)
+                variants[f"{provider} floor"] = (
+                    FLOOR_HANDLER,
+                    {**base, "FLOOR_BOTO3": "1" if provider == "route53" else ""},
+                )
+                variants[f"{provider} receiver"] = (
+                    RECEIVER_HANDLER,
+                    {**base, "DNS_CHALLENGE_RECEIVER_CONFIG": str(config)},
+                )
+
+            def event() -> dict[str, object]:
+                claims = signing.notification_claims(
+                    instance_crn=CRN,
+                    event_type="cert_domain_validation_required",
+                    domain=f"www.{ZONE}",
+                    value=signing.challenge_value(),
+                )
+                body = signing.envelope(jwt.encode(claims, signer, algorithm="RS256"))
+                return events.function_url(body, headers={"content-type": "application/json"})
+
+            for handler, env in variants.values():  # warm the page cache, unmeasured
+                one_run(handler, env, event())
+            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+            for _ in range(args.runs):
+                for name, (handler, env) in variants.items():
+                    timings[name].append(one_run(handler, env, event()))
+
+            print(f"Lambda cold start, real awslambdaric + fake Runtime API, {args.runs} runs each")
+            print(f"{'variant':<18} {'init (to /next)':>16} {'first answer':>13}")
+            for name, runs in timings.items():
+                init = statistics.median(r[0] for r in runs)
+                answer = statistics.median(r[1] for r in runs)
+                print(f"{name:<18} {init * 1000:13.0f} ms {answer * 1000:10.0f} ms")
+            if args.importtime:
+                for name, (handler, env) in variants.items():
+                    if name.endswith("receiver") or name == "route53 floor":
+                        print(f"importtime {name} ({handler.rsplit('.', 1)[0]}):")
+                        print("\n".join(importtime(handler, env, 14)))
+            ratios = []
+            for provider in providers:
+                ours = statistics.median(r[1] for r in timings[f"{provider} receiver"])
+                floor = statistics.median(r[1] for r in timings[f"{provider} floor"])
+                ratios.append(f"{provider} {ours / floor:.2f}")
+            print("cold start ratio receiver/floor: " + ", ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Platform shims: translate a platform's request to `core.handle` and back, nothing more."""

@@ -1,0 +1,106 @@
+"""AWS Lambda: `handler(event, context)` for API Gateway (REST payload 1.0, HTTP API 1.0
+and 2.0) and Lambda Function URL events.
+
+Deploy with handler `receiver.entrypoints.aws_lambda.handler`. One event loop and one
+Runtime per container, both created on the first invocation and reused by the next ones
+(Lambda runs one invocation at a time per container). The write happens before the
+answer: a frozen container does no background work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from receiver import core
+from receiver.entrypoints.serverless import RuntimeHolder, request_id, serve
+
+
+class _Container:
+    """What outlives an invocation: the event loop and the Runtime bound to it."""
+
+    def __init__(self) -> None:
+        self.runner: asyncio.Runner | None = None
+        self.holder = RuntimeHolder()
+
+    def run(self, request: core.InboundRequest) -> core.Outcome:
+        if self.runner is None:
+            self.runner = asyncio.Runner()
+        return self.runner.run(serve(self.holder, request))
+
+
+_container = _Container()
+
+
+class NotAnHttpEvent(ValueError):
+    pass
+
+
+def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    try:
+        request = inbound_request(event, getattr(context, "aws_request_id", None))
+    except NotAnHttpEvent as exc:
+        return response(core.Outcome(400, {"error": "bad_request", "detail": str(exc)}))
+    return response(_container.run(request))
+
+
+def inbound_request(event: Mapping[str, Any], invocation_id: str | None) -> core.InboundRequest:
+    if not isinstance(event, Mapping):
+        raise NotAnHttpEvent("not an API Gateway or Function URL event")
+    context = event.get("requestContext") or {}
+    if event.get("version") == "2.0":  # HTTP API 2.0 and Function URLs
+        http = context.get("http") or {}
+        method, path = http.get("method"), event.get("rawPath") or http.get("path")
+        remote = http.get("sourceIp")
+        stage = context.get("stage")
+        if stage and stage != "$default" and path and path.startswith(f"/{stage}/"):
+            path = path[len(stage) + 1 :]  # a named HTTP API stage prefixes the raw path
+        headers = _lower(event.get("headers"))
+    else:  # REST API and HTTP API 1.0: `path` is the resource path, without the stage
+        method, path = event.get("httpMethod"), event.get("path")
+        remote = (context.get("identity") or {}).get("sourceIp")
+        headers = _lower(event.get("headers"))
+        multi = event.get("multiValueHeaders") or {}
+        headers.update({k.lower(): ", ".join(map(str, v)) for k, v in multi.items() if v})
+    if not isinstance(method, str) or not isinstance(path, str):
+        raise NotAnHttpEvent("not an API Gateway or Function URL event")
+    return core.InboundRequest(
+        method=method.upper(),
+        path=path,
+        headers=headers,
+        body=_body(event),
+        request_id=request_id(headers.get("x-request-id"), context.get("requestId")),
+        remote=remote,
+    )
+
+
+def _lower(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (headers or {}).items() if v is not None}
+
+
+def _body(event: Mapping[str, Any]) -> bytes:
+    body = event.get("body")
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        raise NotAnHttpEvent("event body is not a string")
+    if not event.get("isBase64Encoded"):
+        return body.encode()
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise NotAnHttpEvent("isBase64Encoded is set but the body is not base64") from None
+
+
+def response(outcome: core.Outcome) -> dict[str, Any]:
+    """Valid for both payload formats (and Function URLs)."""
+    return {
+        "statusCode": outcome.status,
+        "headers": {"Content-Type": "application/json", **outcome.headers},
+        "body": json.dumps(outcome.body),
+        "isBase64Encoded": False,
+    }

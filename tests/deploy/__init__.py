@@ -1,0 +1,1 @@
+"""Deployment artefacts: templates lint clean and point at the real entry points."""

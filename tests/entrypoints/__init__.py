@@ -1,0 +1,1 @@
+"""Serverless doors: AWS Lambda and Google Cloud Functions."""

@@ -1,0 +1,186 @@
+"""The serverless doors as real processes: the genuine `awslambdaric` runtime client against
+a fake Runtime API, and `functions-framework --asgi`, each with the `local` provider so the
+record can be read from its SQLite file by an independent observer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from receiver import signing
+from receiver.config import CONFIG_ENV
+
+from ..conftest import Sender
+from ..fakes.lambda_runtime import FakeLambdaRuntime
+from . import events
+from .conftest import WriteConfig, stored_values
+
+pytestmark = pytest.mark.slow
+REQUIRED = "cert_domain_validation_required"
+REPO = Path(__file__).resolve().parents[2]
+JSON = {"Content-Type": "application/json"}
+FQDN = "_acme-challenge.www.example.com"
+
+
+def local_zone(database: Path) -> list[dict[str, object]]:
+    return [{"name": "example.com", "provider": "local", "options": {"database": str(database)}}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fake_runtime_api() -> Iterator[FakeLambdaRuntime]:
+    fake = FakeLambdaRuntime().start()
+    yield fake
+    fake.stop()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM first (gunicorn then stops its workers), then SIGKILL to the whole group the
+    test started (a worker left behind would hold the output pipe open)."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 10)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = await proc.communicate()
+    return output.decode(errors="replace")
+
+
+async def test_lambda_under_the_real_runtime_client(
+    tmp_path: Path,
+    sender: Sender,
+    write_config: WriteConfig,
+    fake_runtime_api: FakeLambdaRuntime,
+) -> None:
+    database = tmp_path / "challenges.sqlite3"
+    config = write_config(local_zone(database))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "awslambdaric",
+        "receiver.entrypoints.aws_lambda.handler",
+        env={
+            **os.environ,
+            CONFIG_ENV: str(config),
+            "AWS_LAMBDA_RUNTIME_API": fake_runtime_api.address,
+            "AWS_LAMBDA_FUNCTION_NAME": "dns-challenge-receiver",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, ended as a whole in _stop
+    )
+    try:
+        value = signing.challenge_value()
+        body = sender.body(sender.claims(REQUIRED, "www.example.com", value))
+        event = events.function_url(body, headers=JSON, base64_encoded=True)
+        answer = await asyncio.to_thread(fake_runtime_api.invoke, event)
+        assert answer.kind == "response", answer
+        assert answer.body["statusCode"] == 200, answer
+        assert stored_values(database, FQDN) == {value}
+
+        forged = Sender(sender.keys, key_name="attacker")
+        event = events.rest_api_v1(
+            forged.body(forged.claims(REQUIRED, "www.example.com")), headers=JSON
+        )
+        answer = await asyncio.to_thread(fake_runtime_api.invoke, event)
+        assert answer.kind == "response"
+        assert answer.body["statusCode"] == 401, answer
+        assert '"error": "invalid_signature"' in answer.body["body"]
+        assert stored_values(database, FQDN) == {value}
+    finally:
+        output = await _stop(proc)
+    assert '"event": "notification"' in output  # the receiver's own summary lines
+
+
+@pytest.fixture
+async def functions_framework(
+    tmp_path: Path, write_config: WriteConfig
+) -> AsyncIterator[tuple[str, Path]]:
+    """`functions-framework --asgi` serving deploy/gcp/main.py on loopback."""
+    database = tmp_path / "challenges.sqlite3"
+    config = write_config(local_zone(database))
+    port = _free_port()
+    binary = Path(sys.executable).with_name("functions-framework")
+    proc = await asyncio.create_subprocess_exec(
+        str(binary),
+        "--target=handler",
+        f"--source={REPO / 'deploy' / 'gcp' / 'main.py'}",
+        "--asgi",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        env={**os.environ, CONFIG_ENV: str(config)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, ended as a whole in _stop
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+            while True:
+                if proc.returncode is not None:
+                    raise AssertionError("functions-framework exited:\n" + await _stop(proc))
+                try:
+                    async with session.get(f"{url}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+        yield url, database
+    finally:
+        await _stop(proc)
+
+
+async def test_cloud_functions_under_functions_framework(
+    functions_framework: tuple[str, Path], sender: Sender
+) -> None:
+    url, database = functions_framework
+    value = signing.challenge_value()
+    async with aiohttp.ClientSession() as session:
+        body = sender.body(sender.claims(REQUIRED, "www.example.com", value))
+        async with session.post(f"{url}/callback", data=body, headers=JSON) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"status": "published", "fqdn": FQDN, "record": FQDN}
+            assert resp.headers["X-Request-Id"]
+        assert stored_values(database, FQDN) == {value}
+
+        forged = Sender(sender.keys, key_name="attacker")
+        body = forged.body(forged.claims(REQUIRED, "www.example.com"))
+        async with session.post(f"{url}/callback", data=body, headers=JSON) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"] == "invalid_signature"
+        too_big = b"{" + b" " * 70_000 + b"}"
+        async with session.post(f"{url}/callback", data=too_big, headers=JSON) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"] == "body_too_large"
+        async with session.get(f"{url}/readyz") as resp:
+            assert resp.status == 200
+    assert stored_values(database, FQDN) == {value}
+
+
+@pytest.mark.parametrize(
+    "module", ["receiver.entrypoints.aws_lambda", "receiver.entrypoints.gcp_functions"]
+)
+def test_serverless_doors_do_not_import_aiohttp(module: str) -> None:
+    probe = (
+        f"import sys, {module}\n"
+        "print(sorted(m for m in sys.modules if m == 'aiohttp' or m.startswith('aiohttp.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"
