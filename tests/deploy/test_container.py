@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from receiver import signing
+from receiver import config, signing
 
 from ..backends.bind import free_port
 from ..conftest import INSTANCE, FakeIbmCloud, Sender
@@ -96,6 +98,25 @@ def test_dockerfile_is_exec_form_non_root_and_checks_health() -> None:
     joined = DOCKERFILE.read_text().replace("\\\n", " ")
     (healthcheck,) = [line for line in joined.splitlines() if line.startswith("HEALTHCHECK")]
     assert 'CMD ["python3", "-c"' in healthcheck  # slim bases have no curl
+
+
+def test_the_container_example_config_is_valid_and_writes_only_to_the_volume() -> None:
+    path = ROOT / "deploy" / "container" / "receiver.toml"
+    filled = re.sub(r'"crn:v1:[^"]*<account-id>[^"]*"', f'"{INSTANCE}"', path.read_text())
+    settings = config.from_mapping(
+        tomllib.loads(filled), base_dir=Path("/etc/dns-challenge-receiver")
+    )
+    volume = Path("/var/lib/dns-challenge-receiver")
+    (local,) = {zone.options for zone in settings.zones if zone.provider == "local"}
+    assert local.database.parent == volume
+    assert settings.journal.database is not None and settings.journal.database.parent == volume
+    # Listening on every address of the container's own namespace, on the EXPOSEd ports.
+    exposed = next(
+        line for line in DOCKERFILE.read_text().splitlines() if line.startswith("EXPOSE")
+    )
+    assert settings.server.listen == "0.0.0.0:8080" and "8080/tcp" in exposed
+    assert local.dns_listen == "0.0.0.0:8053"
+    assert {"8053/udp", "8053/tcp"} <= set(exposed.split())
 
 
 @pytest.fixture(scope="session")
