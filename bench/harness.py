@@ -87,8 +87,8 @@ class Keys:
                     user_token=token,
                     lifetime=24 * 3600,
                 )
-                token = jwt.encode(claims, self._sender, self.algorithm)
-                found.append(signing.envelope(token))
+                envelope = jwt.encode(claims, self._sender, self.algorithm)
+                found.append(signing.envelope(envelope))
         return found
 
 
