@@ -23,6 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from providers.base import UNLIMITED, Provider, Secret
+from providers.gcloud import GcloudSettings
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
 from providers.registry import load_provider_class
@@ -32,6 +33,7 @@ from receiver import dnsserver
 
 from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
+from ..fakes.gcloud import CloudDnsFake
 from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
@@ -309,6 +311,60 @@ class Rfc2136Harness:
         return self._wrong_key()
 
 
+@dataclass
+class GcloudHarness:
+    """The real google-cloud-dns client against the Cloud DNS fake; observed in its state."""
+
+    tmp_path: Path
+    shared_backend: bool = True
+    name: str = "gcloud"
+    zone: str = ZONE
+    settings: Any = None
+    fake: CloudDnsFake = field(default_factory=CloudDnsFake)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[GcloudHarness]:
+        self.fake.add_zone(self.zone.split(".", 1)[1])  # a parent: the longest match wins
+        self.fake.add_zone(self.zone, name="private-twin", visibility="private")
+        self.fake.add_zone(self.zone)
+        server = TestServer(self.fake.app(), host="127.0.0.1")
+        await server.start_server()
+        self.fake.url = str(server.make_url("")).rstrip("/")
+        self.settings = GcloudSettings(
+            project=self.fake.project, endpoint=self.fake.url, anonymous=True
+        )
+        try:
+            yield self
+        finally:
+            await server.close()
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        return self.fake.values(fqdn)
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        rrset = self.fake.rrset(fqdn)
+        return int(rrset["ttl"]) if rrset else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        self.fake.seed(fqdn, value)
+
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[type[Exception]]:
+        from providers import errors
+
+        self.fake.inject(503, "backendError", times=1_000)
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            self.fake.faults.clear()
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._outage()
+
+
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     request.getfixturevalue("aws_credentials")
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
@@ -318,6 +374,7 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": lambda request, tmp_path: MemoryHarness(tmp_path),
     "local": lambda request, tmp_path: LocalHarness(tmp_path),
     "route53": _route53,
+    "gcloud": lambda request, tmp_path: GcloudHarness(tmp_path),
     "rfc2136": lambda request, tmp_path: Rfc2136Harness(
         tmp_path, request.getfixturevalue("bind_primary")
     ),
