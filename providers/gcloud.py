@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import threading
 import time
@@ -267,14 +268,18 @@ class GoogleCloudDnsProvider:
         from google.auth.credentials import AnonymousCredentials
 
         if self.settings.anonymous:
-            return AnonymousCredentials()  # type: ignore[no-untyped-call]
-        if self.settings.credentials_file is not None:
-            credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                str(self.settings.credentials_file), scopes=SCOPES
-            )
-        else:
+            return AnonymousCredentials()
+        if self.settings.credentials_file is None:
             credentials, _ = google.auth.default(scopes=SCOPES)
-        return credentials
+            return credentials
+        path = self.settings.credentials_file
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return _credentials_from_info(info)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderAuthError(
+                NAME, f"credentials_file {path} is unusable ({type(exc).__name__}: {exc})"
+            ) from None
 
     async def _call(self, operation: Callable[[], T]) -> T:
         from google.api_core.exceptions import GoogleAPICallError
@@ -354,6 +359,36 @@ class GoogleCloudDnsProvider:
             await asyncio.sleep(self.settings.done_poll_seconds)
         for key in [k for k, v in self._undone.items() if v == change_id and k[0] == zone.handle]:
             del self._undone[key]
+
+
+def _credentials_from_info(info: dict[str, Any]) -> Any:
+    """Credentials of the kinds a DNS writer is configured with, each by its own loader
+    (google-auth deprecates its generic loader: it would accept any kind unchecked)."""
+    kind = info.get("type")
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    if kind == "external_account":  # workload identity federation
+        source = info.get("credential_source", {})
+        if str(source.get("environment_id", "")).startswith("aws"):
+            from google.auth import aws
+
+            return aws.Credentials.from_info(info, scopes=SCOPES)
+        if "executable" in source:
+            from google.auth import pluggable
+
+            return pluggable.Credentials.from_info(info, scopes=SCOPES)
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=SCOPES)
+    if kind == "authorized_user":
+        from google.oauth2 import credentials
+
+        return credentials.Credentials.from_authorized_user_info(info, scopes=list(SCOPES))
+    raise ValueError(
+        f"type {kind!r} is not one of service_account, external_account, authorized_user"
+    )
 
 
 def _rrset(zone: Any, fqdn: str, record_set: _RecordSet) -> Any:
@@ -437,13 +472,20 @@ def _plain(name: str) -> str:
 
 def _translate(exc: Exception) -> ProviderError:
     from google.api_core.exceptions import GoogleAPICallError
-    from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
+    from google.auth.exceptions import (
+        GoogleAuthError,
+        InvalidOperation,
+        RefreshError,
+        TransportError,
+    )
 
     if isinstance(exc, TransportError):
         return ProviderUnavailable(NAME, f"cannot reach the token endpoint ({exc})")
     if isinstance(exc, RefreshError):
         kind = ProviderUnavailable if getattr(exc, "retryable", False) else ProviderAuthError
         return kind(NAME, f"cannot obtain an access token ({exc})")
+    if isinstance(exc, InvalidOperation):  # a 401 made google-auth refresh anonymous creds
+        return ProviderAuthError(NAME, "the API answered 401 authError to anonymous requests")
     if isinstance(exc, GoogleAuthError):
         return ProviderAuthError(NAME, f"no usable Google credentials ({exc})")
     if not isinstance(exc, GoogleAPICallError):  # requests: connection, timeout, bad body

@@ -49,6 +49,8 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 TRANSIENT = ((503, "backendError"), (500, "internalError"), (429, "rateLimitExceeded"))
+# google-auth signs service-account grants for this audience whatever the token_uri.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 API_OPERATIONS = ("zones", "zone", "read", "write", "change")
 
 
@@ -85,6 +87,7 @@ class Fault:
     operation: str  # one of API_OPERATIONS, "token" or "any"
     remaining: int
     retry_after: str | None
+    after_applying: bool = False  # the request takes effect, its answer is lost
 
 
 @dataclass
@@ -94,6 +97,7 @@ class FlakyRate:
     operations: tuple[str, ...]
     retry_after: str | None
     injected: int = 0
+    lost_answers: int = 0
 
 
 @dataclass
@@ -185,10 +189,14 @@ class CloudDnsFake:
         operation: str = "any",
         message: str | None = None,
         retry_after: str | None = None,
+        after_applying: bool = False,
     ) -> None:
-        """The next `times` requests for `operation` fail with this error."""
+        """The next `times` requests for `operation` fail with this error (with
+        `after_applying`, once they have taken effect: a 5xx whose outcome is unknown)."""
         text = message or f"{reason} (injected)"
-        self.faults.append(Fault(status, reason, text, operation, times, retry_after))
+        self.faults.append(
+            Fault(status, reason, text, operation, times, retry_after, after_applying)
+        )
 
     def fail_at_rate(
         self,
@@ -198,7 +206,8 @@ class CloudDnsFake:
         operations: tuple[str, ...] = API_OPERATIONS,
         retry_after: str | None = "0",
     ) -> None:
-        """Each API request fails with a transient error (503, 500 or 429) at `rate`."""
+        """Each API request fails with a transient error (503, 500 or 429) at `rate`; a
+        failing 5xx Change is applied first half of the time (its answer is lost)."""
         self.flaky = FlakyRate(rate, random.Random(seed), operations, retry_after)
 
     def issue_token(self, email: str) -> str:
@@ -224,27 +233,35 @@ class CloudDnsFake:
         operation = request.match_info.route.name or "unknown"
         self.calls[operation] += 1
         try:
-            self._maybe_fail(operation)
+            failure, after_applying = self._failure(operation)
+            if failure is not None and not after_applying:
+                raise failure
             if operation == "unknown":
                 raise GoogleError(404, "notFound", f"{request.path} is not an API path")
             if operation != "token":
                 self._authorise(request)
             response: web.StreamResponse = await handler(request)
+            if failure is not None:
+                raise failure
             return response
         except GoogleError as exc:
             return exc.response()
 
-    def _maybe_fail(self, operation: str) -> None:
+    def _failure(self, operation: str) -> tuple[GoogleError | None, bool]:
         for fault in self.faults:
             if fault.remaining > 0 and fault.operation in (operation, "any"):
                 fault.remaining -= 1
-                raise GoogleError(fault.status, fault.reason, fault.message, fault.retry_after)
+                error = GoogleError(fault.status, fault.reason, fault.message, fault.retry_after)
+                return error, fault.after_applying
         flaky = self.flaky
         if flaky and operation in flaky.operations and flaky.rng.random() < flaky.rate:
             flaky.injected += 1
             status, reason = flaky.rng.choice(TRANSIENT)
             retry_after = flaky.retry_after if status == 429 else None
-            raise GoogleError(status, reason, f"{reason} (injected at random)", retry_after)
+            lost = operation == "write" and status >= 500 and flaky.rng.random() < 0.5
+            flaky.lost_answers += lost
+            return GoogleError(status, reason, f"{reason} (injected at random)", retry_after), lost
+        return None, False
 
     def _authorise(self, request: web.Request) -> None:
         if self.require_auth:
@@ -417,9 +434,9 @@ class CloudDnsFake:
                 assertion,
                 self.service_accounts[issuer],
                 algorithms=["RS256"],
-                audience=f"{self.url}/token",
+                audience=GOOGLE_TOKEN_AUDIENCE,
             )
-        except (jwt.PyJWTError, KeyError):
+        except (jwt.PyJWTError, KeyError, ValueError):
             return web.json_response(
                 {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
                 status=400,
