@@ -49,7 +49,8 @@ SCOPES = ("https://www.googleapis.com/auth/ndev.clouddns.readwrite",)
 # Cloud DNS's documented limits per Change.
 MAX_RRSETS_PER_CHANGE = 1000  # additions, and separately deletions
 MAX_RRDATA_BYTES_PER_CHANGE = 100_000
-REQUEST_TIMEOUT_SECONDS = 30
+# A read counts as fresh for a retried apply() this long at most (beyond any deadline).
+FRESH_READ_SECONDS = 60.0
 # Google APIs report some throttling as 403 with one of these reasons.
 _THROTTLED_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
 # "The 'entity.change.deletions[3]' resource named ... does not exist", "Precondition not
@@ -133,6 +134,9 @@ class GoogleCloudDnsProvider:
         self._known: dict[tuple[str, str], _RecordSet | None] = {}  # hints, never the truth
         self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
         self._undone: dict[tuple[str, str], str] = {}  # name -> our change not yet done
+        # name -> when apply() last read it: reads outlive a failed attempt, so a retry
+        # builds on them instead of starting over (see `apply`).
+        self._fresh: dict[tuple[str, str], float] = {}
 
     @classmethod
     async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
@@ -182,7 +186,6 @@ class GoogleCloudDnsProvider:
     ) -> None:
         names = list(dict.fromkeys(change.fqdn for change in changes))
         current: dict[str, _RecordSet | None] = {}
-        read: set[str] = set()
         for fqdn in names:
             key = (zone.handle, fqdn)
             if key in self._known and key not in self._stale:
@@ -192,14 +195,20 @@ class GoogleCloudDnsProvider:
             ):
                 current[fqdn] = None  # a guess: a wrong one fails the Change, and we re-read
             else:
-                current[fqdn] = await self._read(zone, fqdn)
-                read.add(fqdn)
+                current[fqdn] = await self._read(zone, fqdn, fresh=True)
         wanted = _apply_changes(current, changes)
         # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
         # so would skip the write, and with it Cloud DNS's check. Re-read those names.
-        unsure = [fqdn for fqdn in names if wanted[fqdn] == current[fqdn] and fqdn not in read]
+        # Fresh means read by this or an earlier attempt at the same changes (the core
+        # retries after any failure): with one read per name, a 100-name batch whose
+        # answer was lost would otherwise need 100 reads in a row without one failing.
+        unsure = [
+            fqdn
+            for fqdn in names
+            if wanted[fqdn] == current[fqdn] and not self._is_fresh(zone, fqdn)
+        ]
         for fqdn in unsure:
-            current[fqdn] = await self._read(zone, fqdn)
+            current[fqdn] = await self._read(zone, fqdn, fresh=True)
         if unsure:
             wanted = _apply_changes(current, changes)
         rrset_changes = [
@@ -223,6 +232,8 @@ class GoogleCloudDnsProvider:
                 self._known[(zone.handle, fqdn)] = wanted[fqdn]
                 if not done:
                     self._undone[(zone.handle, fqdn)] = change_id
+        for fqdn in names:  # done: the next changes to these names start afresh
+            self._fresh.pop((zone.handle, fqdn), None)
         if self.settings.wait_for_done:
             # Also changes an earlier, timed-out attempt made for these names: a retry
             # that finds nothing left to write must still wait for them.
@@ -235,12 +246,14 @@ class GoogleCloudDnsProvider:
     def _forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
         for fqdn in names:
             self._known.pop((zone.handle, fqdn), None)
+            self._fresh.pop((zone.handle, fqdn), None)
             self._stale.add((zone.handle, fqdn))
 
     async def aclose(self) -> None:
         self._known.clear()
         self._stale.clear()
         self._undone.clear()
+        self._fresh.clear()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -312,7 +325,11 @@ class GoogleCloudDnsProvider:
             and zone.get("visibility", "public") == "public"
         ]
 
-    async def _read(self, zone: ZoneRef, fqdn: str) -> _RecordSet | None:
+    def _is_fresh(self, zone: ZoneRef, fqdn: str) -> bool:
+        read_at = self._fresh.get((zone.handle, fqdn))
+        return read_at is not None and time.monotonic() - read_at < FRESH_READ_SECONDS
+
+    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> _RecordSet | None:
         def read() -> _RecordSet | None:
             rrsets = self._dns().zone(zone.handle).list_resource_record_sets()
             rrsets.extra_params = {"name": fqdn + ".", "type": "TXT"}
@@ -325,6 +342,8 @@ class GoogleCloudDnsProvider:
         current = await self._call(read)
         self._known[(zone.handle, fqdn)] = current
         self._stale.discard((zone.handle, fqdn))
+        if fresh:
+            self._fresh[(zone.handle, fqdn)] = time.monotonic()
         return current
 
     def _create(self, managed_zone: str, batch: list[_RrsetChange]) -> tuple[str, bool]:
