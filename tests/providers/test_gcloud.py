@@ -529,7 +529,7 @@ async def test_a_retried_batch_builds_on_the_reads_of_failed_attempts(
         try:
             await provider.apply(zone, changes, ctx=CTX)
             break
-        except errors.ProviderUnavailable:
+        except (errors.ProviderUnavailable, errors.ProviderRateLimited):
             assert attempt < 99
     assert fake.flaky is not None and fake.flaky.injected >= 1
     assert fake.calls["write"] == 1  # found applied: nothing written twice
