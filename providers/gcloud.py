@@ -230,7 +230,7 @@ class GoogleCloudDnsProvider:
                 raise
             for fqdn in batch_names:
                 self._known[(zone.handle, fqdn)] = wanted[fqdn]
-                if not done:
+                if not done and self.settings.wait_for_done:
                     self._undone[(zone.handle, fqdn)] = change_id
         for fqdn in names:  # done: the next changes to these names start afresh
             self._fresh.pop((zone.handle, fqdn), None)

@@ -535,3 +535,36 @@ async def test_a_retried_batch_builds_on_the_reads_of_failed_attempts(
     assert fake.calls["write"] == 1  # found applied: nothing written twice
     assert fake.calls["read"] == len(names) + fake.flaky.injected
     assert all(fake.values(fqdn) == ["y" * 43] for fqdn in names)
+
+
+def test_configuration(make_settings: Any, tmp_path: Path) -> None:
+    from receiver.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_settings(zones=[{"name": ZONE, "provider": "gcloud", "options": {"anonymus": True}}])
+    assert "zones[0].options.project: required" in caught.value.problems
+    assert any("anonymus: unknown setting" in p for p in caught.value.problems)
+    built = make_settings(
+        zones=[
+            {
+                "name": ZONE,
+                "provider": "gcloud",
+                "options": {"project": "p", "credentials_file": "key.json"},
+            }
+        ]
+    )
+    options = built.zones[0].options
+    assert options == GcloudSettings(project="p", credentials_file=tmp_path / "key.json")
+    assert not options.anonymous  # never implied by anything else
+
+
+async def test_anonymous_without_endpoint_stops_the_service(make_settings: Any) -> None:
+    from receiver.errors import ConfigError
+    from receiver.runtime import Runtime
+
+    built = make_settings(
+        zones=[{"name": ZONE, "provider": "gcloud", "options": {"project": "p", "anonymous": True}}]
+    )
+    with pytest.raises(ConfigError, match=r"zones\[0\]\.options: gcloud: anonymous"):
+        async with Runtime.open(built):
+            pass
