@@ -23,6 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from providers.base import UNLIMITED, Provider, Secret
+from providers.gcloud import GcloudSettings
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
 from providers.registry import load_provider_class
@@ -34,6 +35,7 @@ from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
 from ..fakes.cis import FakeCis, FakeIam
 from ..fakes.cloudflare import CloudflareFake
+from ..fakes.gcloud import CloudDnsFake
 from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
@@ -435,6 +437,60 @@ class CloudflareHarness:
         return self._outage()
 
 
+@dataclass
+class GcloudHarness:
+    """The real google-cloud-dns client against the Cloud DNS fake; observed in its state."""
+
+    tmp_path: Path
+    shared_backend: bool = True
+    name: str = "gcloud"
+    zone: str = ZONE
+    settings: Any = None
+    fake: CloudDnsFake = field(default_factory=CloudDnsFake)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[GcloudHarness]:
+        self.fake.add_zone(self.zone.split(".", 1)[1])  # a parent: the longest match wins
+        self.fake.add_zone(self.zone, name="private-twin", visibility="private")
+        self.fake.add_zone(self.zone)
+        server = TestServer(self.fake.app(), host="127.0.0.1")
+        await server.start_server()
+        self.fake.url = str(server.make_url("")).rstrip("/")
+        self.settings = GcloudSettings(
+            project=self.fake.project, endpoint=self.fake.url, anonymous=True
+        )
+        try:
+            yield self
+        finally:
+            await server.close()
+
+    async def provider(self) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        return self.fake.values(fqdn)
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        rrset = self.fake.rrset(fqdn)
+        return int(rrset["ttl"]) if rrset else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        self.fake.seed(fqdn, value)
+
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[type[Exception]]:
+        from providers import errors
+
+        self.fake.inject(503, "backendError", times=1_000)
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            self.fake.faults.clear()
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._outage()
+
+
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     request.getfixturevalue("aws_credentials")
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
@@ -449,4 +505,5 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     ),
     "cis": lambda request, tmp_path: CisHarness(tmp_path),
     "cloudflare": lambda request, tmp_path: CloudflareHarness(tmp_path),
+    "gcloud": lambda request, tmp_path: GcloudHarness(tmp_path),
 }

@@ -1,0 +1,534 @@
+"""Google Cloud DNS through google-cloud-dns.
+
+Cloud DNS changes whole record sets, and a Change is atomic: its deletions must name the
+exact current sets (else 412 conditionNotMet, or 404 when the set is gone) and its
+additions must be new (else 409 alreadyExists). So every write deletes the exact set it
+believes is there and adds the new one in ONE Change; if anyone else changed the set
+meanwhile, the Change fails, the adapter raises `ProviderConflict`, and the core retries
+after a fresh read. Lost updates are impossible, also between processes.
+
+As for Route 53, the adapter remembers the sets it last read or wrote and writes from that
+memory without reading first (a name it never saw is assumed absent). The memory is only a
+hint: a wrong guess fails the Change like a concurrent writer would, and the retry reads.
+
+The client library is blocking (requests): every call runs in a worker thread and draws
+from the project's rate budget first. Its list methods take no filters, but the iterators
+they return accept documented `extra_params`: reads send `name`/`type` (and zone lookups
+`dnsName`), so a read costs one small request however big the zone is. Results are still
+filtered here, so a server that ignores the filters is only slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self, TypeVar
+
+from providers.base import ChangeContext, RateBudget, TxtChange, ZoneRef, setting
+from providers.errors import (
+    ProviderAuthError,
+    ProviderConflict,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    ZoneNotFound,
+)
+
+DnsClient = Any  # google-cloud-dns ships no type information
+T = TypeVar("T")
+NAME = "gcloud"
+SCOPES = ("https://www.googleapis.com/auth/ndev.clouddns.readwrite",)
+# Cloud DNS's documented limits per Change.
+MAX_RRSETS_PER_CHANGE = 1000  # additions, and separately deletions
+MAX_RRDATA_BYTES_PER_CHANGE = 100_000
+# A read counts as fresh for a retried apply() this long at most (beyond any deadline).
+FRESH_READ_SECONDS = 60.0
+# Google APIs report some throttling as 403 with one of these reasons.
+_THROTTLED_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
+# "The 'entity.change.deletions[3]' resource named ... does not exist", "Precondition not
+# met for 'entity.change.deletions[0]'", "The resource 'entity.change.additions[1]' ..."
+_CHANGE_ENTRY = re.compile(r"entity\.change\.(additions|deletions)\[(\d+)\]")
+_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(\d{3}|.)")
+
+
+@dataclass(frozen=True)
+class GcloudSettings:
+    project: str = setting(help="Google Cloud project id that owns the managed zones.")
+    managed_zone: str | None = setting(
+        default=None,
+        help="Use this managed zone (its name, e.g. example-com) instead of finding the"
+        " public zone by DNS name.",
+    )
+    credentials_file: Path | None = setting(
+        default=None,
+        help="A credentials JSON file (service account key or workload identity federation"
+        " config). Unset: Application Default Credentials.",
+    )
+    endpoint: str | None = setting(
+        default=None,
+        help="API base URL (default https://dns.googleapis.com), for compatible services"
+        " and tests.",
+    )
+    anonymous: bool = setting(
+        default=False,
+        help="Send no credentials at all. Only for a local emulator or test fake: needs endpoint.",
+    )
+    wait_for_done: bool = setting(
+        default=False,
+        help="Answer only once Cloud DNS reports the change done (usually seconds).",
+    )
+    done_poll_seconds: float = setting(
+        default=1.0, help="How often to ask whether a change is done."
+    )
+    done_timeout_seconds: float = setting(
+        default=60.0,
+        help="Give up waiting for done after this long (the change stays applied; the"
+        " request fails and is retried). Keep below dispatch.deadline_seconds.",
+    )
+
+
+@dataclass(frozen=True)
+class _RecordSet:
+    ttl: int
+    rrdatas: tuple[str, ...]  # as Cloud DNS holds them, quoted: needed verbatim to delete
+
+    @property
+    def values(self) -> dict[str, str]:
+        """Unquoted value -> the rrdata as stored."""
+        return {_unquote(rrdata): rrdata for rrdata in self.rrdatas}
+
+
+@dataclass(frozen=True)
+class _RrsetChange:
+    fqdn: str
+    old: _RecordSet | None
+    new: _RecordSet | None
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for rs in (self.old, self.new) if rs for r in rs.rrdatas)
+
+
+class GoogleCloudDnsProvider:
+    name: ClassVar[str] = NAME
+    Settings: ClassVar[type[GcloudSettings]] = GcloudSettings
+    wants_user_token: ClassVar[bool] = False
+    # Cloud DNS meters API requests per user per minute (the default quota is in the
+    # thousands); a challenge burst needs few calls, so stay well below it.
+    default_rate_per_second: ClassVar[float | None] = 10.0
+
+    def __init__(self, settings: GcloudSettings, budget: RateBudget) -> None:
+        self.settings = settings
+        self._budget = budget
+        self._client: DnsClient | None = None
+        self._client_lock = threading.Lock()
+        self._known: dict[tuple[str, str], _RecordSet | None] = {}  # hints, never the truth
+        self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
+        self._undone: dict[tuple[str, str], str] = {}  # name -> our change not yet done
+        # name -> when apply() last read it: reads outlive a failed attempt, so a retry
+        # builds on them instead of starting over (see `apply`).
+        self._fresh: dict[tuple[str, str], float] = {}
+
+    @classmethod
+    async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
+        if settings.anonymous and not settings.endpoint:
+            raise ProviderRejected(
+                NAME, "anonymous = true is for a local emulator or fake: set endpoint too"
+            )
+        if settings.anonymous and settings.credentials_file:
+            raise ProviderRejected(NAME, "set only one of anonymous and credentials_file")
+        return cls(settings, budget)
+
+    # --- the contract -------------------------------------------------------------------
+
+    async def zone_handle(self, zone_name: str) -> str:
+        if self.settings.managed_zone:
+            return self.settings.managed_zone
+        labels = zone_name.split(".")
+        for start in range(len(labels) - 1):  # longest managed zone containing zone_name
+            candidate = ".".join(labels[start:])
+            found = await self._call(functools.partial(self._public_zones_named, candidate))
+            if len(found) > 1:
+                raise ProviderRejected(
+                    NAME,
+                    f"{len(found)} public managed zones are named {candidate}"
+                    f" ({', '.join(found)}): set managed_zone",
+                )
+            if found:
+                return found[0]
+        raise ZoneNotFound(
+            NAME, f"no public managed zone in project {self.settings.project} contains {zone_name}"
+        )
+
+    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        current = await self._read(zone, fqdn)
+        return frozenset(current.values) if current else frozenset()
+
+    async def add_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
+    ) -> None:
+        await self.apply(zone, [TxtChange("add", fqdn, value, ttl)], ctx=ctx)
+
+    async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
+        await self.apply(zone, [TxtChange("remove", fqdn, value, 0)], ctx=ctx)
+
+    async def apply(
+        self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
+    ) -> None:
+        names = list(dict.fromkeys(change.fqdn for change in changes))
+        current: dict[str, _RecordSet | None] = {}
+        for fqdn in names:
+            key = (zone.handle, fqdn)
+            if key in self._known and key not in self._stale:
+                current[fqdn] = self._known[key]
+            elif key not in self._stale and all(
+                c.action == "add" for c in changes if c.fqdn == fqdn
+            ):
+                current[fqdn] = None  # a guess: a wrong one fails the Change, and we re-read
+            else:
+                current[fqdn] = await self._read(zone, fqdn, fresh=True)
+        wanted = _apply_changes(current, changes)
+        # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
+        # so would skip the write, and with it Cloud DNS's check. Re-read those names.
+        # Fresh means read by this or an earlier attempt at the same changes (the core
+        # retries after any failure): with one read per name, a 100-name batch whose
+        # answer was lost would otherwise need 100 reads in a row without one failing.
+        unsure = [
+            fqdn
+            for fqdn in names
+            if wanted[fqdn] == current[fqdn] and not self._is_fresh(zone, fqdn)
+        ]
+        for fqdn in unsure:
+            current[fqdn] = await self._read(zone, fqdn, fresh=True)
+        if unsure:
+            wanted = _apply_changes(current, changes)
+        rrset_changes = [
+            _RrsetChange(fqdn, current[fqdn], wanted[fqdn])
+            for fqdn in names
+            if wanted[fqdn] != current[fqdn]
+        ]
+        for batch in _split(rrset_changes):
+            batch_names = [change.fqdn for change in batch]
+            try:
+                change_id, done = await self._call(
+                    functools.partial(self._create, zone.handle, batch)
+                )
+            except ProviderConflict as exc:
+                self._forget(zone, _names_in(exc.message, batch))
+                raise
+            except ProviderError:
+                self._forget(zone, batch_names)  # the outcome is unknown
+                raise
+            for fqdn in batch_names:
+                self._known[(zone.handle, fqdn)] = wanted[fqdn]
+                if not done and self.settings.wait_for_done:
+                    self._undone[(zone.handle, fqdn)] = change_id
+        for fqdn in names:  # done: the next changes to these names start afresh
+            self._fresh.pop((zone.handle, fqdn), None)
+        if self.settings.wait_for_done:
+            # Also changes an earlier, timed-out attempt made for these names: a retry
+            # that finds nothing left to write must still wait for them.
+            pending = {
+                self._undone[k] for k in ((zone.handle, n) for n in names) if k in self._undone
+            }
+            for change_id in sorted(pending):
+                await self._wait_done(zone, change_id)
+
+    def _forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
+        for fqdn in names:
+            self._known.pop((zone.handle, fqdn), None)
+            self._fresh.pop((zone.handle, fqdn), None)
+            self._stale.add((zone.handle, fqdn))
+
+    async def aclose(self) -> None:
+        self._known.clear()
+        self._stale.clear()
+        self._undone.clear()
+        self._fresh.clear()
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    # --- Cloud DNS calls (each runs in a worker thread) ---------------------------------
+
+    def _dns(self) -> DnsClient:
+        with self._client_lock:
+            if self._client is None:
+                from google.cloud import dns  # imported only when a zone uses gcloud
+
+                options = (
+                    {"api_endpoint": self.settings.endpoint} if self.settings.endpoint else None
+                )
+                self._client = dns.Client(
+                    project=self.settings.project,  # never guessed from the environment
+                    credentials=self._credentials(),
+                    client_options=options,
+                )
+            return self._client
+
+    def _credentials(self) -> Any:
+        import google.auth
+        from google.auth.credentials import AnonymousCredentials
+
+        if self.settings.anonymous:
+            return AnonymousCredentials()
+        if self.settings.credentials_file is None:
+            credentials, _ = google.auth.default(scopes=SCOPES)
+            return credentials
+        path = self.settings.credentials_file
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return _credentials_from_info(info)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderAuthError(
+                NAME, f"credentials_file {path} is unusable ({type(exc).__name__}: {exc})"
+            ) from None
+
+    async def _call(self, operation: Callable[[], T]) -> T:
+        from google.api_core.exceptions import GoogleAPICallError
+        from google.auth.exceptions import GoogleAuthError
+        from requests import RequestException
+
+        try:
+            return await asyncio.to_thread(operation)
+        except (GoogleAPICallError, GoogleAuthError, RequestException) as exc:
+            raise _translate(exc) from None
+
+    def _pages(self, iterator: Any) -> Iterator[Any]:
+        """The iterator's pages, one budget token per request actually sent."""
+        pages = iterator.pages
+        while iterator.page_number == 0 or iterator.next_page_token:
+            self._budget.take_blocking()
+            page = next(pages, None)
+            if page is None:
+                return
+            yield page
+
+    def _public_zones_named(self, dns_name: str) -> list[str]:
+        zones = self._dns().list_zones()
+        zones.extra_params = {"dnsName": dns_name + "."}
+        return [
+            str(zone["name"])
+            for page in self._pages(zones)
+            for zone in page.raw_page.get("managedZones", [])
+            if _plain(zone.get("dnsName", "")) == dns_name
+            and zone.get("visibility", "public") == "public"
+        ]
+
+    def _is_fresh(self, zone: ZoneRef, fqdn: str) -> bool:
+        read_at = self._fresh.get((zone.handle, fqdn))
+        return read_at is not None and time.monotonic() - read_at < FRESH_READ_SECONDS
+
+    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> _RecordSet | None:
+        def read() -> _RecordSet | None:
+            rrsets = self._dns().zone(zone.handle).list_resource_record_sets()
+            rrsets.extra_params = {"name": fqdn + ".", "type": "TXT"}
+            for page in self._pages(rrsets):
+                for rrset in page:
+                    if _plain(rrset.name) == fqdn and rrset.record_type == "TXT":
+                        return _RecordSet(int(rrset.ttl), tuple(rrset.rrdatas))
+            return None
+
+        current = await self._call(read)
+        self._known[(zone.handle, fqdn)] = current
+        self._stale.discard((zone.handle, fqdn))
+        if fresh:
+            self._fresh[(zone.handle, fqdn)] = time.monotonic()
+        return current
+
+    def _create(self, managed_zone: str, batch: list[_RrsetChange]) -> tuple[str, bool]:
+        """One Change: delete the exact old sets, add the new ones. Atomic; fails if stale."""
+        zone = self._dns().zone(managed_zone)
+        change = zone.changes()
+        for item in batch:
+            if item.old is not None:
+                change.delete_record_set(_rrset(zone, item.fqdn, item.old))
+            if item.new is not None:
+                change.add_record_set(_rrset(zone, item.fqdn, item.new))
+        self._budget.take_blocking()
+        change.create()
+        return str(change.name), change.status == "done"
+
+    def _status(self, managed_zone: str, change_id: str) -> str:
+        change = self._dns().zone(managed_zone).changes()
+        change.name = change_id
+        self._budget.take_blocking()
+        change.reload()
+        return str(change.status)
+
+    async def _wait_done(self, zone: ZoneRef, change_id: str) -> None:
+        give_up_at = time.monotonic() + self.settings.done_timeout_seconds
+        while await self._call(lambda: self._status(zone.handle, change_id)) != "done":
+            if time.monotonic() + self.settings.done_poll_seconds > give_up_at:
+                raise ProviderUnavailable(
+                    NAME,
+                    f"change {change_id} in {zone.handle} is still pending after"
+                    f" {self.settings.done_timeout_seconds:g}s",
+                )
+            await asyncio.sleep(self.settings.done_poll_seconds)
+        for key in [k for k, v in self._undone.items() if v == change_id and k[0] == zone.handle]:
+            del self._undone[key]
+
+
+def _credentials_from_info(info: dict[str, Any]) -> Any:
+    """Credentials of the kinds a DNS writer is configured with, each by its own loader
+    (google-auth deprecates its generic loader: it would accept any kind unchecked)."""
+    kind = info.get("type")
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    if kind == "external_account":  # workload identity federation
+        source = info.get("credential_source", {})
+        if str(source.get("environment_id", "")).startswith("aws"):
+            from google.auth import aws
+
+            return aws.Credentials.from_info(info, scopes=SCOPES)
+        if "executable" in source:
+            from google.auth import pluggable
+
+            return pluggable.Credentials.from_info(info, scopes=SCOPES)
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=SCOPES)
+    if kind == "authorized_user":
+        from google.oauth2 import credentials
+
+        return credentials.Credentials.from_authorized_user_info(info, scopes=list(SCOPES))
+    raise ValueError(
+        f"type {kind!r} is not one of service_account, external_account, authorized_user"
+    )
+
+
+def _rrset(zone: Any, fqdn: str, record_set: _RecordSet) -> Any:
+    return zone.resource_record_set(fqdn + ".", "TXT", record_set.ttl, list(record_set.rrdatas))
+
+
+def _apply_changes(
+    current: dict[str, _RecordSet | None], changes: Iterable[TxtChange]
+) -> dict[str, _RecordSet | None]:
+    """The sets after applying `changes` in order; foreign values are kept verbatim."""
+    rrdatas = {fqdn: dict(rs.values) if rs else {} for fqdn, rs in current.items()}
+    ttls = {fqdn: rs.ttl for fqdn, rs in current.items() if rs}
+    for change in changes:
+        values = rrdatas[change.fqdn]
+        if change.action == "add":
+            values.setdefault(change.value, _quote(change.value))
+            ttls.setdefault(change.fqdn, change.ttl)
+        else:
+            values.pop(change.value, None)
+    return {
+        fqdn: _RecordSet(ttls[fqdn], tuple(values.values())) if values else None
+        for fqdn, values in rrdatas.items()
+    }
+
+
+def _split(changes: list[_RrsetChange]) -> list[list[_RrsetChange]]:
+    """Changes within Cloud DNS's limits; a name's deletion and addition stay together."""
+    batches: list[list[_RrsetChange]] = []
+    additions = deletions = size = 0
+    for change in changes:
+        adds, dels = int(change.new is not None), int(change.old is not None)
+        if (
+            not batches
+            or additions + adds > MAX_RRSETS_PER_CHANGE
+            or deletions + dels > MAX_RRSETS_PER_CHANGE
+            or size + change.size > MAX_RRDATA_BYTES_PER_CHANGE
+        ):
+            batches.append([])
+            additions = deletions = size = 0
+        batches[-1].append(change)
+        additions += adds
+        deletions += dels
+        size += change.size
+    return batches
+
+
+def _names_in(message: str, batch: list[_RrsetChange]) -> list[str]:
+    """The names a conflict message points at (by position in the Change), else all."""
+    entries = {
+        "additions": [c.fqdn for c in batch if c.new is not None],
+        "deletions": [c.fqdn for c in batch if c.old is not None],
+    }
+    named = []
+    for kind, index in _CHANGE_ENTRY.findall(message):
+        if int(index) < len(entries[kind]):
+            named.append(entries[kind][int(index)])
+    return named or [c.fqdn for c in batch]
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _unquote(rrdata: str) -> str:
+    """A TXT rrdata as Cloud DNS returns it (one or more quoted strings) -> its text."""
+    strings = _TXT_STRING.findall(rrdata)
+    if not strings:
+        return rrdata
+    return "".join(_ESCAPE.sub(_unescape, s) for s in strings)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return chr(int(code)) if code.isdigit() else code  # RFC 1035 \DDD is decimal
+
+
+def _plain(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+def _translate(exc: Exception) -> ProviderError:
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import (
+        GoogleAuthError,
+        InvalidOperation,
+        RefreshError,
+        TransportError,
+    )
+
+    if isinstance(exc, TransportError):
+        return ProviderUnavailable(NAME, f"cannot reach the token endpoint ({exc})")
+    if isinstance(exc, RefreshError):
+        kind = ProviderUnavailable if getattr(exc, "retryable", False) else ProviderAuthError
+        return kind(NAME, f"cannot obtain an access token ({exc})")
+    if isinstance(exc, InvalidOperation):  # a 401 made google-auth refresh anonymous creds
+        return ProviderAuthError(NAME, "the API answered 401 authError to anonymous requests")
+    if isinstance(exc, GoogleAuthError):
+        return ProviderAuthError(NAME, f"no usable Google credentials ({exc})")
+    if not isinstance(exc, GoogleAPICallError):  # requests: connection, timeout, bad body
+        return ProviderUnavailable(NAME, f"cannot reach the API ({type(exc).__name__})")
+    status = int(exc.code or 0)
+    reasons = [str(e.get("reason", "")) for e in exc.errors if isinstance(e, dict)]
+    message = exc.message.split(": ", 1)[-1]  # drop the "METHOD url: " prefix
+    text = f"{status} {'/'.join(filter(None, reasons)) or type(exc).__name__}: {message}"
+    if status in (409, 412) or (status == 404 and _CHANGE_ENTRY.search(message)):
+        return ProviderConflict(NAME, text)  # a stale deletion or a racing addition
+    if status == 429 or (status == 403 and _THROTTLED_REASONS.intersection(reasons)):
+        return ProviderRateLimited(NAME, text, retry_after=_retry_after(exc.response))
+    if status in (401, 403):
+        return ProviderAuthError(NAME, text)
+    if status == 404:
+        return ZoneNotFound(NAME, text)
+    if status >= 500:
+        return ProviderUnavailable(NAME, text)
+    return ProviderRejected(NAME, text)
+
+
+def _retry_after(response: Any) -> float | None:
+    header = getattr(response, "headers", {}).get("Retry-After")
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare for Google APIs; back off as usual
