@@ -58,8 +58,7 @@ def main() -> None:
         keys = Keys(folder, args.algorithm)
         pairs = args.step // 2
         batches = [
-            keys.bodies(pairs, start=first)
-            for first in range(0, args.notifications // 2, pairs)
+            keys.bodies(pairs, start=first) for first in range(0, args.notifications // 2, pairs)
         ]
         with jwks_server(keys.user_public) as jwks_url:
             port = free_port()
