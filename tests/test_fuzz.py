@@ -7,6 +7,7 @@ was accepted.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -167,3 +168,50 @@ async def test_arbitrary_paths_and_methods(
         sender.body(sender.claims(REQUIRED, "example.com", signing.challenge_value()))
     )
     assert ok.status == 200
+
+
+HTTPREQ_AUTH = {"Authorization": "Basic " + base64.b64encode(b"lego:fuzz-password").decode()}
+door_bodies = st.one_of(
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"fqdn": names | record_names, "value": values},
+        optional={"keyAuth": st.text(max_size=60), "domain": names, "token": st.text(max_size=9)},
+    ).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"subdomain": st.text(max_size=40) | st.uuids().map(str), "txt": values}
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/present", "/cleanup", "/update", "/register"]),
+    body=door_bodies,
+    authenticated=st.booleans(),
+)
+async def test_the_other_doors_never_fail_on_caller_input(
+    start_service: ServiceFactory,
+    monkeypatch: Any,
+    path: str,
+    body: bytes,
+    authenticated: bool,
+) -> None:
+    """httpreq and acme-dns: whatever arrives, a 4xx or an accepted write, never a 5xx;
+    nothing changes unless the answer was a success."""
+    monkeypatch.setenv("FUZZ_HTTPREQ_PASSWORD", "fuzz-password")
+    service = await start_service(
+        httpreq={"enabled": True, "username": "lego", "password_env": "FUZZ_HTTPREQ_PASSWORD"},
+        acme_dns={"enabled": True, "zone": "example.net", "allow_register": False},
+    )
+    before = await service.all_records()
+    headers = HTTPREQ_AUTH if authenticated else {}
+    if authenticated and path == "/update":
+        headers = {"X-Api-User": "nobody", "X-Api-Key": "x" * 40}
+    resp = await service.post(body, path=path, headers=headers)
+    assert resp.status < 500, await resp.text()
+    if resp.status >= 400:
+        assert "error" in await resp.json()
+        assert await service.all_records() == before
+    else:
+        assert path in ("/present", "/cleanup") and authenticated
