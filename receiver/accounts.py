@@ -14,13 +14,14 @@ import ipaddress
 import json
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from receiver.sqlite import SqliteFile
 
 T = TypeVar("T")
 VALUES_KEPT = 2
@@ -104,34 +105,14 @@ class AccountStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=5, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return operation(self._connection())
-
-        return await asyncio.to_thread(locked)
+        self._file = SqliteFile(path, _SCHEMA, synchronous="FULL")  # credentials
 
     async def register(self, allow_from: tuple[str, ...]) -> Registration:
         account = Account(str(uuid.uuid4()), str(uuid.uuid4()), allow_from)
         password = secrets.token_urlsafe(30)  # 40 characters, as acme-dns issues
         hashed = await asyncio.to_thread(hash_password, password)
         now = self._clock()
-        await self._run(
+        await self._file.run(
             lambda db: db.execute(
                 "INSERT INTO acme_dns_accounts VALUES (?, ?, ?, ?, ?)",
                 (account.username, hashed, account.subdomain, json.dumps(allow_from), now),
@@ -141,7 +122,7 @@ class AccountStore:
 
     async def authenticate(self, username: str, password: str) -> Account | None:
         """The account when the password matches; None otherwise (same cost either way)."""
-        row = await self._run(
+        row = await self._file.run(
             lambda db: db.execute(
                 "SELECT password_hash, subdomain, allow_from FROM acme_dns_accounts"
                 " WHERE username = ?",
@@ -182,13 +163,7 @@ class AccountStore:
             db.execute("COMMIT")
             return evicted
 
-        return await self._run(update)
+        return await self._file.run(update)
 
     async def aclose(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._file.aclose()

@@ -14,14 +14,14 @@ the sender is identified by its instance CRN and the user by IAM id or subject.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
+
+from receiver.sqlite import SqliteFile
 
 T = TypeVar("T")
 Outcome = Literal["pending", "done", "failed"]
@@ -131,34 +131,12 @@ class Journal(Protocol):
 
 
 class SqliteJournal:
-    """SQLite in WAL mode; opened on first use; every call in a worker thread, one at a
-    time per process (several processes are serialised by SQLite's own lock)."""
+    """SQLite in WAL mode, shared by processes (`receiver.sqlite.SqliteFile`)."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=5, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return operation(self._connection())
-
-        return await asyncio.to_thread(locked)
+        self._file = SqliteFile(path, _SCHEMA)
 
     async def begin(self, entry: Entry) -> int:
         values = asdict(entry)
@@ -174,11 +152,11 @@ class SqliteJournal:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-        return await self._run(insert)
+        return await self._file.run(insert)
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
         now = self._clock()
-        await self._run(
+        await self._file.run(
             lambda db: db.execute(
                 "UPDATE journal_entries SET outcome = ?, settled = ?, error = ? WHERE id = ?",
                 (outcome, now, error, entry_id),
@@ -211,7 +189,7 @@ class SqliteJournal:
                 SELECT MAX(id) FROM journal_entries a WHERE a.zone = e.zone
                 AND a.fqdn = e.fqdn AND a.value = e.value AND a.action = 'add')
             WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
-        rows = await self._run(lambda db: db.execute(query, params).fetchall())
+        rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
         return [_entry(row) for row in rows]
 
     async def entries(
@@ -229,7 +207,7 @@ class SqliteJournal:
             f"SELECT {', '.join(_COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
             f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
         )
-        rows = await self._run(lambda db: db.execute(query, (*params, limit)).fetchall())
+        rows = await self._file.run(lambda db: db.execute(query, (*params, limit)).fetchall())
         return [_entry(row) for row in reversed(rows)]
 
     async def prune(self, before: float) -> int:
@@ -247,16 +225,10 @@ class SqliteJournal:
                 (before,),
             ).rowcount
 
-        return await self._run(delete)
+        return await self._file.run(delete)
 
     async def aclose(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._file.aclose()
 
 
 def _entry(row: Sequence[Any]) -> Entry:

@@ -1,0 +1,51 @@
+"""One SQLite file used from asyncio: opened on first use, every call in a worker thread,
+one at a time per process (several processes are serialised by SQLite's own lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SqliteFile:
+    def __init__(self, path: Path, schema: str, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._schema = schema
+        self._synchronous = synchronous  # NORMAL: durable across crashes; FULL: power loss
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=5, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.executescript(self._schema)
+            self._db = db
+        return self._db
+
+    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return operation(self._connection())
+
+        return await asyncio.to_thread(locked)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)
