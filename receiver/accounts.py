@@ -19,11 +19,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from receiver.sqlite import SqliteFile
 
-T = TypeVar("T")
 VALUES_KEPT = 2
 # scrypt cost: 16 MiB and ~40 ms per check; parameters are stored with every hash.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}

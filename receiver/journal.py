@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 from receiver.sqlite import SqliteFile
 
-T = TypeVar("T")
 Outcome = Literal["pending", "done", "failed"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_entries (
