@@ -10,7 +10,10 @@ and stops the clock when the handler's answer is posted back:
   writes the record (`memory`, or `route53` against a moto_server) before answering.
 * floor: `bench/cold_start_floor.py`, a handler module that imports only what the path
   cannot avoid (cryptography's RSA module; plus boto3 for Route 53) and answers a
-  constant. Timed the same way, under the same runtime client and fake Runtime API, so
+  constant.
+* lib floor: the same handler also importing structlog (and with it asyncio) and PyJWT,
+  the libraries every door is built on, so the output separates their import cost from
+  the receiver's own. Timed the same way, under the same runtime client and fake Runtime API, so
   interpreter start, the client's own bootstrap and one exchange are in both.
 
 Variants are interleaved run by run so that machine noise falls on all of them alike.
@@ -218,9 +221,11 @@ def main() -> None:
             variants: dict[str, tuple[str, dict[str, str]]] = {}
             for provider in providers:
                 config = write_config(folder, key_url, provider, moto_url)
-                variants[f"{provider} floor"] = (
+                boto = "1" if provider == "route53" else ""
+                variants[f"{provider} floor"] = (FLOOR_HANDLER, {**base, "FLOOR_BOTO3": boto})
+                variants[f"{provider} lib floor"] = (
                     FLOOR_HANDLER,
-                    {**base, "FLOOR_BOTO3": "1" if provider == "route53" else ""},
+                    {**base, "FLOOR_BOTO3": boto, "FLOOR_LIBRARIES": "1"},
                 )
                 variants[f"{provider} receiver"] = (
                     RECEIVER_HANDLER,
@@ -245,22 +250,31 @@ def main() -> None:
                     timings[name].append(one_run(handler, env, event()))
 
             print(f"Lambda cold start, real awslambdaric + fake Runtime API, {args.runs} runs each")
-            print(f"{'variant':<18} {'init (to /next)':>16} {'first answer':>13}")
+            print(f"{'variant':<20} {'init (to /next)':>16} {'first answer':>13}")
             for name, runs in timings.items():
                 init = statistics.median(r[0] for r in runs)
                 answer = statistics.median(r[1] for r in runs)
-                print(f"{name:<18} {init * 1000:13.0f} ms {answer * 1000:10.0f} ms")
+                print(f"{name:<20} {init * 1000:13.0f} ms {answer * 1000:10.0f} ms")
             if args.importtime:
                 for name, (handler, env) in variants.items():
                     if name.endswith("receiver") or name == "route53 floor":
                         print(f"importtime {name} ({handler.rsplit('.', 1)[0]}):")
                         print("\n".join(importtime(handler, env, 14)))
-            ratios = []
-            for provider in providers:
-                ours = statistics.median(r[1] for r in timings[f"{provider} receiver"])
-                floor = statistics.median(r[1] for r in timings[f"{provider} floor"])
-                ratios.append(f"{provider} {ours / floor:.2f}")
-            print("cold start ratio receiver/floor: " + ", ".join(ratios))
+
+            def ratios(over: str, under: str) -> str:
+                found = []
+                for provider in providers:
+                    ours = statistics.median(r[1] for r in timings[f"{provider} {over}"])
+                    floor = statistics.median(r[1] for r in timings[f"{provider} {under}"])
+                    found.append(f"{provider} {ours / floor:.2f}")
+                return ", ".join(found)
+
+            print(
+                "library floor/floor (structlog, asyncio, PyJWT alone): "
+                + ratios("lib floor", "floor")
+            )
+            print("receiver/library floor: " + ratios("receiver", "lib floor"))
+            print("cold start ratio receiver/floor: " + ratios("receiver", "floor"))
 
 
 if __name__ == "__main__":

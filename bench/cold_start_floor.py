@@ -1,5 +1,9 @@
 """The cold-start floor: a Lambda handler that imports only what the receiver's path cannot
-avoid (cryptography's RSA module; boto3 too when FLOOR_BOTO3 is set) and answers at once."""
+avoid (cryptography's RSA module; boto3 too when FLOOR_BOTO3 is set) and answers at once.
+
+With FLOOR_LIBRARIES set it also imports the libraries the product is built on and that
+every door loads: structlog (which imports asyncio itself) and PyJWT. That second floor
+shows how much of the gap is those libraries' import cost rather than the receiver's."""
 
 import os
 
@@ -7,6 +11,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: F401 - the fl
 
 if os.environ.get("FLOOR_BOTO3"):
     import boto3  # noqa: F401
+
+if os.environ.get("FLOOR_LIBRARIES"):
+    import asyncio  # noqa: F401
+
+    import jwt  # noqa: F401
+    import structlog  # noqa: F401
 
 
 def handler(event: object, context: object) -> dict[str, object]:

@@ -148,6 +148,10 @@ def bare(port: int) -> list[str]:
     return [sys.executable, str(HERE / "bare_app.py"), str(port)]
 
 
+def floor(port: int, sender_public: Path) -> list[str]:
+    return [sys.executable, str(HERE / "floor_app.py"), str(port), str(sender_public)]
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

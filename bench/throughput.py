@@ -2,14 +2,17 @@
 
 The receiver runs with full verification (envelope signature and user token, a JWKS
 served locally) on the `memory` provider; the baseline only reads the body and answers
-200. Both get the same load: wrk (Debian package `wrk`) when installed, cycling through
+200. A third app, the verifying floor (bench/floor_app.py), adds to the baseline only
+what no verifying receiver can skip: parsing, one RS256 verification, one log line.
+All get the same load: wrk (Debian package `wrk`) when installed, cycling through
 distinct signed notifications with a Lua script, else an asyncio client. Each server is
 its own process; one load thread; same concurrency.
 
     python bench/throughput.py [--seconds 10] [--connections 32] [--journal]
 
-Prints requests/s, p50 and p99 for each, then, last, the throughput ratio (goal >= 0.6)
-and the p99 ratio (goal <= 2).
+Prints requests/s, p50 and p99 for each, the floor's own ratios to the baseline (the
+best any verifying receiver could reach), the receiver's ratio to the floor, then, last,
+the receiver's p99 ratio (goal <= 2) and throughput ratio (goal >= 0.6) to the baseline.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ import time
 from pathlib import Path
 
 import aiohttp
-from harness import Keys, bare, cpus, free_port, jwks_server, process, receiver, receiver_config
+from harness import (
+    Keys,
+    bare,
+    cpus,
+    floor,
+    free_port,
+    jwks_server,
+    process,
+    receiver,
+    receiver_config,
+)
 
 LUA = """
 local bodies = {}
@@ -131,6 +144,11 @@ def main() -> None:
                 results["bare aiohttp"] = load(url)
             port = free_port()
             url = f"http://127.0.0.1:{port}/callback"
+            with process(floor(port, keys.sender_public), url):
+                load(url)  # warm-up, as for the receiver
+                results["floor"] = load(url)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/callback"
             config = receiver_config(folder, keys, jwks_url, port, journal=args.journal)
             with process(receiver(config), url):
                 load(url)  # warm-up: key and JWKS fetches, imports, caches
@@ -142,7 +160,12 @@ def main() -> None:
     )
     for name, (rps, p50, p99) in results.items():
         print(f"  {name:<13} {rps:>8.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
-    ours, theirs = results["receiver"], results["bare aiohttp"]
+    ours, theirs, least = results["receiver"], results["bare aiohttp"], results["floor"]
+    print(
+        f"floor/bare (parse, one RS256 verification, one log line): "
+        f"throughput {least[0] / theirs[0]:.2f}, p99 {least[2] / theirs[2]:.2f}"
+    )
+    print(f"receiver/floor: throughput {ours[0] / least[0]:.2f}, p99 {ours[2] / least[2]:.2f}")
     print(f"p99 ratio receiver/bare: {ours[2] / theirs[2]:.2f}")
     print(f"throughput ratio receiver/bare: {ours[0] / theirs[0]:.2f}")
 

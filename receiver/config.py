@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from providers.base import Secret
-from providers.registry import UnknownProvider, load_provider_class, provider_names
+from providers.registry import UnknownProvider, is_provider, load_provider_class, provider_names
 from receiver.challenge import canonical_name, longest_zone
 from receiver.crn import InstanceCrn, InvalidCrn
 from receiver.errors import ConfigError, InvalidName
@@ -225,16 +225,20 @@ def from_mapping(
 ) -> Settings:
     """Build `Settings` from parsed TOML (tests use this directly with dicts)."""
     reader = _Reader(base_dir or Path.cwd(), os.environ if environ is None else environ)
-    providers = set(provider_names())
+    provider_tables = []
     for key in data:
-        if key not in _SECTIONS and key != "zones" and key not in providers:
-            known = ", ".join([*_SECTIONS, "zones", *sorted(providers)])
+        if key in _SECTIONS or key == "zones":
+            continue
+        if is_provider(key):
+            provider_tables.append(key)
+        else:
+            known = ", ".join([*_SECTIONS, "zones", *provider_names()])
             reader.problem(key, f"unknown section (known: {known})")
     sections = {
         name: reader.build(cls, _table(reader, data, name), name) for name, cls in _SECTIONS.items()
     }
     # A top-level table named after a provider holds defaults for every zone using it.
-    reader.provider_defaults = {name: _table(reader, data, name) for name in providers & set(data)}
+    reader.provider_defaults = {name: _table(reader, data, name) for name in provider_tables}
     raw_zones = data.get("zones", [])
     zones = reader.zones(raw_zones)
     # Fields that failed conversion kept their defaults, so the cross-field rules can still
@@ -600,7 +604,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     if not 0 <= settings.dispatch.batch_window_seconds <= 5:
         reader.problem("dispatch.batch_window_seconds", "must be between 0 and 5")
     for provider, rate in settings.dispatch.rate_limits.items():
-        if provider not in provider_names():
+        if not is_provider(provider):
             reader.problem(f"dispatch.rate_limits.{provider}", "no provider has that name")
         if not 0 < rate <= 100_000:
             reader.problem(f"dispatch.rate_limits.{provider}", "must be greater than 0")

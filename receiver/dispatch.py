@@ -30,7 +30,7 @@ from providers.errors import (
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
 from receiver.errors import Unavailable, UpstreamFailed
-from receiver.metrics import Metrics
+from receiver.metrics import Metrics, Uncounted
 
 log = structlog.get_logger("receiver.dispatch")
 
@@ -120,7 +120,7 @@ class Dispatcher:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._providers = providers
-        self._metrics = metrics
+        self._metrics: Metrics = metrics or Uncounted()
         self._settings = settings
         self._jitter = jitter
         self._zone_refs: dict[tuple[str, str], ZoneRef] = {}
@@ -204,14 +204,14 @@ class Dispatcher:
             started = loop.time()
             try:
                 await operation(await self._zone_ref(provider, zone))
-                self._timed(zone, "ok", loop.time() - started)
+                self._metrics.provider_call(zone.provider, "ok", loop.time() - started)
                 return
             except ProviderError as exc:
-                self._timed(zone, _code(exc), loop.time() - started)
+                self._metrics.provider_call(zone.provider, _code(exc), loop.time() - started)
                 if isinstance(exc, ZoneNotFound):
                     self._zone_refs.pop((zone.provider, zone.name), None)
                 if not exc.retryable:
-                    self._count("provider_failures", zone, exc)
+                    self._metrics.provider_error("failure", zone.provider, _code(exc))
                     raise UpstreamFailed(
                         f"the DNS provider ({zone.provider}) refused the change",
                         code=_code(exc),
@@ -219,14 +219,14 @@ class Dispatcher:
                     ) from exc
                 delay = self._delay(exc, attempt)
                 if loop.time() + delay >= give_up_at:
-                    self._count("provider_failures", zone, exc)
+                    self._metrics.provider_error("failure", zone.provider, _code(exc))
                     raise Unavailable(
                         f"the DNS provider ({zone.provider}) is unavailable; try again later",
                         code=_code(exc),
                         internal=f"{exc} (gave up after {attempt} attempts)",
                         retry_after=max(delay, 1.0),
                     ) from exc
-                self._count("provider_retries", zone, exc)
+                self._metrics.provider_error("retry", zone.provider, _code(exc))
                 log.warning(
                     "provider_retry",
                     provider=zone.provider,
@@ -236,14 +236,6 @@ class Dispatcher:
                     error=str(exc),
                 )
                 await asyncio.sleep(delay)
-
-    def _timed(self, zone: ZoneSettings, result: str, seconds: float) -> None:
-        if self._metrics is not None:
-            self._metrics.provider_seconds.labels(zone.provider, result).observe(seconds)
-
-    def _count(self, metric: str, zone: ZoneSettings, exc: ProviderError) -> None:
-        if self._metrics is not None:
-            getattr(self._metrics, metric).labels(zone.provider, _code(exc)).inc()
 
     def _delay(self, exc: ProviderError, attempt: int) -> float:
         if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:

@@ -23,7 +23,7 @@ from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
 from receiver.errors import ReceiverError
 from receiver.logs import bind_request
-from receiver.metrics import CONTENT_TYPE
+from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime
 from receiver.sweep import sweep_periodically
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics, in a registry owned by the Runtime (no process-global state).
+"""What the core counts, as an interface with two implementations.
+
+`PrometheusMetrics` (receiver/prometheus.py) backs the long-running server's `/metrics`.
+Serverless doors and one-shot CLI commands get `Uncounted`: nobody scrapes them, and
+importing prometheus-client would only add to every cold start.
 
 Labels stay low-cardinality: door, event type (documented ones only), outcome, provider,
 error code. Names and values are never labels (they would grow without bound and leak
@@ -7,93 +11,42 @@ what is being validated).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_PROPAGATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+ProviderErrorKind = Literal["retry", "failure"]
 
 
-@dataclass(frozen=True)
-class Metrics:
-    registry: CollectorRegistry
-    requests: Counter
-    request_seconds: Histogram
-    provider_seconds: Histogram
-    provider_retries: Counter
-    provider_failures: Counter
-    propagation: Counter
-    propagation_seconds: Histogram
-    _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False)
-
+class Metrics(Protocol):
     def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
-        """Per request: label lookups cached (they cost more than the increments)."""
-        key = (door, event_type, outcome)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(door, event_type, outcome),
-                self.request_seconds.labels(door),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """One answered request."""
 
-    @classmethod
-    def create(cls) -> Metrics:
-        registry = CollectorRegistry(auto_describe=True)
+    def provider_call(self, provider: str, result: str, seconds: float) -> None:
+        """One attempt at a provider change (or batch); `result` is "ok" or an error code."""
 
-        def counter(name: str, text: str, labels: list[str]) -> Counter:
-            return Counter(name, text, labels, registry=registry)
+    def provider_error(self, kind: ProviderErrorKind, provider: str, code: str) -> None:
+        """A provider call retried, or a change given up on (answered 502/503)."""
 
-        def histogram(
-            name: str, text: str, labels: list[str], buckets: tuple[float, ...]
-        ) -> Histogram:
-            return Histogram(name, text, labels, buckets=buckets, registry=registry)
-
-        return cls(
-            registry=registry,
-            requests=counter(
-                "dcr_requests",
-                "Requests handled, by door, event type and outcome.",
-                ["door", "event_type", "outcome"],
-            ),
-            request_seconds=histogram(
-                "dcr_request_duration_seconds",
-                "Time to answer a request.",
-                ["door"],
-                _LATENCY_BUCKETS,
-            ),
-            provider_seconds=histogram(
-                "dcr_provider_call_duration_seconds",
-                "One attempt at a provider change (or batch).",
-                ["provider", "result"],
-                _LATENCY_BUCKETS,
-            ),
-            provider_retries=counter(
-                "dcr_provider_retries", "Provider calls retried.", ["provider", "error"]
-            ),
-            provider_failures=counter(
-                "dcr_provider_failures",
-                "Changes given up on (answered 502/503).",
-                ["provider", "error"],
-            ),
-            propagation=counter(
-                "dcr_propagation_checks",
-                "Propagation checks, by outcome (live, timeout, lagging).",
-                ["outcome"],
-            ),
-            propagation_seconds=histogram(
-                "dcr_propagation_seconds",
-                "Time until every nameserver served a value.",
-                [],
-                _PROPAGATION_BUCKETS,
-            ),
-        )
+    def propagation(self, outcome: str, seconds: float | None = None) -> None:
+        """A propagation check: live (with its duration), timeout, lagging or error."""
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text for `GET /metrics`."""
+
+
+class Uncounted:
+    """Counts nothing: for doors that are never scraped."""
+
+    def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def provider_call(self, provider: str, result: str, seconds: float) -> None:
+        return None
+
+    def provider_error(self, kind: ProviderErrorKind, provider: str, code: str) -> None:
+        return None
+
+    def propagation(self, outcome: str, seconds: float | None = None) -> None:
+        return None
+
+    def render(self) -> bytes:
+        return b""

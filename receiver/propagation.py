@@ -181,14 +181,14 @@ class Propagation:
                     missing=list(result.missing),
                     seconds=round(result.seconds, 1),
                 )
-                self._metrics.propagation.labels("lagging").inc()
+                self._metrics.propagation("lagging")
                 await rewrite()
                 result = await self._check(zone, challenge)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a background check must never take the server down
             log.warning("propagation_failed", fqdn=challenge.fqdn, error=str(exc))
-            self._metrics.propagation.labels("error").inc()
+            self._metrics.propagation("error")
 
     async def _check(self, zone: ZoneSettings, challenge: Challenge) -> Result:
         nameservers = await self.checker.nameservers(zone)
@@ -196,9 +196,7 @@ class Propagation:
             nameservers, challenge.fqdn, challenge.value, self._settings.timeout_seconds
         )
         outcome = "live" if result.live else "timeout"
-        self._metrics.propagation.labels(outcome).inc()
-        if result.live:
-            self._metrics.propagation_seconds.observe(result.seconds)
+        self._metrics.propagation(outcome, result.seconds if result.live else None)
         log.info(
             "propagation",
             fqdn=challenge.fqdn,

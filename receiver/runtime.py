@@ -26,7 +26,7 @@ from receiver.errors import ConfigError, Unavailable
 from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
 from receiver.journal import Journal, SqliteJournal
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
-from receiver.metrics import Metrics
+from receiver.metrics import Metrics, Uncounted
 from receiver.policy import Policy
 from receiver.propagation import Propagation
 
@@ -72,7 +72,7 @@ class Runtime:
                         raise ConfigError([f"zones[{index}].options: {exc}"]) from None
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
-            metrics = Metrics.create()
+            metrics = _metrics(long_running)
             propagation = Propagation(settings.propagation, metrics)
             stack.push_async_callback(propagation.aclose)
             journal = None
@@ -110,6 +110,15 @@ class Runtime:
         if self.verifier.jwks is not None:
             checks["user_token_keys"] = await _status(self.verifier.jwks.check())
         return checks
+
+
+def _metrics(long_running: bool) -> Metrics:
+    """Prometheus only where `/metrics` is served: the long-running server."""
+    if not long_running:
+        return Uncounted()
+    from receiver.prometheus import PrometheusMetrics
+
+    return PrometheusMetrics.create()
 
 
 async def _status(check: Any) -> str:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+from providers.registry import BUILT_IN, ENTRY_POINT_GROUP
+from receiver import signing
+from receiver.config import CONFIG_ENV
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import sys
@@ -26,3 +35,84 @@ def test_adapters_load_only_when_asked_for() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[] [] True True"
+
+
+SERVERLESS_PROBE = """
+import sys
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from receiver import signing
+from tests.entrypoints import events
+
+private = load_pem_private_key(Path(sys.argv[1]).read_bytes(), None)
+claims = signing.notification_claims(
+    instance_crn=signing.DEMO_CRN,
+    event_type="cert_domain_validation_required",
+    domain="www.example.com",
+    value=signing.challenge_value(),
+)
+body = signing.envelope(jwt.encode(claims, private, algorithm="RS256"))
+event = events.function_url(body, headers={"content-type": "application/json"})
+
+from receiver.entrypoints import aws_lambda
+
+answer = aws_lambda.handler(event, None)
+unwanted = ("aiohttp", "prometheus_client", "importlib.metadata", "boto3", "dns")
+print(answer["statusCode"], sorted(m for m in sys.modules if m.startswith(unwanted)))
+"""
+
+
+def test_a_serverless_invocation_imports_no_server_metrics_or_entry_point_scan(
+    tmp_path: Path,
+) -> None:
+    """A whole Lambda invocation on a built-in adapter: no aiohttp, no Prometheus registry
+    (nobody scrapes a function), no importlib.metadata scan (~40 ms of cold start)."""
+    public = signing.write_key_pair(tmp_path / "sender.pem", "RS256")
+    config = tmp_path / "receiver.toml"
+    config.write_text(f"""
+[certificate_manager]
+allowed_instances = ["{signing.DEMO_CRN}"]
+public_key_file = "{public}"
+[journal]
+enabled = false
+[propagation]
+check = false
+[[zones]]
+name = "example.com"
+provider = "memory"
+""")
+    result = subprocess.run(
+        [sys.executable, "-c", SERVERLESS_PROBE, str(tmp_path / "sender.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, CONFIG_ENV: str(config)},
+    )
+    assert result.stdout.strip().splitlines()[-1] == "200 []", result.stderr
+
+
+def test_importing_the_account_store_computes_no_hash() -> None:
+    """The decoy hash for unknown acme-dns users is made on first use (scrypt: ~40 ms)."""
+    probe = (
+        "import hashlib\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise SystemExit('scrypt ran at import')\n"
+        "hashlib.scrypt = refuse\n"
+        "import receiver.accounts\n"
+        "print('imported')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == "imported", result.stderr
+
+
+def test_built_in_adapters_match_the_entry_points_in_pyproject() -> None:
+    """The built-ins are imported without scanning entry points: the table must not drift."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    declared = project["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert declared == BUILT_IN
