@@ -51,3 +51,29 @@ def test_route53_benchmark_runs_and_prints_its_ratio() -> None:
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("write call ratio naive/coalesced: ")
     assert float(last.rsplit(" ", 1)[1]) > 1
+
+
+def test_throughput_benchmark_runs_all_three_apps_and_prints_its_ratio() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "throughput.py"),
+            "--seconds",
+            "0.5",
+            "--connections",
+            "4",
+            "--pairs",
+            "20",
+            "--generator",
+            "python",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("floor/bare (parse, one RS256") for line in lines)
+    assert lines[-1].startswith("throughput ratio receiver/bare: ")
+    assert float(lines[-1].rsplit(" ", 1)[1]) > 0
