@@ -27,6 +27,7 @@ class PrometheusMetrics:
     propagation_checks: Counter
     propagation_seconds: Histogram
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False)
+    _call_children: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
 
     def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
         """Per request: label lookups cached (they cost more than the increments)."""
@@ -42,7 +43,12 @@ class PrometheusMetrics:
         children[1].observe(seconds)
 
     def provider_call(self, provider: str, result: str, seconds: float) -> None:
-        self.provider_seconds.labels(provider, result).observe(seconds)
+        """Per provider call: the label lookup cached, as for requests."""
+        child = self._call_children.get((provider, result))
+        if child is None:
+            child = self.provider_seconds.labels(provider, result)
+            self._call_children[(provider, result)] = child
+        child.observe(seconds)
 
     def provider_error(self, kind: ProviderErrorKind, provider: str, code: str) -> None:
         counter = self.provider_retries if kind == "retry" else self.provider_failures

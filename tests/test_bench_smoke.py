@@ -9,71 +9,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_dns_benchmark_runs_and_prints_its_ratio() -> None:
+def run_bench(script: str, *args: str, timeout: float = 120) -> list[str]:
+    """Run `bench/<script>` with `args`; its output lines (it must exit 0)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "dns_responder.py"),
-            "--seconds",
-            "0.5",
-            "--rounds",
-            "1",
-            "--generator",
-            "python",
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("ratio receiver/challtestsrv: ")
-    assert float(last.rsplit(" ", 1)[1]) > 0
+    return result.stdout.strip().splitlines()
+
+
+def last_ratio(lines: list[str], label: str) -> float:
+    """The figure on the last line, which must start with `label`."""
+    assert lines[-1].startswith(label), lines[-1]
+    return float(lines[-1].rsplit(" ", 1)[1])
+
+
+def test_dns_benchmark_runs_and_prints_its_ratio() -> None:
+    lines = run_bench(
+        "dns_responder.py", "--seconds", "0.5", "--rounds", "1", "--generator", "python"
+    )
+    assert last_ratio(lines, "ratio receiver/challtestsrv: ") > 0
 
 
 def test_route53_benchmark_runs_and_prints_its_ratio() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "route53_batching.py"),
-            "--names",
-            "10",
-            "--rate",
-            "1000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("write call ratio naive/coalesced: ")
-    assert float(last.rsplit(" ", 1)[1]) > 1
+    lines = run_bench("route53_batching.py", "--names", "10", "--rate", "1000")
+    assert last_ratio(lines, "write call ratio naive/coalesced: ") > 1
 
 
 def test_throughput_benchmark_runs_all_three_apps_and_prints_its_ratio() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "throughput.py"),
-            "--seconds",
-            "0.5",
-            "--connections",
-            "4",
-            "--pairs",
-            "20",
-            "--generator",
-            "python",
-        ],
-        capture_output=True,
-        text=True,
+    lines = run_bench(
+        "throughput.py",
+        *("--seconds", "0.5", "--connections", "4", "--pairs", "20", "--generator", "python"),
         timeout=180,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
     assert any(line.startswith("floor/bare (parse, one RS256") for line in lines)
-    assert lines[-1].startswith("throughput ratio receiver/bare: ")
-    assert float(lines[-1].rsplit(" ", 1)[1]) > 0
+    assert last_ratio(lines, "throughput ratio receiver/bare: ") > 0
