@@ -13,8 +13,10 @@ and stops the clock when the handler's answer is posted back:
   constant.
 * lib floor: the same handler also importing structlog (and with it asyncio) and PyJWT,
   the libraries every door is built on, so the output separates their import cost from
-  the receiver's own. Timed the same way, under the same runtime client and fake Runtime API, so
-  interpreter start, the client's own bootstrap and one exchange are in both.
+  the receiver's own.
+
+All are timed the same way, under the same runtime client and fake Runtime API, so
+interpreter start, the client's own bootstrap and one exchange are in each.
 
 Variants are interleaved run by run so that machine noise falls on all of them alike.
 `--importtime` adds `python -X importtime` of the handler module (top cumulative entries).
