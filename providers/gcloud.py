@@ -8,7 +8,7 @@ meanwhile, the Change fails, the adapter raises `ProviderConflict`, and the core
 after a fresh read. Lost updates are impossible, also between processes.
 
 As for Route 53, the adapter remembers the sets it last read or wrote and writes from that
-memory without reading first (a name it never saw is assumed absent). The memory is only a
+memory without reading first (`providers.txtsets.Hints`). The memory is only a
 hint: a wrong guess fails the Change like a concurrent writer would, and the retry reads.
 
 The client library is blocking (requests): every call runs in a worker thread and draws
@@ -26,7 +26,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -41,6 +41,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.txtsets import Hints, RecordSet
 
 DnsClient = Any  # google-cloud-dns ships no type information
 T = TypeVar("T")
@@ -56,8 +57,6 @@ _THROTTLED_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceed
 # "The 'entity.change.deletions[3]' resource named ... does not exist", "Precondition not
 # met for 'entity.change.deletions[0]'", "The resource 'entity.change.additions[1]' ..."
 _CHANGE_ENTRY = re.compile(r"entity\.change\.(additions|deletions)\[(\d+)\]")
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
 
 
 @dataclass(frozen=True)
@@ -97,21 +96,10 @@ class GcloudSettings:
 
 
 @dataclass(frozen=True)
-class _RecordSet:
-    ttl: int
-    rrdatas: tuple[str, ...]  # as Cloud DNS holds them, quoted: needed verbatim to delete
-
-    @property
-    def values(self) -> dict[str, str]:
-        """Unquoted value -> the rrdata as stored."""
-        return {_unquote(rrdata): rrdata for rrdata in self.rrdatas}
-
-
-@dataclass(frozen=True)
 class _RrsetChange:
     fqdn: str
-    old: _RecordSet | None
-    new: _RecordSet | None
+    old: RecordSet | None
+    new: RecordSet | None
 
     @property
     def size(self) -> int:
@@ -131,8 +119,7 @@ class GoogleCloudDnsProvider:
         self._budget = budget
         self._client: DnsClient | None = None
         self._client_lock = threading.Lock()
-        self._known: dict[tuple[str, str], _RecordSet | None] = {}  # hints, never the truth
-        self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
+        self._hints = Hints()
         self._undone: dict[tuple[str, str], str] = {}  # name -> our change not yet done
         # name -> when apply() last read it: reads outlive a failed attempt, so a retry
         # builds on them instead of starting over (see `apply`).
@@ -184,37 +171,18 @@ class GoogleCloudDnsProvider:
     async def apply(
         self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
     ) -> None:
-        names = list(dict.fromkeys(change.fqdn for change in changes))
-        current: dict[str, _RecordSet | None] = {}
-        for fqdn in names:
-            key = (zone.handle, fqdn)
-            if key in self._known and key not in self._stale:
-                current[fqdn] = self._known[key]
-            elif key not in self._stale and all(
-                c.action == "add" for c in changes if c.fqdn == fqdn
-            ):
-                current[fqdn] = None  # a guess: a wrong one fails the Change, and we re-read
-            else:
-                current[fqdn] = await self._read(zone, fqdn, fresh=True)
-        wanted = _apply_changes(current, changes)
-        # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
-        # so would skip the write, and with it Cloud DNS's check. Re-read those names.
-        # Fresh means read by this or an earlier attempt at the same changes (the core
-        # retries after any failure): with one read per name, a 100-name batch whose
-        # answer was lost would otherwise need 100 reads in a row without one failing.
-        unsure = [
-            fqdn
-            for fqdn in names
-            if wanted[fqdn] == current[fqdn] and not self._is_fresh(zone, fqdn)
-        ]
-        for fqdn in unsure:
-            current[fqdn] = await self._read(zone, fqdn, fresh=True)
-        if unsure:
-            wanted = _apply_changes(current, changes)
+        # A name read by an earlier attempt at the same changes (the core retries after
+        # any failure) need not be read again to confirm "nothing to do": with one read
+        # per name, a 100-name batch whose answer was lost would otherwise need 100 reads
+        # in a row without one failing.
+        plan = await self._hints.plan(
+            zone,
+            changes,
+            lambda fqdn: self._read(zone, fqdn, fresh=True),
+            fresh=lambda fqdn: self._is_fresh(zone, fqdn),
+        )
         rrset_changes = [
-            _RrsetChange(fqdn, current[fqdn], wanted[fqdn])
-            for fqdn in names
-            if wanted[fqdn] != current[fqdn]
+            _RrsetChange(fqdn, plan.current[fqdn], plan.wanted[fqdn]) for fqdn in plan.changed()
         ]
         for batch in _split(rrset_changes):
             batch_names = [change.fqdn for change in batch]
@@ -229,29 +197,27 @@ class GoogleCloudDnsProvider:
                 self._forget(zone, batch_names)  # the outcome is unknown
                 raise
             for fqdn in batch_names:
-                self._known[(zone.handle, fqdn)] = wanted[fqdn]
+                self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
                 if not done and self.settings.wait_for_done:
                     self._undone[(zone.handle, fqdn)] = change_id
-        for fqdn in names:  # done: the next changes to these names start afresh
+        for fqdn in plan.names:  # done: the next changes to these names start afresh
             self._fresh.pop((zone.handle, fqdn), None)
         if self.settings.wait_for_done:
             # Also changes an earlier, timed-out attempt made for these names: a retry
             # that finds nothing left to write must still wait for them.
             pending = {
-                self._undone[k] for k in ((zone.handle, n) for n in names) if k in self._undone
+                self._undone[k] for k in ((zone.handle, n) for n in plan.names) if k in self._undone
             }
             for change_id in sorted(pending):
                 await self._wait_done(zone, change_id)
 
-    def _forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
+    def _forget(self, zone: ZoneRef, names: list[str]) -> None:
+        self._hints.forget(zone, names)
         for fqdn in names:
-            self._known.pop((zone.handle, fqdn), None)
             self._fresh.pop((zone.handle, fqdn), None)
-            self._stale.add((zone.handle, fqdn))
 
     async def aclose(self) -> None:
-        self._known.clear()
-        self._stale.clear()
+        self._hints.clear()
         self._undone.clear()
         self._fresh.clear()
         with self._client_lock:
@@ -329,19 +295,18 @@ class GoogleCloudDnsProvider:
         read_at = self._fresh.get((zone.handle, fqdn))
         return read_at is not None and time.monotonic() - read_at < FRESH_READ_SECONDS
 
-    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> _RecordSet | None:
-        def read() -> _RecordSet | None:
+    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> RecordSet | None:
+        def read() -> RecordSet | None:
             rrsets = self._dns().zone(zone.handle).list_resource_record_sets()
             rrsets.extra_params = {"name": fqdn + ".", "type": "TXT"}
             for page in self._pages(rrsets):
                 for rrset in page:
                     if _plain(rrset.name) == fqdn and rrset.record_type == "TXT":
-                        return _RecordSet(int(rrset.ttl), tuple(rrset.rrdatas))
+                        return RecordSet.decoded(int(rrset.ttl), rrset.rrdatas, base=10)
             return None
 
         current = await self._call(read)
-        self._known[(zone.handle, fqdn)] = current
-        self._stale.discard((zone.handle, fqdn))
+        self._hints.saw(zone, fqdn, current)
         if fresh:
             self._fresh[(zone.handle, fqdn)] = time.monotonic()
         return current
@@ -410,27 +375,8 @@ def _credentials_from_info(info: dict[str, Any]) -> Any:
     )
 
 
-def _rrset(zone: Any, fqdn: str, record_set: _RecordSet) -> Any:
+def _rrset(zone: Any, fqdn: str, record_set: RecordSet) -> Any:
     return zone.resource_record_set(fqdn + ".", "TXT", record_set.ttl, list(record_set.rrdatas))
-
-
-def _apply_changes(
-    current: dict[str, _RecordSet | None], changes: Iterable[TxtChange]
-) -> dict[str, _RecordSet | None]:
-    """The sets after applying `changes` in order; foreign values are kept verbatim."""
-    rrdatas = {fqdn: dict(rs.values) if rs else {} for fqdn, rs in current.items()}
-    ttls = {fqdn: rs.ttl for fqdn, rs in current.items() if rs}
-    for change in changes:
-        values = rrdatas[change.fqdn]
-        if change.action == "add":
-            values.setdefault(change.value, _quote(change.value))
-            ttls.setdefault(change.fqdn, change.ttl)
-        else:
-            values.pop(change.value, None)
-    return {
-        fqdn: _RecordSet(ttls[fqdn], tuple(values.values())) if values else None
-        for fqdn, values in rrdatas.items()
-    }
 
 
 def _split(changes: list[_RrsetChange]) -> list[list[_RrsetChange]]:
@@ -465,24 +411,6 @@ def _names_in(message: str, batch: list[_RrsetChange]) -> list[str]:
         if int(index) < len(entries[kind]):
             named.append(entries[kind][int(index)])
     return named or [c.fqdn for c in batch]
-
-
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _unquote(rrdata: str) -> str:
-    """A TXT rrdata as Cloud DNS returns it (one or more quoted strings) -> its text."""
-    strings = _TXT_STRING.findall(rrdata)
-    if not strings:
-        return rrdata
-    return "".join(_ESCAPE.sub(_unescape, s) for s in strings)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code)) if code.isdigit() else code  # RFC 1035 \DDD is decimal
 
 
 def _plain(name: str) -> str:

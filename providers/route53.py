@@ -7,9 +7,9 @@ batch fails, the adapter raises `ProviderConflict`, and the core retries after a
 read. Lost updates are impossible, also between processes.
 
 To keep a 100-name certificate at a handful of API calls, the adapter remembers the sets
-it last read or wrote and writes from that memory without reading first (a name it never
-saw is assumed absent). The memory is only a hint: a wrong guess fails the batch like a
-concurrent writer would, and the retry reads. boto3 is blocking: every call runs in a
+it last read or wrote and writes from that memory without reading first
+(`providers.txtsets.Hints`). The memory is only a hint: a wrong guess fails the batch like
+a concurrent writer would, and the retry reads. boto3 is blocking: every call runs in a
 worker thread and draws from the account's rate budget first.
 """
 
@@ -19,7 +19,7 @@ import asyncio
 import functools
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -33,6 +33,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.txtsets import Hints, RecordSet, unescape
 
 Route53Client = Any  # boto3 ships no type information
 T = TypeVar("T")
@@ -59,8 +60,6 @@ _AUTH = {
 }
 _CONFLICT = re.compile(r"already exists|was not found|values provided do not match", re.I)
 _NAMES_IN_MESSAGE = re.compile(r"name='([^']+)'")
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
 
 
 @dataclass(frozen=True)
@@ -86,17 +85,6 @@ class Route53Settings:
     )
 
 
-@dataclass(frozen=True)
-class _RecordSet:
-    ttl: int
-    records: tuple[str, ...]  # as Route 53 holds them, quoted: needed verbatim to DELETE
-
-    @property
-    def values(self) -> dict[str, str]:
-        """Unquoted value -> the record as stored."""
-        return {_unquote(record): record for record in self.records}
-
-
 class Route53Provider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[Route53Settings]] = Route53Settings
@@ -109,8 +97,7 @@ class Route53Provider:
         self._budget = budget
         self._client: Route53Client | None = None
         self._client_lock = threading.Lock()
-        self._known: dict[tuple[str, str], _RecordSet | None] = {}  # hints, never the truth
-        self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
+        self._hints = Hints()
 
     @classmethod
     async def open(cls, settings: Route53Settings, budget: RateBudget) -> Self:
@@ -149,56 +136,27 @@ class Route53Provider:
     async def apply(
         self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
     ) -> None:
-        names = list(dict.fromkeys(change.fqdn for change in changes))
-        current: dict[str, _RecordSet | None] = {}
-        read: set[str] = set()
-        for fqdn in names:
-            key = (zone.handle, fqdn)
-            if key in self._known and key not in self._stale:
-                current[fqdn] = self._known[key]
-            elif key not in self._stale and all(
-                c.action == "add" for c in changes if c.fqdn == fqdn
-            ):
-                current[fqdn] = None  # a guess: a wrong one fails the batch, and we re-read
-            else:
-                current[fqdn] = await self._read(zone, fqdn)
-                read.add(fqdn)
-        wanted = _apply_changes(current, changes)
-        # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
-        # so would skip the write, and with it Route 53's check. Re-read those names.
-        unsure = [fqdn for fqdn in names if wanted[fqdn] == current[fqdn] and fqdn not in read]
-        for fqdn in unsure:
-            current[fqdn] = await self._read(zone, fqdn)
-        if unsure:
-            wanted = _apply_changes(current, changes)
+        plan = await self._hints.plan(zone, changes, lambda fqdn: self._read(zone, fqdn))
         groups = [
-            _rrset_changes(fqdn, current[fqdn], wanted[fqdn])
-            for fqdn in names
-            if wanted[fqdn] != current[fqdn]
+            _rrset_changes(fqdn, plan.current[fqdn], plan.wanted[fqdn]) for fqdn in plan.changed()
         ]
         for batch in _split(groups):
             batch_names = [fqdn for fqdn, _ in batch]
             try:
                 change_id = await self._call(functools.partial(self._change, zone.handle, batch))
             except ProviderConflict as exc:
-                self._forget(zone, _names_in(str(exc), batch_names))
+                self._hints.forget(zone, _names_in(str(exc), batch_names))
                 raise
             except ProviderError:
-                self._forget(zone, batch_names)  # the outcome is unknown
+                self._hints.forget(zone, batch_names)  # the outcome is unknown
                 raise
             for fqdn in batch_names:
-                self._known[(zone.handle, fqdn)] = wanted[fqdn]
+                self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
             if self.settings.wait_insync:
                 await self._wait_insync(change_id)
 
-    def _forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
-        for fqdn in names:
-            self._known.pop((zone.handle, fqdn), None)
-            self._stale.add((zone.handle, fqdn))
-
     async def aclose(self) -> None:
-        self._known.clear()
-        self._stale.clear()
+        self._hints.clear()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -247,8 +205,8 @@ class Route53Provider:
             and bool(zone.get("Config", {}).get("PrivateZone")) == self.settings.private
         ]
 
-    async def _read(self, zone: ZoneRef, fqdn: str) -> _RecordSet | None:
-        def read() -> _RecordSet | None:
+    async def _read(self, zone: ZoneRef, fqdn: str) -> RecordSet | None:
+        def read() -> RecordSet | None:
             response = self._route53().list_resource_record_sets(
                 HostedZoneId=zone.handle,
                 StartRecordName=fqdn,
@@ -257,13 +215,12 @@ class Route53Provider:
             )
             for found in response["ResourceRecordSets"]:
                 if _plain(found["Name"]) == fqdn and found["Type"] == "TXT":
-                    records = tuple(r["Value"] for r in found.get("ResourceRecords", []))
-                    return _RecordSet(int(found.get("TTL", 300)), records)
+                    records = (r["Value"] for r in found.get("ResourceRecords", []))
+                    return RecordSet.decoded(int(found.get("TTL", 300)), records, base=8)
             return None
 
         current = await self._call(read)
-        self._known[(zone.handle, fqdn)] = current
-        self._stale.discard((zone.handle, fqdn))
+        self._hints.saw(zone, fqdn, current)
         return current
 
     def _change(self, hosted_zone: str, batch: list[tuple[str, list[dict[str, Any]]]]) -> str:
@@ -286,27 +243,8 @@ class Route53Provider:
             await asyncio.sleep(self.settings.insync_poll_seconds)
 
 
-def _apply_changes(
-    current: dict[str, _RecordSet | None], changes: Iterable[TxtChange]
-) -> dict[str, _RecordSet | None]:
-    """The sets after applying `changes` in order; foreign records are kept verbatim."""
-    records = {fqdn: dict(rs.values) if rs else {} for fqdn, rs in current.items()}
-    ttls = {fqdn: rs.ttl for fqdn, rs in current.items() if rs}
-    for change in changes:
-        values = records[change.fqdn]
-        if change.action == "add":
-            values.setdefault(change.value, _quote(change.value))
-            ttls.setdefault(change.fqdn, change.ttl)
-        else:
-            values.pop(change.value, None)
-    return {
-        fqdn: _RecordSet(ttls[fqdn], tuple(values.values())) if values else None
-        for fqdn, values in records.items()
-    }
-
-
 def _rrset_changes(
-    fqdn: str, old: _RecordSet | None, new: _RecordSet | None
+    fqdn: str, old: RecordSet | None, new: RecordSet | None
 ) -> tuple[str, list[dict[str, Any]]]:
     """DELETE the exact old set and CREATE the new one: atomic, and fails if stale."""
     changes = []
@@ -319,7 +257,7 @@ def _rrset_changes(
                         "Name": fqdn,
                         "Type": "TXT",
                         "TTL": rrset.ttl,
-                        "ResourceRecords": [{"Value": record} for record in rrset.records],
+                        "ResourceRecords": [{"Value": record} for record in rrset.rrdatas],
                     },
                 }
             )
@@ -353,27 +291,9 @@ def _names_in(message: str, batch_names: list[str]) -> list[str]:
     return [n for n in named if n in batch_names] or batch_names
 
 
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _unquote(record: str) -> str:
-    """A TXT record as Route 53 returns it (one or more quoted strings) -> its text."""
-    strings = _TXT_STRING.findall(record)
-    if not strings:
-        return record
-    return "".join(_ESCAPE.sub(_unescape, s) for s in strings)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code, 8)) if code.isdigit() else code
-
-
 def _plain(name: str) -> str:
     """Route 53's name form (trailing dot, octal escapes like \\052) -> canonical."""
-    return _ESCAPE.sub(_unescape, name).rstrip(".").lower()
+    return unescape(name, base=8).rstrip(".").lower()
 
 
 def _translate(exc: Exception) -> ProviderError:

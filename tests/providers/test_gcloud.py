@@ -26,10 +26,10 @@ from providers.gcloud import (
     MAX_RRSETS_PER_CHANGE,
     GcloudSettings,
     GoogleCloudDnsProvider,
-    _RecordSet,
     _RrsetChange,
     _split,
 )
+from providers.txtsets import RecordSet
 from receiver import logs, signing
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, LogSettings, ZoneSettings
@@ -325,7 +325,7 @@ async def test_many_changes_are_one_change(fake: CloudDnsFake) -> None:
 
 def test_changes_respect_cloud_dns_limits() -> None:
     def changes(count: int, length: int, *, replace: bool) -> list[_RrsetChange]:
-        rs = _RecordSet(60, ("x" * length,))
+        rs = RecordSet.decoded(60, ("x" * length,), base=10)
         return [_RrsetChange(f"n{i}", rs if replace else None, rs) for i in range(count)]
 
     assert [len(b) for b in _split(changes(2500, 10, replace=False))] == [1000, 1000, 500]

@@ -1,0 +1,156 @@
+"""Whole-set TXT writes, shared by the adapters whose API replaces record sets atomically
+(Route 53 change batches, Cloud DNS Changes).
+
+Such an API deletes the exact current set and adds the new one in one atomic change, so
+every write needs the set that is there now. `Hints` keeps the set the adapter last read
+or wrote at each name and plans a write from it without reading first (a name it never
+saw is assumed absent). A hint is never the truth: a wrong one fails the change like a
+concurrent writer would, the adapter `forget`s the names involved, and the core's retry
+reads them. Values are held quoted, exactly as the provider stores them, because a
+deletion must name them verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from providers.base import TxtChange, ZoneRef
+
+_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(\d{3}|.)")
+
+
+def quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def unescape(text: str, *, base: int) -> str:
+    """Resolve `\\X` and `\\DDD` escapes; DDD is decimal in RFC 1035 (Cloud DNS), octal in
+    Route 53's names and values."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        return chr(int(code, base)) if code.isdigit() else code
+
+    return _ESCAPE.sub(one, text)
+
+
+def unquote(rrdata: str, *, base: int) -> str:
+    """A TXT rrdata as the API returns it (one or more quoted strings) -> its text."""
+    strings = _TXT_STRING.findall(rrdata)
+    if not strings:
+        return rrdata
+    return "".join(unescape(s, base=base) for s in strings)
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    ttl: int
+    rrdatas: tuple[str, ...]  # quoted, as the provider holds them: needed verbatim to delete
+    values: Mapping[str, str] = field(compare=False, repr=False)  # unquoted -> rrdata
+
+    @classmethod
+    def decoded(cls, ttl: int, rrdatas: Iterable[str], *, base: int) -> RecordSet:
+        """A set read from the provider, whose `\\DDD` escapes are in `base`."""
+        held = tuple(rrdatas)
+        return cls(ttl, held, {unquote(rrdata, base=base): rrdata for rrdata in held})
+
+
+def apply_changes(
+    current: Mapping[str, RecordSet | None], changes: Iterable[TxtChange]
+) -> dict[str, RecordSet | None]:
+    """The sets after applying `changes` in order; foreign values are kept verbatim."""
+    rrdatas = {fqdn: dict(rs.values) if rs else {} for fqdn, rs in current.items()}
+    ttls = {fqdn: rs.ttl for fqdn, rs in current.items() if rs}
+    for change in changes:
+        values = rrdatas[change.fqdn]
+        if change.action == "add":
+            values.setdefault(change.value, quote(change.value))
+            ttls.setdefault(change.fqdn, change.ttl)
+        else:
+            values.pop(change.value, None)
+    return {
+        fqdn: RecordSet(ttls[fqdn], tuple(values.values()), values) if values else None
+        for fqdn, values in rrdatas.items()
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    names: list[str]  # every name the changes touch, in first-seen order
+    current: dict[str, RecordSet | None]
+    wanted: dict[str, RecordSet | None]
+
+    def changed(self) -> list[str]:
+        return [fqdn for fqdn in self.names if self.wanted[fqdn] != self.current[fqdn]]
+
+
+Read = Callable[[str], Awaitable[RecordSet | None]]
+
+
+class Hints:
+    """The set an adapter last read or wrote at each (zone handle, name)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], RecordSet | None] = {}
+        self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
+
+    async def plan(
+        self,
+        zone: ZoneRef,
+        changes: Sequence[TxtChange],
+        read: Read,
+        *,
+        fresh: Callable[[str], bool] = lambda fqdn: False,
+    ) -> Plan:
+        """Current and wanted sets for `changes`. `read` fetches one name from the provider
+        (and reports it back through `saw`); `fresh` tells which names count as read
+        already, besides those this call reads."""
+        names = list(dict.fromkeys(change.fqdn for change in changes))
+        current: dict[str, RecordSet | None] = {}
+        read_now: set[str] = set()
+        for fqdn in names:
+            key = (zone.handle, fqdn)
+            if key in self._known and key not in self._stale:
+                current[fqdn] = self._known[key]
+            elif key not in self._stale and all(
+                c.action == "add" for c in changes if c.fqdn == fqdn
+            ):
+                current[fqdn] = None  # a guess: a wrong one fails the change, and we re-read
+            else:
+                current[fqdn] = await read(fqdn)
+                read_now.add(fqdn)
+        wanted = apply_changes(current, changes)
+        # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
+        # so would skip the write, and with it the provider's check. Re-read those names.
+        unsure = [
+            fqdn
+            for fqdn in names
+            if wanted[fqdn] == current[fqdn] and fqdn not in read_now and not fresh(fqdn)
+        ]
+        for fqdn in unsure:
+            current[fqdn] = await read(fqdn)
+        if unsure:
+            wanted = apply_changes(current, changes)
+        return Plan(names, current, wanted)
+
+    def saw(self, zone: ZoneRef, fqdn: str, current: RecordSet | None) -> None:
+        """A read from the provider: the best hint there is."""
+        self._known[(zone.handle, fqdn)] = current
+        self._stale.discard((zone.handle, fqdn))
+
+    def wrote(self, zone: ZoneRef, fqdn: str, written: RecordSet | None) -> None:
+        self._known[(zone.handle, fqdn)] = written
+
+    def forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
+        """A change failed for these names: read them before the next write."""
+        for fqdn in names:
+            self._known.pop((zone.handle, fqdn), None)
+            self._stale.add((zone.handle, fqdn))
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._stale.clear()

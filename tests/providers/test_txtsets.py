@@ -1,0 +1,98 @@
+"""The whole-set TXT helpers shared by the Route 53 and Cloud DNS adapters."""
+
+from __future__ import annotations
+
+from providers.base import TxtChange, ZoneRef
+from providers.txtsets import Hints, RecordSet, apply_changes, quote, unescape, unquote
+
+ZONE = ZoneRef("Z1", "example.com")
+NAME = "_acme-challenge.example.com"
+
+
+def test_quote_and_unquote_round_trip() -> None:
+    for value in ["plain", 'with "quotes"', "back\\slash", ""]:
+        assert unquote(quote(value), base=10) == value
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    assert unquote('"abc" "def"', base=10) == "abcdef"  # long values come in pieces
+    assert unquote("unquoted", base=10) == "unquoted"
+
+
+def test_numeric_escapes_in_the_providers_base() -> None:
+    assert unescape("\\052.example.com", base=8) == "*.example.com"  # Route 53: octal
+    assert unescape("\\042", base=10) == "*"  # Cloud DNS: RFC 1035 decimal
+    assert unquote('"a\\059b"', base=10) == "a;b"
+    assert unquote('"a\\073b"', base=8) == "a;b"
+
+
+def test_a_decoded_set_maps_values_to_rrdatas_and_compares_by_rrdatas() -> None:
+    held = RecordSet.decoded(300, ['"one"', '"t" "wo"'], base=10)
+    assert dict(held.values) == {"one": '"one"', "two": '"t" "wo"'}
+    assert held == RecordSet(300, ('"one"', '"t" "wo"'), {})
+    assert held != RecordSet(60, ('"one"', '"t" "wo"'), {})
+
+
+def test_apply_changes_keeps_foreign_values_verbatim() -> None:
+    current = {NAME: RecordSet.decoded(600, ['"foreign" ""', '"ours"'], base=10), "n2": None}
+    wanted = apply_changes(
+        current,
+        [
+            TxtChange("remove", NAME, "ours", 0),
+            TxtChange("add", NAME, "new", 60),
+            TxtChange("add", "n2", "v", 60),
+            TxtChange("remove", "n2", "v", 0),
+        ],
+    )
+    assert wanted[NAME] == RecordSet(600, ('"foreign" ""', '"new"'), {})  # TTL kept
+    assert wanted["n2"] is None  # the last value gone: no set at all
+
+
+class Provider:
+    """Reads from a dict, counting them, and reports each read back as the adapters do."""
+
+    def __init__(self, hints: Hints, sets: dict[str, RecordSet | None]) -> None:
+        self.hints, self.sets = hints, sets
+        self.reads: list[str] = []
+
+    async def read(self, fqdn: str) -> RecordSet | None:
+        self.reads.append(fqdn)
+        found = self.sets.get(fqdn)
+        self.hints.saw(ZONE, fqdn, found)
+        return found
+
+
+async def test_plan_guesses_adds_reads_removals_and_rereads_after_a_conflict() -> None:
+    hints = Hints()
+    theirs = RecordSet.decoded(300, ['"theirs"'], base=10)
+    provider = Provider(hints, {NAME: theirs})
+    add = [TxtChange("add", NAME, "ours", 60)]
+
+    plan = await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == []  # never seen: assumed absent, no read
+    assert plan.current[NAME] is None and plan.changed() == [NAME]
+
+    hints.forget(ZONE, [NAME])  # the write failed: the guess was wrong
+    plan = await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == [NAME]
+    assert plan.wanted[NAME] == RecordSet(300, ('"theirs"', '"ours"'), {})
+
+    hints.wrote(ZONE, NAME, plan.wanted[NAME])
+    remove = [TxtChange("remove", NAME, "ours", 0)]
+    plan = await hints.plan(ZONE, remove, provider.read)
+    assert provider.reads == [NAME]  # the hint is used as it is
+    assert plan.wanted[NAME] == theirs
+
+
+async def test_nothing_to_do_is_decided_only_on_a_fresh_read() -> None:
+    hints = Hints()
+    provider = Provider(hints, {NAME: None})
+    hints.wrote(ZONE, NAME, RecordSet.decoded(60, ['"ours"'], base=10))  # a stale hint
+    add = [TxtChange("add", NAME, "ours", 60)]
+
+    plan = await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == [NAME]  # the hint said "already there": checked
+    assert plan.changed() == [NAME]  # and it was not
+
+    hints.wrote(ZONE, NAME, RecordSet.decoded(60, ['"ours"'], base=10))
+    plan = await hints.plan(ZONE, add, provider.read, fresh=lambda fqdn: True)
+    assert provider.reads == [NAME]  # a name the caller read recently is not read again
+    assert plan.changed() == []
