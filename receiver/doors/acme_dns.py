@@ -7,7 +7,6 @@ CNAMEs its `_acme-challenge` names there. Each update is authenticated by `X-Api
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
 from receiver.challenge import Action, Challenge, canonical_name, check_challenge_value
 from receiver.config import AcmeDnsSettings
+from receiver.doors.body import json_object
 from receiver.errors import BadRequest, Forbidden, Unauthorized
 
 DOOR = "acme_dns"
@@ -41,7 +41,7 @@ class AcmeDns:
     async def register(self, body: bytes, remote: str | None) -> dict[str, Any]:
         if not self.settings.allow_register:
             raise Forbidden("registration is disabled here", code="registration_disabled")
-        message = _object(body, allow_empty=True)
+        message = json_object(body) if body.strip() else {}  # clients may send nothing
         allow_from = message.get("allowfrom", [])
         if not isinstance(allow_from, list):
             raise BadRequest("allowfrom must be a list of CIDR networks", code="invalid_cidr")
@@ -64,7 +64,7 @@ class AcmeDns:
         if not user or not key:
             raise Unauthorized("send X-Api-User and X-Api-Key", code="credentials_required")
         # The body is checked before the (deliberately slow) password hash is computed.
-        message = _object(body, allow_empty=False)
+        message = json_object(body)
         subdomain = message.get("subdomain")
         if not isinstance(subdomain, str) or not _SUBDOMAIN.match(subdomain):
             raise BadRequest("subdomain must be the one registered", code="bad_subdomain")
@@ -78,15 +78,3 @@ class AcmeDns:
             raise Forbidden(f"updates from {remote} are not allowed", code="source_not_allowed")
         fqdn = self.full_domain(subdomain)
         return Update(account, Challenge(Action.ADD, fqdn, fqdn, value))
-
-
-def _object(body: bytes, *, allow_empty: bool) -> dict[str, Any]:
-    if allow_empty and not body.strip():
-        return {}
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON", code="malformed_body") from None
-    if not isinstance(message, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_body")
-    return message

@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from receiver.challenge import (
     check_challenge_value,
 )
 from receiver.config import HttpreqSettings
+from receiver.doors.body import json_object
 from receiver.errors import BadRequest, Unauthorized
 
 DOOR = "httpreq"
@@ -50,12 +50,7 @@ def receive(
     settings: HttpreqSettings, path: str, headers: Mapping[str, str], body: bytes
 ) -> Request:
     user = authenticate(settings, headers.get("authorization", ""))
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON", code="malformed_body") from None
-    if not isinstance(message, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_body")
+    message = json_object(body)
     action = PATHS[path]
     if "keyAuth" in message:
         return Request(_raw(action, message), user, "raw")
