@@ -262,6 +262,30 @@ def public_key_file(tmp_path: Path, keys: dict[str, KeyPair]) -> Path:
 SettingsFactory = Callable[..., config.Settings]
 
 
+def shared_store_config(tmp_path: Path, public_key_file: Path) -> Path:
+    """A `serve` config on one `local` store file (`shared.sqlite3`) that several server
+    processes can share; every listener on a free loopback port."""
+    config = tmp_path / "r.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_file = "{public_key_file}"
+[local]
+database = "shared.sqlite3"
+dns_listen = "127.0.0.1:0"
+[propagation]
+check = false
+[[zones]]
+name = "example.com"
+provider = "local"
+""")
+    return config
+
+
 @pytest.fixture
 def make_settings(ibm_cloud: FakeIbmCloud, tmp_path: Path) -> SettingsFactory:
     """Settings from a dict, defaulting to keys fetched from the fake IBM Cloud."""

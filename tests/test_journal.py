@@ -18,7 +18,7 @@ from receiver import signing
 from receiver.journal import Entry, SqliteJournal
 from receiver.sweep import sweep
 
-from .conftest import INSTANCE, OTHER_INSTANCE, Sender, ServiceFactory
+from .conftest import INSTANCE, OTHER_INSTANCE, Sender, ServiceFactory, shared_store_config
 
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
@@ -360,24 +360,7 @@ async def test_kill_9_mid_burst_then_sweep_restores_the_zone(
     store.add("_acme-challenge.keep.example.com", "someone else's value", 300)
     store.close()
     before = store_values(tmp_path)
-    config = tmp_path / "r.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:0"
-[log]
-format = "json"
-[certificate_manager]
-allowed_instances = ["{INSTANCE}"]
-public_key_file = "{public_key_file}"
-[local]
-database = "shared.sqlite3"
-dns_listen = "127.0.0.1:0"
-[propagation]
-check = false
-[[zones]]
-name = "example.com"
-provider = "local"
-""")
+    config = shared_store_config(tmp_path, public_key_file)
     server = await run_server(config)
     bodies = [sender.body(sender.claims(REQUIRED, f"b{i}.example.com")) for i in range(60)]
     answered = 0

@@ -17,7 +17,7 @@ import aiohttp
 
 from receiver import signing
 
-from .conftest import INSTANCE, FakeIbmCloud, Sender
+from .conftest import INSTANCE, FakeIbmCloud, Sender, shared_store_config
 
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
@@ -239,24 +239,7 @@ async def test_two_processes_share_one_store_and_lose_nothing(
     share one `local` store: no value lost on the way, none left behind."""
     from providers.local import ChallengeStore
 
-    config = tmp_path / "r.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:0"
-[log]
-format = "json"
-[certificate_manager]
-allowed_instances = ["{INSTANCE}"]
-public_key_file = "{public_key_file}"
-[local]
-database = "shared.sqlite3"
-dns_listen = "127.0.0.1:0"
-[propagation]
-check = false
-[[zones]]
-name = "example.com"
-provider = "local"
-""")
+    config = shared_store_config(tmp_path, public_key_file)
     first, second = await run_server(config), await run_server(config)
     name = "_acme-challenge.example.com"
     keeper = signing.challenge_value()
