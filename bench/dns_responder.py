@@ -31,10 +31,12 @@ from pathlib import Path
 
 import dns.message
 
-from providers.local import ChallengeStore
-from receiver import signing
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.backends.bind
+
+from providers.local import ChallengeStore  # noqa: E402
+from receiver import signing  # noqa: E402
+from tests.backends.bind import free_port  # noqa: E402 - a port free for UDP and TCP
 
 NAME = "_acme-challenge.example.test"
 VALUE = "x" * 43
@@ -45,20 +47,6 @@ QUERIES = [
     ("example.test", "SOA"),
     ("_acme-challenge.missing.example.test", "TXT"),
 ]
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP (DNS servers bind both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def wait_for_dns(port: int, within: float = 15) -> None:
