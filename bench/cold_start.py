@@ -28,14 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +42,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # tests.fakes.lambda_runtime
+
+from harness import moto_server  # noqa: E402
 
 from receiver import signing  # noqa: E402
 from tests.entrypoints import events  # noqa: E402
@@ -89,37 +89,14 @@ def key_endpoint(public_pem: bytes) -> Iterator[str]:
 
 @contextmanager
 def moto() -> Iterator[str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **AWS_ENV},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # loopback only
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise SystemExit("moto_server did not start (pip install 'moto[server]')")
+    """moto_server with the zone the receiver writes to."""
+    with moto_server(env={**os.environ, **AWS_ENV}) as url:
         import boto3
 
         boto3.client("route53", endpoint_url=url, **_client_credentials()).create_hosted_zone(
             Name=ZONE, CallerReference=str(time.time_ns())
         )
         yield url
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def _client_credentials() -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -135,6 +136,33 @@ def process(argv: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
                 continue
             break
         yield proc
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextmanager
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A moto_server process on a free loopback port, answering; yields its URL."""
+    port = free_port()
+    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # loopback only
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("moto_server did not start (pip install 'moto[server]')")
+        yield url
     finally:
         proc.terminate()
         proc.wait()

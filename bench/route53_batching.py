@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
 from typing import Any
+
+from harness import moto_server
 
 from providers.base import RateBudget
 from providers.route53 import Route53Provider, Route53Settings
@@ -41,26 +38,6 @@ os.environ.update(
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
 )
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # loopback only
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("moto_server did not start (pip install 'moto[server]')")
 
 
 def fresh_zone(url: str) -> None:
@@ -106,15 +83,11 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5.0, help="requests/s budget")
     args = parser.parse_args()
-    proc, url = start_moto()
-    try:
+    with moto_server() as url:
         fresh_zone(url)
         batched, batched_s = asyncio.run(run(url, args.names, args.rate, 0.2))
         fresh_zone(url)
         naive, naive_s = asyncio.run(run(url, args.names, args.rate, 0.0))
-    finally:
-        proc.terminate()
-        proc.wait()
     write = "ChangeResourceRecordSets"
     print(f"{args.names} challenges, one zone, rate budget {args.rate:g} requests/s, moto_server")
     for label, calls, seconds in (("coalesced", batched, batched_s), ("naive", naive, naive_s)):
