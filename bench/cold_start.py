@@ -26,24 +26,21 @@ Loopback only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # tests.fakes.lambda_runtime
 
-from harness import moto_server  # noqa: E402
+from harness import json_server, moto_server  # noqa: E402
 
 from receiver import signing  # noqa: E402
 from tests.entrypoints import events  # noqa: E402
@@ -66,25 +63,8 @@ AWS_ENV = {
 @contextmanager
 def key_endpoint(public_pem: bytes) -> Iterator[str]:
     """Certificate Manager's public-key endpoint: `{"publicKey": PEM}` for any instance."""
-    document = json.dumps({"publicKey": public_pem.decode()}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/{{instance_crn}}/publicKey"
-    finally:
-        server.shutdown()
+    with json_server({"publicKey": public_pem.decode()}) as base:
+        yield f"{base}/{{instance_crn}}/publicKey"
 
 
 @contextmanager

@@ -33,16 +33,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def jwks_server(public_pem: bytes) -> Iterator[str]:
-    document = json.dumps(signing.jwks_document({KID: public_pem})).encode()
+def json_server(document: object) -> Iterator[str]:
+    """A loopback HTTP server answering every GET with `document` as JSON; yields its base
+    URL (no trailing slash)."""
+    body = json.dumps(document).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(document)
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             return None
@@ -51,9 +53,15 @@ def jwks_server(public_pem: bytes) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/keys"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+@contextmanager
+def jwks_server(public_pem: bytes) -> Iterator[str]:
+    with json_server(signing.jwks_document({KID: public_pem})) as base:
+        yield f"{base}/keys"
 
 
 class Keys:
