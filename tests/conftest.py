@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from providers.base import ZoneRef
 from providers.memory import MemoryProvider
-from receiver import config, signing
+from receiver import config, logs, signing
+from receiver.config import LogSettings
 from receiver.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
@@ -71,6 +73,15 @@ def _restore_logging() -> Any:
     structlog.configure(**saved)
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def captured() -> io.StringIO:
+    """Every log line, structlog's and the stdlib's, as JSON from debug up (the autouse
+    `_restore_logging` undoes the configuration afterwards)."""
+    stream = io.StringIO()
+    logs.configure(LogSettings(format="json", level="debug"), stream)
+    return stream
 
 
 @dataclass(frozen=True)

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
 
-from receiver import logs, signing
-from receiver.config import LogSettings
+from receiver import signing
 from receiver.logs import REDACTED, scrub
 
 from .conftest import Sender, ServiceFactory
 
 REQUIRED = "cert_domain_validation_required"
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure(LogSettings(format="json", level="debug"), stream)
-    yield stream
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def events(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ import dns.rcode
 import dns.tsig
 import dns.update
 import pytest
-import structlog
 
-from receiver import logs, signing
-from receiver.config import LogSettings, PropagationSettings, ZoneSettings
+from receiver import signing
+from receiver.config import PropagationSettings, ZoneSettings
 from receiver.propagation import Checker, Nameserver
 
 from .backends.bind import KEY_NAME, Bind, free_port
@@ -113,18 +111,6 @@ async def test_waiting_mode_needs_every_nameserver(
     assert asyncio.get_running_loop().time() - started < 15
 
 
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure(LogSettings(format="json"), stream)
-    yield stream
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
     found = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     return [e for e in found if e["event"] == name]
@@ -135,7 +121,7 @@ async def test_background_check_is_logged_and_counted(
     start_service: ServiceFactory,
     sender: Sender,
     monkeypatch: pytest.MonkeyPatch,
-    captured_logs: io.StringIO,
+    captured: io.StringIO,
 ) -> None:
     primary, secondary = bind_pair
     monkeypatch.setenv("PROP_TSIG", primary.secret)
@@ -147,10 +133,10 @@ async def test_background_check_is_logged_and_counted(
     resp = await service.post(sender.body(sender.claims(REQUIRED, ZONE, value)))
     assert resp.status == 200  # answered at once
     for _ in range(100):
-        if events(captured_logs, "propagation"):
+        if events(captured, "propagation"):
             break
         await asyncio.sleep(0.1)
-    (event,) = events(captured_logs, "propagation")
+    (event,) = events(captured, "propagation")
     assert event["outcome"] == "live" and event["value"] == value
     assert event["nameservers"] == [f"ns1.{ZONE}", f"ns2.{ZONE}"] and event["missing"] == []
     text = await (await service.client.get("/metrics")).text()
@@ -184,7 +170,7 @@ async def test_a_lagging_value_is_written_once_more(
     scripted_registered: None,
     start_service: ServiceFactory,
     sender: Sender,
-    captured_logs: io.StringIO,
+    captured: io.StringIO,
 ) -> None:
     nameserver_port = free_port()
     service = await start_service(
@@ -210,13 +196,13 @@ async def test_a_lagging_value_is_written_once_more(
         resp = await service.post(sender.body(sender.claims(REQUIRED, "example.com")))
         assert resp.status == 200
         for _ in range(50):
-            if [e for e in events(captured_logs, "propagation") if e["outcome"] == "live"]:
+            if [e for e in events(captured, "propagation") if e["outcome"] == "live"]:
                 break
             await asyncio.sleep(0.1)
-        outcomes = [e["outcome"] for e in events(captured_logs, "propagation")]
+        outcomes = [e["outcome"] for e in events(captured, "propagation")]
         assert outcomes == ["timeout", "live"]
         assert provider.calls == 2  # written once more, not again and again
-        assert len(events(captured_logs, "propagation_lagging")) == 1
+        assert len(events(captured, "propagation_lagging")) == 1
     finally:
         transport.close()
 

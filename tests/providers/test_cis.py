@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -16,15 +15,13 @@ from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
 import pytest
-import structlog
 from aiohttp.test_utils import TestServer
 
 from providers import errors
 from providers.base import UNLIMITED, ChangeContext, RateBudget, Secret, ZoneRef
 from providers.cis import CisProvider, CisSettings
 from providers.memory import MemoryProvider, MemorySettings
-from receiver import logs, signing
-from receiver.config import LogSettings
+from receiver import signing
 from receiver.sweep import sweep
 
 from ..conftest import INSTANCE, Sender, ServiceFactory
@@ -390,18 +387,6 @@ def recording_registered(monkeypatch: pytest.MonkeyPatch) -> list[ChangeContext]
     )
     monkeypatch.setattr(RecordingProvider, "contexts", [])
     return RecordingProvider.contexts
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure(LogSettings(format="json", level="debug"), stream)
-    yield stream
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def cis_zone(fakes: Fakes, auth: str, tmp_path: Path) -> dict[str, Any]:

@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from aiohttp.test_utils import TestServer
 
 from providers import errors
@@ -30,9 +28,9 @@ from providers.gcloud import (
     _split,
 )
 from providers.txtsets import RecordSet
-from receiver import logs, signing
+from receiver import signing
 from receiver.challenge import Action, Challenge
-from receiver.config import DispatchSettings, LogSettings, ZoneSettings
+from receiver.config import DispatchSettings, ZoneSettings
 from receiver.dispatch import Dispatcher
 
 from ..conftest import Sender, ServiceFactory
@@ -130,18 +128,6 @@ async def test_thirty_percent_transient_failures_still_end_right(
     assert fake.faults[0].remaining == 0  # the faults really happened
     if not batch_window:  # (batched, there may be too few calls for the dice to hit)
         assert fake.flaky.injected >= 10
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure(LogSettings(format="json", level="debug"), stream)
-    yield stream
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 async def test_permanent_auth_failure_is_a_502_and_a_log_line(
