@@ -27,7 +27,7 @@ from receiver.dispatch import Dispatcher
 
 from ..conftest import Sender, ServiceFactory, SettingsFactory
 from ..fakes.cloudflare import CloudflareFake
-from ..test_logging import captured, events  # noqa: F401 - the log-capturing fixture
+from ..test_logging import events
 
 CTX = ChangeContext(request_id="cloudflare-test")
 TOKEN = "cf-test-token-0123456789"
@@ -147,7 +147,7 @@ async def test_thirty_percent_transient_failures_end_with_the_right_records(
 
 @pytest.mark.parametrize(("token", "status"), [("not-a-known-token", 401), ("read-only", 403)])
 async def test_a_permanent_auth_failure_is_a_502_naming_provider_and_zone(
-    captured: io.StringIO,  # noqa: F811 - the imported fixture
+    captured: io.StringIO,
     start_service: ServiceFactory,
     sender: Sender,
     fake: CloudflareFake,
@@ -196,7 +196,7 @@ def test_the_default_rate_keeps_within_1200_requests_per_5_minutes() -> None:
 
 
 async def test_retry_after_is_honoured(
-    captured: io.StringIO,  # noqa: F811 - the imported fixture
+    captured: io.StringIO,
     fake: CloudflareFake,
 ) -> None:
     fake.inject(429, times=1, operation="create", retry_after="1")
