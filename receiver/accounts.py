@@ -62,7 +62,15 @@ class Account:
             address = ipaddress.ip_address(remote)
         except ValueError:
             return False
-        return any(address in ipaddress.ip_network(net) for net in self.allow_from)
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; Go's IPNet.Contains
+        # matches those against IPv4 networks, and so do we.
+        mapped = getattr(address, "ipv4_mapped", None)
+        candidates = (address,) if mapped is None else (address, mapped)
+        return any(
+            candidate in ipaddress.ip_network(net)
+            for net in self.allow_from
+            for candidate in candidates
+        )
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,15 @@ class Registration:
     password: str  # shown once, never stored
 
 
-def networks(entries: Sequence[object]) -> tuple[str, ...]:
+def networks(entries: Sequence[str]) -> tuple[str, ...]:
+    """Normalised networks; brackets around IPv6 addresses are dropped, as acme-dns does."""
     found = []
     for entry in entries:
         try:
-            found.append(str(ipaddress.ip_network(entry, strict=False)))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            found.append(
+                str(ipaddress.ip_network(entry.replace("[", "").replace("]", ""), strict=False))
+            )
+        except ValueError:
             raise InvalidNetwork(f"{entry!r} is not a network in CIDR notation") from None
     return tuple(found)
 

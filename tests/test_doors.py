@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from receiver import signing
+from receiver.accounts import Account
 from receiver.errors import ConfigError
 
 from .conftest import Sender, ServiceFactory, SettingsFactory
@@ -190,26 +191,45 @@ async def test_acme_dns_register_and_update_keep_two_values(
 
 
 async def test_acme_dns_rejections(start_service: ServiceFactory) -> None:
+    """The reference server's answers: every failed authentication is 401 `forbidden`
+    (which check failed is only logged), malformed fields are 400 with its codes."""
     service = await start_service(acme_dns=ACME_DNS)
     account, other = await register(service), await register(service)
     value = signing.challenge_value()
 
-    response = await update(service, account, value, headers={"X-Api-Key": "wrong"})
-    assert response.status == 401
-    assert (await response.json())["error"] == "invalid_credentials"
-    response = await update(service, account, value, headers={"X-Api-User": other["username"]})
-    assert response.status == 401
-    response = await update(service, account, value, subdomain=other["subdomain"])
-    assert response.status == 403
-    assert (await response.json())["error"] == "bad_subdomain"
+    wrong_key = "x" * 40
+    for headers, body in [
+        ({"X-Api-Key": wrong_key}, {}),
+        ({"X-Api-Key": "short"}, {}),
+        ({"X-Api-User": other["username"]}, {}),
+        ({"X-Api-User": "not-a-uuid"}, {}),
+        ({}, {"subdomain": other["subdomain"]}),
+    ]:
+        response = await update(service, account, value, headers=headers, **body)
+        assert response.status == 401, (headers, body)
+        assert await response.json() == {
+            "error": "forbidden",
+            "detail": "not allowed: check X-Api-User, X-Api-Key, the subdomain and the "
+            "account's allowfrom",
+        }
     response = await update(service, account, value, subdomain="../etc")
-    assert response.status == 400
+    assert (response.status, (await response.json())["error"]) == (400, "bad_subdomain")
     response = await update(service, account, "short")
-    assert response.status == 400
-    assert (await response.json())["error"] == "invalid_value"
+    assert (response.status, (await response.json())["error"]) == (400, "bad_txt")
     response = await service.client.post("/update", json={"subdomain": account["subdomain"]})
     assert response.status == 401
     assert await service.all_records() == {}
+
+
+async def test_acme_dns_user_name_in_any_uuid_spelling(start_service: ServiceFactory) -> None:
+    """Go's uuid.Parse takes upper case and braces; the account is the same."""
+    service = await start_service(acme_dns=ACME_DNS)
+    account = await register(service)
+    value = signing.challenge_value()
+    spelled = "{" + account["username"].upper() + "}"
+    response = await update(service, account, value, headers={"X-Api-User": spelled})
+    assert response.status == 200, await response.text()
+    assert await service.records(account["fulldomain"]) == {value}
 
 
 async def test_acme_dns_source_networks(start_service: ServiceFactory) -> None:
@@ -219,19 +239,108 @@ async def test_acme_dns_source_networks(start_service: ServiceFactory) -> None:
     assert outside["allowfrom"] == ["192.0.2.0/24", "2001:db8::/32"]
     assert (await update(service, inside, signing.challenge_value())).status == 200
     response = await update(service, outside, signing.challenge_value())
-    assert response.status == 403
-    assert (await response.json())["error"] == "source_not_allowed"
+    assert response.status == 401
+    assert (await response.json())["error"] == "forbidden"
+    assert await service.records(outside["fulldomain"]) == frozenset()
 
-    response = await service.client.post("/register", json={"allowfrom": ["not-a-net"]})
-    assert response.status == 400
-    assert (await response.json())["error"] == "invalid_cidr"
+
+def test_an_ipv4_mapped_peer_matches_ipv4_networks() -> None:
+    """A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d."""
+    account = Account("u", "s", ("127.0.0.0/8",))
+    assert account.allows("::ffff:127.0.0.1")
+    assert not account.allows("::ffff:10.0.0.1")
+    assert not account.allows(None)
+    assert Account("u", "s", ()).allows(None)
+
+
+async def account_count(service: Any) -> int:
+    door = service.runtime.acme_dns
+    row = await door.store._file.run(  # observer access to the store
+        lambda db: db.execute("SELECT count(*) FROM acme_dns_accounts").fetchone()
+    )
+    return int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"allowfrom": "10.0.0.0/8"}', "malformed_json_payload"),
+        (b'{"allowfrom": [1, true]}', "malformed_json_payload"),
+        (b'{"AllowFrom": [null]}', "malformed_json_payload"),
+        (b'{"allowfrom": {"10.0.0.0/8": true}}', "malformed_json_payload"),
+        (b'{"allowfrom": [["10.0.0.0/8"]]}', "malformed_json_payload"),
+        (b'{"allowfrom": ["not-a-net"]}', "invalid_allowfrom_cidr"),
+        (b'{"ALLOWFROM": ["10.0.0.0/33"]}', "invalid_allowfrom_cidr"),
+        (b'{"allowfrom": ["127.0.0.0/8"], "AllowFrom": [""]}', "invalid_allowfrom_cidr"),
+        (b"[]", "malformed_json_payload"),
+        (b"{", "malformed_json_payload"),
+        (b"[" * 30_000, "malformed_json_payload"),
+    ],
+)
+async def test_acme_dns_unusable_allow_list_is_refused_not_dropped(
+    start_service: ServiceFactory, body: bytes, code: str
+) -> None:
+    service = await start_service(acme_dns=ACME_DNS)
+    response = await service.client.post("/register", data=body)
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"] == code
+    assert await account_count(service) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "stored"),
+    [
+        (b"", []),
+        (b"null", []),
+        (b'{"allowfrom": null}', []),
+        (b'{"AllowFrom": ["10.1.2.3/8"], "note": {"x": 1}}', ["10.0.0.0/8"]),
+        (b'{"allowfrom": ["192.0.2.1"], "ALLOWFROM": ["[::1]/128"]}', ["::1/128"]),
+        (b'{"allowFrom": ["[2001:db8::1]"]}', ["2001:db8::1/128"]),
+    ],
+)
+async def test_acme_dns_allow_list_spellings(
+    start_service: ServiceFactory, body: bytes, stored: list[str]
+) -> None:
+    """Keys match case-insensitively, the last one wins, unknown keys are ignored."""
+    service = await start_service(acme_dns=ACME_DNS)
+    response = await service.client.post(
+        "/register", data=body, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status == 201, await response.text()
+    assert (await response.json())["allowfrom"] == stored
+
+
+async def test_acme_dns_update_keys_in_any_case_and_any_content_type(
+    start_service: ServiceFactory,
+) -> None:
+    service = await start_service(acme_dns=ACME_DNS)
+    account = await register(service)
+    stale, value = signing.challenge_value(), signing.challenge_value()
+    body = (
+        f'{{"SUBDOMAIN": "{account["subdomain"]}", "Txt": "{stale}", "tXt": "{value}",'
+        f' "txt": null, "extra": [1, 2]}}'
+    ).encode()
+    headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+    for content_type in ("application/x-www-form-urlencoded", None):
+        sent = dict(headers, **({"Content-Type": content_type} if content_type else {}))
+        response = await service.client.post("/update", data=body, headers=sent)
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"txt": value}
+    assert await service.records(account["fulldomain"]) == {value}
+    # The other doors keep their Content-Type rule.
+    response = await service.client.post("/callback", data=b"{}", headers={"Content-Type": ""})
+    assert response.status == 415
 
 
 async def test_acme_dns_registration_can_be_closed(start_service: ServiceFactory) -> None:
+    """As on the reference server, where the route then does not exist."""
     service = await start_service(acme_dns={**ACME_DNS, "allow_register": False})
     response = await service.client.post("/register")
-    assert response.status == 403
-    assert (await response.json())["error"] == "registration_disabled"
+    assert response.status == 404
+    assert await response.json() == {
+        "error": "not_found",
+        "detail": "registration is disabled here",
+    }
 
 
 async def test_acme_dns_credentials_are_stored_hashed(

@@ -3,30 +3,103 @@
 A client registers once, gets credentials and a random subdomain of the served zone, and
 CNAMEs its `_acme-challenge` names there. Each update is authenticated by `X-Api-User` /
 `X-Api-Key`, bound to the account's own subdomain and, optionally, source networks.
+
+Bodies are read the way the reference server reads them (Go's `encoding/json` into a
+struct): keys match case-insensitively and the last of repeated keys wins, unknown keys
+and `null` values are ignored, and the Content-Type is not looked at. Real clients rely
+on each of these: lego's goacmedns sends `SubDomain`/`Txt`/`AllowFrom`, acme.sh posts
+JSON as a form, pyacmedns registers with no Content-Type at all. Error codes are the
+reference server's, so its users' scripts and runbooks keep working.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
-from receiver.challenge import Action, Challenge, canonical_name, check_challenge_value
+from receiver.challenge import Action, Challenge, canonical_name
 from receiver.config import AcmeDnsSettings
-from receiver.doors.body import json_object
-from receiver.errors import BadRequest, Forbidden, Unauthorized
+from receiver.doors.body import json_value
+from receiver.errors import BadRequest, NotFound, Unauthorized
 
 DOOR = "acme_dns"
 PATHS = frozenset({"/register", "/update"})
-_SUBDOMAIN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+MALFORMED = "malformed_json_payload"
+# The reference server's checks: a DNS label, and exactly 40 / 43 base64url characters.
+_SUBDOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_KEY = re.compile(r"[A-Za-z0-9_-]{40}\Z")
+_TXT = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
 
 @dataclass(frozen=True)
 class Update:
     account: Account
     challenge: Challenge  # at <subdomain>.<zone>
+
+
+class _JsonObject:
+    """A decoded JSON object as its key/value pairs in order (duplicates kept)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.pairs)
+
+
+def request_fields(body: bytes, *, empty_is_nothing: bool = False) -> dict[str, Any]:
+    """The body's top-level fields by case-folded key, as Go decodes them into a struct.
+
+    Later keys overwrite earlier ones whatever their case, and `null` leaves a field
+    unset. Nested objects stay `_JsonObject`s, so they never pass for a list or string.
+    """
+    if empty_is_nothing and not body.strip():
+        return {}  # clients register with no body at all
+    message = json_value(body, code=MALFORMED, object_pairs_hook=_JsonObject)
+    if message is None and empty_is_nothing:
+        return {}
+    if not isinstance(message, _JsonObject):
+        raise BadRequest("the body must be a JSON object", code=MALFORMED)
+    return {key.casefold(): value for key, value in message if value is not None}
+
+
+def allow_from(value: object) -> tuple[str, ...]:
+    """The networks asked for; never silently fewer (an account would then take any source)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BadRequest("allowfrom must be a list of CIDR strings", code=MALFORMED)
+    try:
+        return networks(value)
+    except InvalidNetwork as exc:
+        raise BadRequest(str(exc), code="invalid_allowfrom_cidr") from None
+
+
+def _username(value: str) -> str | None:
+    """The canonical form of a UUID user name (any spelling Go's uuid.Parse takes)."""
+    if not value.isascii():
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _forbidden(reason: str) -> Unauthorized:
+    """One answer for every failed authentication, as the reference gives: 401 forbidden.
+
+    Which check failed is logged, never sent: telling a caller that its credentials were
+    right but its address was not would confirm stolen credentials.
+    """
+    return Unauthorized(
+        "not allowed: check X-Api-User, X-Api-Key, the subdomain and the account's allowfrom",
+        code="forbidden",
+        internal=reason,
+    )
 
 
 class AcmeDns:
@@ -39,16 +112,9 @@ class AcmeDns:
         return f"{subdomain}.{self.zone}"
 
     async def register(self, body: bytes, remote: str | None) -> dict[str, Any]:
-        if not self.settings.allow_register:
-            raise Forbidden("registration is disabled here", code="registration_disabled")
-        message = json_object(body) if body.strip() else {}  # clients may send nothing
-        allow_from = message.get("allowfrom", [])
-        if not isinstance(allow_from, list):
-            raise BadRequest("allowfrom must be a list of CIDR networks", code="invalid_cidr")
-        try:
-            nets = networks(allow_from)
-        except InvalidNetwork as exc:
-            raise BadRequest(str(exc), code="invalid_cidr") from None
+        if not self.settings.allow_register:  # the reference server has no route then
+            raise NotFound("registration is disabled here", internal="allow_register is off")
+        nets = allow_from(request_fields(body, empty_is_nothing=True).get("allowfrom"))
         registration = await self.store.register(nets)
         account = registration.account
         return {
@@ -60,21 +126,22 @@ class AcmeDns:
         }
 
     async def update(self, headers: Mapping[str, str], body: bytes, remote: str | None) -> Update:
-        user, key = headers.get("x-api-user", ""), headers.get("x-api-key", "")
-        if not user or not key:
-            raise Unauthorized("send X-Api-User and X-Api-Key", code="credentials_required")
-        # The body is checked before the (deliberately slow) password hash is computed.
-        message = json_object(body)
-        subdomain = message.get("subdomain")
+        username = _username(headers.get("x-api-user", ""))
+        if username is None or not _KEY.match(headers.get("x-api-key", "")):
+            raise _forbidden("X-Api-User is not a UUID or X-Api-Key not 40 base64url characters")
+        # Everything cheap is checked before the (deliberately slow) password hash.
+        fields = request_fields(body)
+        subdomain, value = fields.get("subdomain"), fields.get("txt")
         if not isinstance(subdomain, str) or not _SUBDOMAIN.match(subdomain):
-            raise BadRequest("subdomain must be the one registered", code="bad_subdomain")
-        value = check_challenge_value(message.get("txt"))
-        account = await self.store.authenticate(user, key)
+            raise BadRequest("subdomain must be the account's subdomain", code="bad_subdomain")
+        if not isinstance(value, str) or not _TXT.match(value):
+            raise BadRequest("txt must be 43 base64url characters", code="bad_txt")
+        account = await self.store.authenticate(username, headers["x-api-key"])
         if account is None:
-            raise Unauthorized("wrong X-Api-User or X-Api-Key", code="invalid_credentials")
-        if subdomain != account.subdomain:
-            raise Forbidden("that subdomain belongs to another account", code="bad_subdomain")
+            raise _forbidden("wrong X-Api-User or X-Api-Key")
         if not account.allows(remote):
-            raise Forbidden(f"updates from {remote} are not allowed", code="source_not_allowed")
+            raise _forbidden(f"updates from {remote} are outside the account's allowfrom")
+        if subdomain != account.subdomain:
+            raise _forbidden("the subdomain belongs to another account")
         fqdn = self.full_domain(subdomain)
         return Update(account, Challenge(Action.ADD, fqdn, fqdn, value))
