@@ -3,8 +3,9 @@ order (two values at one TXT name at the same time), with the records gone after
 
 (a) `dns-challenge-receiver simulate` plays Certificate Manager against the receiver;
 (b) Debian's `lego` client with its `httpreq` DNS provider;
-(c) an acme-dns API client, the ordered domain served by a real BIND that CNAMEs the
-    challenge name into the receiver's acme-dns zone.
+(c) certbot with the PyPI plugin certbot-dns-acmedns (the acme-dns door), the ordered
+    domain served by a real BIND that CNAMEs the challenge name into the receiver's
+    acme-dns zone.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import json
 import os
 import shutil
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
+import pyacmedns
 from cryptography import x509
 
-from receiver import simulate
 from receiver.http import DNS_ADDRESS
 from receiver.sweep import sweep
 
@@ -154,39 +154,43 @@ async def test_lego_httpreq_issues_a_certificate(
     }
 
 
-class AcmeDnsClient:
-    """What certbot-dns-acmedns and acme.sh's dns_acmedns do: POST /update per value.
-
-    (Debian's lego lists `acme-dns` but was built without it: "unrecognized DNS provider".)
-    acme-dns has no removal call, so `completed` sends nothing.
-    """
-
-    def __init__(self, base_url: str, account: dict[str, Any]) -> None:
-        self.base_url = base_url
-        self.account = account
-        self.sent = 0
-
-    def __call__(self, event_type: str, domain: str, value: str) -> dict[str, Any]:
-        if event_type != simulate.REQUIRED:
-            return {}
-        request = urllib.request.Request(
-            self.base_url + "/update",
-            data=json.dumps({"subdomain": self.account["subdomain"], "txt": value}).encode(),
-            headers={
-                "Content-Type": "application/json",
-                "X-Api-User": self.account["username"],
-                "X-Api-Key": self.account["password"],
-            },
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-            self.sent += 1
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+def certbot(pebble: Any, folder: Path, credentials: Path) -> list[str]:
+    """certbot with the PyPI plugin certbot-dns-acmedns, as its README runs it."""
+    binary = Path(sys.executable).with_name("certbot")
+    return [
+        str(binary),
+        "certonly",
+        "--non-interactive",
+        "--agree-tos",
+        "--register-unsafely-without-email",
+        "--server",
+        pebble.directory_url,
+        "--config-dir",
+        str(folder / "config"),
+        "--work-dir",
+        str(folder / "work"),
+        "--logs-dir",
+        str(folder / "logs"),
+        "--authenticator",
+        "dns-acmedns",
+        "--dns-acmedns-credentials",
+        str(credentials),
+        "--dns-acmedns-propagation-seconds",
+        "0",
+        "--cert-name",
+        "e2e",
+        *[arg for domain in DOMAINS for arg in ("-d", domain)],
+    ]
 
 
-async def test_acme_dns_api_issues_a_certificate(
+def private_file(path: Path, text: str) -> Path:
+    """certbot refuses credentials that others can read."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+async def test_certbot_acme_dns_plugin_issues_a_certificate(
     start_service: ServiceFactory, tmp_path: Path
 ) -> None:
     zone = "auth.acme.test"
@@ -197,9 +201,15 @@ async def test_acme_dns_api_issues_a_certificate(
     )
     responder = service.client.server.app[DNS_ADDRESS]
     base_url = str(service.client.make_url("")).rstrip("/")
-    response = await service.client.post("/register", json={"allowfrom": ["127.0.0.0/8"]})
-    assert response.status == 201
-    account = await response.json()
+    # Registered by the plugin's own library, restricted to the network certbot runs in.
+    client = pyacmedns.Client(base_url)
+    account = await asyncio.to_thread(client.register_account, ["127.0.0.0/8"])
+    assert account["allowfrom"] == ["127.0.0.0/8"]
+    registrations = private_file(tmp_path / "acmedns.json", json.dumps({"example.test": account}))
+    credentials = private_file(
+        tmp_path / "acmedns.ini",
+        f"dns_acmedns_api_url = {base_url}\ndns_acmedns_registration_file = {registrations}\n",
+    )
 
     # The domain owner's DNS: a real BIND, with the one-time CNAME into our zone, which it
     # resolves by forwarding to the receiver's responder (as any recursive resolver would).
@@ -210,24 +220,20 @@ async def test_acme_dns_api_issues_a_certificate(
         forwarders={zone: responder},
     )
     await asyncio.to_thread(bind.start)
-    client = AcmeDnsClient(base_url, account)
     try:
         async with running_pebble(tmp_path / "pebble", ("127.0.0.1", bind.port)) as pebble:
-            result = await asyncio.to_thread(
-                lambda: simulate.order(
-                    directory_url=pebble.directory_url,
-                    domains=DOMAINS,
-                    publisher=lambda _crn: client,
-                    ca_bundle=str(pebble.ca_bundle),
-                    timeline=simulate.Timeline(print_line=lambda _line: None),
-                )
+            await run(
+                *certbot(pebble, tmp_path / "certbot", credentials),
+                env={"REQUESTS_CA_BUNDLE": str(pebble.ca_bundle)},
             )
-        assert names_in(result.fullchain_pem) == sorted(DOMAINS)
-        assert client.sent == 2
+        issued = tmp_path / "certbot" / "config" / "live" / "e2e" / "fullchain.pem"
+        assert names_in(issued.read_text()) == sorted(DOMAINS)
         seen = await txt(responder, account["fulldomain"])
         assert len(seen.answer[0]) == 2  # apex and wildcard: the two latest values
     finally:
         await asyncio.to_thread(bind.stop)
+    entries = await service.runtime.journal.entries()  # type: ignore[union-attr]
+    assert [(e.door, e.action, e.outcome) for e in entries] == [("acme_dns", "add", "done")] * 2
 
     # acme-dns has no removal call; the receiver's journal-driven sweep is what removes them.
     report = await sweep(service.runtime, max_age=0)
