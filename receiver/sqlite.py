@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,7 +29,7 @@ class SqliteFile:
                 self.path, timeout=5, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
+            _set_wal(db)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.executescript(self._schema)
             self._db = db
@@ -49,3 +50,21 @@ class SqliteFile:
                     self._db = None
 
         await asyncio.to_thread(close)
+
+
+def _set_wal(db: sqlite3.Connection, *, within: float = 5.0) -> None:
+    """Switch to WAL, waiting out another connection that is setting up the same file.
+
+    Changing the journal mode escalates a shared lock, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection holds a write
+    lock (two stores opening one new file together: the journal and the account store).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
