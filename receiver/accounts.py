@@ -1,22 +1,17 @@
-"""acme-dns registrations: credentials (scrypt-hashed), bound subdomain, source networks.
+"""acme-dns registrations: hashed credentials, bound subdomain, source networks.
 
 They live in the receiver's SQLite file (the `local` store's, or the journal's), so every
 process serving the same file sees the same accounts. Like acme-dns, a subdomain keeps its
 two most recent values; the table of current values is what decides which one goes.
+The store only keeps what it is given: hashing is receiver/passwords.py's job.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
-import hmac
 import ipaddress
 import json
-import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +19,6 @@ from pathlib import Path
 from receiver.sqlite import SqliteFile
 
 VALUES_KEPT = 2
-# scrypt cost: 16 MiB and ~40 ms per check; parameters are stored with every hash.
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS acme_dns_accounts (
     username TEXT PRIMARY KEY,
@@ -74,9 +67,9 @@ class Account:
 
 
 @dataclass(frozen=True)
-class Registration:
+class StoredAccount:
     account: Account
-    password: str  # shown once, never stored
+    password_hash: str
 
 
 def networks(entries: Sequence[str]) -> tuple[str, ...]:
@@ -92,51 +85,23 @@ def networks(entries: Sequence[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT, dklen=32)
-    n, r, p = _SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"]
-    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
-
-
-def password_matches(password: str, stored: str) -> bool:
-    _, n, r, p, salt, digest = stored.split("$")
-    candidate = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
-    return hmac.compare_digest(candidate, bytes.fromhex(digest))
-
-
-@functools.cache
-def _decoy() -> str:
-    """Checked when the user is unknown, so a miss costs as long as a wrong password.
-
-    Made on first use, not at import: one scrypt is ~40 ms of cold start for every door.
-    """
-    return hash_password(secrets.token_urlsafe(16))
-
-
 class AccountStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
         self._file = SqliteFile(path, _SCHEMA, synchronous="FULL")  # credentials
 
-    async def register(self, allow_from: tuple[str, ...]) -> Registration:
-        account = Account(str(uuid.uuid4()), str(uuid.uuid4()), allow_from)
-        password = secrets.token_urlsafe(30)  # 40 characters, as acme-dns issues
-        hashed = await asyncio.to_thread(hash_password, password)
+    async def add(self, account: Account, password_hash: str) -> None:
+        allow_from = json.dumps(account.allow_from)
         now = self._clock()
         await self._file.run(
             lambda db: db.execute(
                 "INSERT INTO acme_dns_accounts VALUES (?, ?, ?, ?, ?)",
-                (account.username, hashed, account.subdomain, json.dumps(allow_from), now),
+                (account.username, password_hash, account.subdomain, allow_from, now),
             )
         )
-        return Registration(account, password)
 
-    async def authenticate(self, username: str, password: str) -> Account | None:
-        """The account when the password matches; None otherwise (same cost either way)."""
+    async def find(self, username: str) -> StoredAccount | None:
         row = await self._file.run(
             lambda db: db.execute(
                 "SELECT password_hash, subdomain, allow_from FROM acme_dns_accounts"
@@ -144,11 +109,15 @@ class AccountStore:
                 (username,),
             ).fetchone()
         )
-        stored = row[0] if row else _decoy()
-        matches = await asyncio.to_thread(password_matches, password, stored)
-        if row is None or not matches:
+        if row is None:
             return None
-        return Account(username, row[1], tuple(json.loads(row[2])))
+        return StoredAccount(Account(username, row[1], tuple(json.loads(row[2]))), row[0])
+
+    async def count(self) -> int:
+        row = await self._file.run(
+            lambda db: db.execute("SELECT count(*) FROM acme_dns_accounts").fetchone()
+        )
+        return int(row[0])
 
     async def keep_latest(self, subdomain: str, value: str) -> list[str]:
         """Record `value` as the newest at `subdomain`; return the values that fall out."""

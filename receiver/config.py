@@ -136,6 +136,12 @@ class AcmeDnsSettings:
     enabled: bool = False
     zone: str = ""  # registrations live at <subdomain>.<zone>; a zone with a provider
     allow_register: bool = False
+    # What an unauthenticated caller can cost: registrations per source address (a
+    # burst, then a steady rate), accounts in all, and password checks waiting.
+    register_burst: int = 10
+    register_per_hour: float = 30
+    max_accounts: int = 10_000
+    max_pending_password_checks: int = 16
 
 
 @dataclass(frozen=True)
@@ -648,6 +654,14 @@ def _check_doors(settings: Settings, reader: _Reader) -> None:
         served = {z.name: z for z in settings.zones}
         if zone not in served or served[zone].cname_to is not None:
             reader.problem("acme_dns.zone", f"{zone!r} must be a [[zones]] entry with a provider")
+    for key, value, low, high in (
+        ("register_burst", acme_dns.register_burst, 1, 10_000),
+        ("register_per_hour", acme_dns.register_per_hour, 0, 1_000_000),
+        ("max_accounts", acme_dns.max_accounts, 0, 100_000_000),
+        ("max_pending_password_checks", acme_dns.max_pending_password_checks, 1, 10_000),
+    ):
+        if not low <= value <= high:
+            reader.problem(f"acme_dns.{key}", f"must be between {low} and {high}")
 
 
 def _check_digicert(settings: Settings, reader: _Reader) -> None:

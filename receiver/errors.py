@@ -7,6 +7,7 @@ which become the JSON error body `{"error": code, "detail": detail}`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -67,6 +68,20 @@ class PayloadTooLarge(RequestRejected):
 class UnsupportedMediaType(RequestRejected):
     status = 415
     default_code = "unsupported_media_type"
+
+
+class TooManyRequests(RequestRejected):
+    """This caller asked too often; it may try again after `retry_after` seconds."""
+
+    status = 429
+    default_code = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after: float, internal: str | None = None) -> None:
+        super().__init__(detail, internal=internal)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceFault(ReceiverError):

@@ -29,6 +29,12 @@ class Metrics(Protocol):
     def propagation(self, outcome: str, seconds: float | None = None) -> None:
         """A propagation check: live (with its duration), timeout, lagging or error."""
 
+    def throttled(self, limit: str) -> None:
+        """A request refused by a limit on unauthenticated work (`limit` names which)."""
+
+    def password_checks_pending(self, count: int) -> None:
+        """acme-dns password checks running or waiting now."""
+
     def render(self) -> bytes:
         """The exposition text for `GET /metrics`."""
 
@@ -46,6 +52,12 @@ class Uncounted:
         return None
 
     def propagation(self, outcome: str, seconds: float | None = None) -> None:
+        return None
+
+    def throttled(self, limit: str) -> None:
+        return None
+
+    def password_checks_pending(self, count: int) -> None:
         return None
 
     def render(self) -> bytes:

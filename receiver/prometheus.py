@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from receiver.metrics import ProviderErrorKind
@@ -26,6 +26,8 @@ class PrometheusMetrics:
     provider_failures: Counter
     propagation_checks: Counter
     propagation_seconds: Histogram
+    throttles: Counter
+    pending_password_checks: Gauge
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False)
     _call_children: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False)
 
@@ -58,6 +60,12 @@ class PrometheusMetrics:
         self.propagation_checks.labels(outcome).inc()
         if seconds is not None:
             self.propagation_seconds.observe(seconds)
+
+    def throttled(self, limit: str) -> None:
+        self.throttles.labels(limit).inc()
+
+    def password_checks_pending(self, count: int) -> None:
+        self.pending_password_checks.set(count)
 
     @classmethod
     def create(cls) -> PrometheusMetrics:
@@ -108,6 +116,16 @@ class PrometheusMetrics:
                 "Time until every nameserver served a value.",
                 [],
                 _PROPAGATION_BUCKETS,
+            ),
+            throttles=counter(
+                "dcr_throttled",
+                "Requests refused by a limit on unauthenticated work, by limit.",
+                ["limit"],
+            ),
+            pending_password_checks=Gauge(
+                "dcr_acme_dns_password_checks_pending",
+                "acme-dns password checks running or waiting.",
+                registry=registry,
             ),
         )
 

@@ -84,7 +84,8 @@ class Runtime:
                 assert settings.journal.database is not None  # always set by config
                 accounts = AccountStore(settings.journal.database)
                 stack.push_async_callback(accounts.aclose)
-                acme_dns = AcmeDns(settings.acme_dns, accounts)
+                acme_dns = AcmeDns(settings.acme_dns, accounts, metrics)
+                stack.callback(acme_dns.close)
             yield cls(
                 settings=settings,
                 verifier=build_verifier(settings, http),

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from receiver import signing
 from receiver.accounts import Account
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, Forbidden
+from receiver.ratelimit import RateLimit, source_key
 
 from .conftest import Sender, ServiceFactory, SettingsFactory
 
@@ -355,3 +358,96 @@ async def test_acme_dns_credentials_are_stored_hashed(
     assert account["username"].encode() in raw
     assert account["password"].encode() not in raw
     assert b"scrypt$" in raw
+
+
+# --- what unauthenticated callers can cost (issue 21, finding 8) -------------------------
+
+
+async def test_registrations_are_rate_limited_per_source_and_capped(
+    start_service: ServiceFactory,
+) -> None:
+    service = await start_service(
+        acme_dns={**ACME_DNS, "register_burst": 2, "register_per_hour": 1, "max_accounts": 3}
+    )
+    await register(service)
+    await register(service)
+    response = await service.client.post("/register")
+    assert response.status == 429
+    assert (await response.json())["error"] == "too_many_requests"
+    assert 3000 <= int(response.headers["Retry-After"]) <= 3600
+    assert await account_count(service) == 2
+
+    # Another source has its own burst, but the total cap holds for everyone.
+    door = service.runtime.acme_dns
+    assert (await door.register(b"", "192.0.2.7"))["subdomain"]
+    with pytest.raises(Forbidden) as refused:
+        await door.register(b"", "198.51.100.9")
+    assert refused.value.code == "account_limit_reached"
+    assert await account_count(service) == 3
+
+    metrics = await (await service.client.get("/metrics")).text()
+    assert 'dcr_throttled_total{limit="acme_dns_register_rate"} 1.0' in metrics
+    assert 'dcr_throttled_total{limit="acme_dns_accounts"} 1.0' in metrics
+
+
+async def test_password_checks_run_one_at_a_time_with_a_bounded_queue(
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = await start_service(acme_dns={**ACME_DNS, "max_pending_password_checks": 3})
+    account = await register(service)
+    running, most = 0, 0
+    lock = threading.Lock()
+    real_scrypt = hashlib.scrypt
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return real_scrypt(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr("receiver.passwords.hashlib.scrypt", counted)
+    flood = [
+        update(service, account, signing.challenge_value(), headers={"X-Api-Key": "k" * 40})
+        for _ in range(12)
+    ]
+    responses = await asyncio.gather(*flood)
+    statuses = sorted(r.status for r in responses)
+    assert most == 1
+    assert statuses.count(401) == 3 and statuses.count(503) == 9, statuses
+    busy = next(r for r in responses if r.status == 503)
+    assert (await busy.json())["error"] == "busy" and busy.headers["Retry-After"] == "1"
+    assert await service.all_records() == {}
+    # The queue drains: a genuine update goes through afterwards.
+    assert (await update(service, account, signing.challenge_value())).status == 200
+    metrics = await (await service.client.get("/metrics")).text()
+    assert 'dcr_throttled_total{limit="password_checks"} 9.0' in metrics
+    assert "dcr_acme_dns_password_checks_pending 0.0" in metrics
+
+
+def test_rate_limit_refills_and_groups_ipv6_by_64() -> None:
+    now = [0.0]
+    limit = RateLimit(per_hour=3600, burst=2, max_sources=2, clock=lambda: now[0])
+    assert limit.wait_for("192.0.2.1") == 0 and limit.wait_for("192.0.2.1") == 0
+    assert limit.wait_for("192.0.2.1") == pytest.approx(1.0)
+    now[0] = 1.0
+    assert limit.wait_for("192.0.2.1") == 0
+    assert limit.wait_for("2001:db8::1") == 0 and limit.wait_for("2001:db8::ffff") == 0
+    assert limit.wait_for("2001:db8:0:0:1::9") > 0  # the same /64
+    assert limit.wait_for("2001:db8:0:1::1") == 0  # the next /64; the oldest source goes
+    assert limit.wait_for("::ffff:192.0.2.1") == 0  # forgotten: a fresh burst
+    assert source_key("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+def test_acme_dns_limits_are_validated(make_settings: SettingsFactory) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_settings(acme_dns={**ACME_DNS, "register_burst": 0, "max_pending_password_checks": 0})
+    assert "acme_dns.register_burst: must be between 1 and 10000" in raised.value.problems
+    assert (
+        "acme_dns.max_pending_password_checks: must be between 1 and 10000" in raised.value.problems
+    )

@@ -95,14 +95,14 @@ provider = "memory"
     assert result.stdout.strip().splitlines()[-1] == "200 []", result.stderr
 
 
-def test_importing_the_account_store_computes_no_hash() -> None:
+def test_importing_the_password_module_computes_no_hash() -> None:
     """The decoy hash for unknown acme-dns users is made on first use (scrypt: ~40 ms)."""
     probe = (
         "import hashlib\n"
         "def refuse(*args, **kwargs):\n"
         "    raise SystemExit('scrypt ran at import')\n"
         "hashlib.scrypt = refuse\n"
-        "import receiver.accounts\n"
+        "import receiver.passwords, receiver.doors.acme_dns\n"
         "print('imported')\n"
     )
     result = subprocess.run(

@@ -15,6 +15,7 @@ reference server's, so its users' scripts and runbooks keep working.
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
 from receiver.challenge import Action, Challenge, canonical_name
 from receiver.config import AcmeDnsSettings
 from receiver.doors.body import json_value
-from receiver.errors import BadRequest, NotFound, Unauthorized
+from receiver.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
+from receiver.metrics import Metrics
+from receiver.passwords import PasswordChecks
+from receiver.ratelimit import RateLimit
 
 DOOR = "acme_dns"
 PATHS = frozenset({"/register", "/update"})
@@ -103,10 +107,15 @@ def _forbidden(reason: str) -> Unauthorized:
 
 
 class AcmeDns:
-    def __init__(self, settings: AcmeDnsSettings, store: AccountStore) -> None:
+    """The door, with the limits on what unauthenticated callers can make it do."""
+
+    def __init__(self, settings: AcmeDnsSettings, store: AccountStore, metrics: Metrics) -> None:
         self.settings = settings
         self.zone = canonical_name(settings.zone)
         self.store = store
+        self.metrics = metrics
+        self.passwords = PasswordChecks(settings.max_pending_password_checks, metrics)
+        self.registrations = RateLimit(settings.register_per_hour, settings.register_burst)
 
     def full_domain(self, subdomain: str) -> str:
         return f"{subdomain}.{self.zone}"
@@ -114,12 +123,20 @@ class AcmeDns:
     async def register(self, body: bytes, remote: str | None) -> dict[str, Any]:
         if not self.settings.allow_register:  # the reference server has no route then
             raise NotFound("registration is disabled here", internal="allow_register is off")
+        wait = self.registrations.wait_for(remote)
+        if wait:
+            self.metrics.throttled("acme_dns_register_rate")
+            raise TooManyRequests("too many registrations from this address", retry_after=wait)
         nets = allow_from(request_fields(body, empty_is_nothing=True).get("allowfrom"))
-        registration = await self.store.register(nets)
-        account = registration.account
+        if await self.store.count() >= self.settings.max_accounts:
+            self.metrics.throttled("acme_dns_accounts")
+            raise Forbidden("no more accounts can be registered here", code="account_limit_reached")
+        account = Account(str(uuid.uuid4()), str(uuid.uuid4()), nets)
+        password = secrets.token_urlsafe(30)  # 40 characters, as acme-dns issues
+        await self.store.add(account, await self.passwords.hash(password))
         return {
             "username": account.username,
-            "password": registration.password,
+            "password": password,
             "fulldomain": self.full_domain(account.subdomain),
             "subdomain": account.subdomain,
             "allowfrom": list(account.allow_from),
@@ -136,12 +153,19 @@ class AcmeDns:
             raise BadRequest("subdomain must be the account's subdomain", code="bad_subdomain")
         if not isinstance(value, str) or not _TXT.match(value):
             raise BadRequest("txt must be 43 base64url characters", code="bad_txt")
-        account = await self.store.authenticate(username, headers["x-api-key"])
-        if account is None:
+        stored = await self.store.find(username)
+        # An unknown user costs a (decoy) check too: timing must not tell them apart.
+        hashed = stored.password_hash if stored else None
+        matches = await self.passwords.matches(headers["x-api-key"], hashed)
+        if stored is None or not matches:
             raise _forbidden("wrong X-Api-User or X-Api-Key")
+        account = stored.account
         if not account.allows(remote):
             raise _forbidden(f"updates from {remote} are outside the account's allowfrom")
         if subdomain != account.subdomain:
             raise _forbidden("the subdomain belongs to another account")
         fqdn = self.full_domain(subdomain)
         return Update(account, Challenge(Action.ADD, fqdn, fqdn, value))
+
+    def close(self) -> None:
+        self.passwords.close()
