@@ -17,6 +17,7 @@ from receiver.errors import ConfigError, Forbidden
 from receiver.ratelimit import RateLimit, source_key
 
 from .conftest import Sender, ServiceFactory, SettingsFactory
+from .rawhttp import exchange
 
 PASSWORD = "correct horse battery staple"
 WRONG_NAME = b'{"fqdn": "www.example.com.", "value": "' + b"A" * 43 + b'"}'
@@ -451,3 +452,45 @@ def test_acme_dns_limits_are_validated(make_settings: SettingsFactory) -> None:
     assert (
         "acme_dns.max_pending_password_checks: must be between 1 and 10000" in raised.value.problems
     )
+
+
+async def test_acme_dns_odd_bytes_in_credentials_are_refused_not_failed(
+    start_service: ServiceFactory,
+) -> None:
+    """Non-ASCII and invalid UTF-8 in X-Api-User / X-Api-Key: 401, never a 500."""
+    service = await start_service(acme_dns=ACME_DNS)
+    account = await register(service)
+    server = service.client.server
+    body = f'{{"subdomain": "{account["subdomain"]}", "txt": "{"A" * 43}"}}'.encode()
+    for user, key in [
+        (b"\xff" * 36, account["password"].encode()),
+        (account["username"].encode(), b"\xff" * 40),
+        (account["username"].encode(), "é".encode() * 20),
+        ("\u0660".encode() * 32, account["password"].encode()),  # int() reads these
+    ]:
+        request = (
+            b"POST /update HTTP/1.1\r\nHost: x\r\nX-Api-User: " + user + b"\r\nX-Api-Key: "
+            + key + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )  # fmt: skip
+        response = await exchange(server.host, server.port, request)
+        assert response.status == 401, response.body
+        assert response.json()["error"] == "forbidden"
+    assert await service.all_records() == {}
+
+
+@pytest.mark.parametrize("path", ["/present", "/update", "/register"])
+async def test_deeply_nested_bodies_are_malformed_not_failed(
+    start_service: ServiceFactory, httpreq_on: dict[str, Any], path: str
+) -> None:
+    service = await start_service(httpreq=httpreq_on, acme_dns=ACME_DNS)
+    account = await register(service)
+    headers = {
+        **basic("lego", PASSWORD),
+        "X-Api-User": account["username"],
+        "X-Api-Key": account["password"],
+    }
+    for body in (b"[" * 30_000, b'{"a":' * 12_000):
+        response = await service.post(body, path=path, headers=headers)
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"] in ("malformed_body", "malformed_json_payload")
+    assert await service.all_records() == {}
