@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, ParamSpec, Self, TypeVar
+from typing import ClassVar, ParamSpec, Protocol, Self, TypeVar
 
 from providers.base import ChangeContext, RateBudget, ZoneRef, setting
 from providers.errors import ProviderUnavailable
@@ -229,23 +229,31 @@ def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-class LocalProvider:
-    """Adapter: the contract onto the store. Writes run in a thread (SQLite may wait for
-    another process's write lock), one at a time per process."""
+class RecordStore(Protocol):
+    """Where `local` values live: a SQLite file (`SqliteRecords`, one host) or the shared
+    PostgreSQL database (`[state]`, every process), chosen by the composition root."""
 
-    name: ClassVar[str] = "local"
-    Settings: ClassVar[type[LocalSettings]] = LocalSettings
-    wants_user_token: ClassVar[bool] = False
-    default_rate_per_second: ClassVar[float | None] = None
+    async def add(self, fqdn: str, value: str, ttl: int) -> bool: ...
+
+    async def remove(self, fqdn: str, value: str) -> bool: ...
+
+    async def values(self, fqdn: str) -> list[StoredValue]: ...
+
+    async def purge_expired(self) -> int:
+        """Delete expired values (they are not served anyway); return how many."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SqliteRecords:
+    """The SQLite store from asyncio: calls run in a thread (SQLite may wait for another
+    process's write lock), one at a time per process, on a connection opened on first use."""
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self._store: ChallengeStore | None = None
         self._lock = threading.Lock()
-
-    @classmethod
-    async def open(cls, settings: LocalSettings, budget: RateBudget) -> Self:
-        return cls(settings)
 
     def _run(self, operation: Callable[[ChallengeStore], T]) -> T:
         with self._lock:
@@ -259,25 +267,56 @@ class LocalProvider:
         try:
             return await asyncio.to_thread(self._run, operation)
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full
-            raise ProviderUnavailable(self.name, f"challenge store: {exc}") from None
+            raise ProviderUnavailable("local", f"challenge store: {exc}") from None
 
-    async def zone_handle(self, zone_name: str) -> str:
-        return zone_name
+    async def add(self, fqdn: str, value: str, ttl: int) -> bool:
+        return await self._call(lambda store: store.add(fqdn, value, ttl))
 
-    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
-        found = await self._call(lambda store: store.values(fqdn))
-        return frozenset(item.value for item in found)
+    async def remove(self, fqdn: str, value: str) -> bool:
+        return await self._call(lambda store: store.remove(fqdn, value))
 
-    async def add_txt(
-        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
-    ) -> None:
-        await self._call(lambda store: store.add(fqdn, value, ttl))
+    async def values(self, fqdn: str) -> list[StoredValue]:
+        return await self._call(lambda store: store.values(fqdn))
 
-    async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
-        await self._call(lambda store: store.remove(fqdn, value))
+    async def purge_expired(self) -> int:
+        return await self._call(lambda store: store.purge_expired())
 
     async def aclose(self) -> None:
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+
+class LocalProvider:
+    """Adapter: the contract onto a record store."""
+
+    name: ClassVar[str] = "local"
+    Settings: ClassVar[type[LocalSettings]] = LocalSettings
+    wants_user_token: ClassVar[bool] = False
+    default_rate_per_second: ClassVar[float | None] = None
+
+    def __init__(self, settings: LocalSettings, store: RecordStore | None = None) -> None:
+        self.settings = settings
+        self.store = store if store is not None else SqliteRecords(settings)
+
+    @classmethod
+    async def open(cls, settings: LocalSettings, budget: RateBudget) -> Self:
+        return cls(settings)
+
+    async def zone_handle(self, zone_name: str) -> str:
+        return zone_name
+
+    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        return frozenset(item.value for item in await self.store.values(fqdn))
+
+    async def add_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
+    ) -> None:
+        await self.store.add(fqdn, value, ttl)
+
+    async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
+        await self.store.remove(fqdn, value)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from receiver.sqlite import SqliteFile
 
@@ -85,7 +86,23 @@ def networks(entries: Sequence[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-class AccountStore:
+class AccountStore(Protocol):
+    """Where accounts live: `SqliteAccountStore` (one host) or PostgreSQL (shared)."""
+
+    async def add(self, account: Account, password_hash: str) -> None: ...
+
+    async def find(self, username: str) -> StoredAccount | None: ...
+
+    async def count(self) -> int: ...
+
+    async def keep_latest(self, subdomain: str, value: str) -> list[str]:
+        """Record `value` as the newest at `subdomain`; return the values that fall out."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SqliteAccountStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock

@@ -20,7 +20,7 @@ from aiohttp import web
 from providers.errors import ProviderError
 from receiver import __version__, config, logs, signing
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
-from receiver.errors import ConfigError, ReceiverError
+from receiver.errors import ConfigError, ReceiverError, StateUnavailable
 from receiver.http import create_app
 from receiver.keys import FileSenderKeys, KeyMaterialError
 from receiver.policy import Policy
@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except StateUnavailable as exc:  # the shared database: say why, never a traceback
+        print(f"state: {exc.reason}", file=sys.stderr)
+        return 1
     return result
 
 
@@ -99,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--limit", type=int, default=1000)
     journal.add_argument("--json", action="store_true", help="one JSON object per line")
     journal.set_defaults(run=_journal)
+
+    migrate = commands.add_parser(
+        "migrate", help="bring the shared database's schema up to date ([state])"
+    )
+    _config_option(migrate)
+    migrate.set_defaults(run=_migrate)
 
     _digicert_parser(commands)
 
@@ -393,20 +402,19 @@ async def _run_sweep(settings: config.Settings, max_age: float | None, dry_run: 
 
 
 def _journal(args: argparse.Namespace) -> int:
-    from receiver.journal import SqliteJournal
+    from receiver.state import State
 
     settings = _load(args)
-    if not settings.journal.enabled or settings.journal.database is None:
+    if not settings.journal.enabled:
         print("journal: the journal is disabled", file=sys.stderr)
         return 2
 
     async def read() -> list[Any]:
-        assert settings.journal.database is not None
-        journal = SqliteJournal(settings.journal.database)
-        try:
-            return await journal.entries(since=args.since, domain=args.domain, limit=args.limit)
-        finally:
-            await journal.aclose()
+        async with State.open(settings) as state:
+            assert state.journal is not None
+            return await state.journal.entries(
+                since=args.since, domain=args.domain, limit=args.limit
+            )
 
     for entry in asyncio.run(read()):
         if args.json:
@@ -418,6 +426,28 @@ def _journal(args: argparse.Namespace) -> int:
                 f"  {entry.value}  {entry.provider}  {entry.door}  {who}"
                 f"  {entry.certificate or '-'}"
             )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings.state.url is None:
+        print("migrate: no [state] database; SQLite files create their tables on first use")
+        return 0
+    from receiver.postgres.database import Database
+
+    async def run() -> tuple[list[int], int]:
+        database = Database(settings.state)
+        try:
+            return await database.migrate(), await database.schema_version()
+        finally:
+            await database.aclose()
+
+    applied, version = asyncio.run(run())
+    if applied:
+        print(f"migrated: applied {', '.join(map(str, applied))}; schema version {version}")
+    else:
+        print(f"up to date: schema version {version}")
     return 0
 
 

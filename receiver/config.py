@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,21 @@ DEFAULT_DATABASE = "dns-challenge-receiver.sqlite3"
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Where the journal, acme-dns accounts and `local` records live: unset, SQLite files
+    on this host; `url_env`/`url_file`, one PostgreSQL database shared by every process."""
+
+    url: Secret | None = None  # postgresql://user:password@host:port/database[?sslmode=...]
+    max_connections: int = 5  # per process
+    statement_timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = 5.0
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class HttpreqSettings:
     """lego's `httpreq` protocol: POST /present and /cleanup with HTTP basic auth."""
 
@@ -185,6 +201,7 @@ class Settings:
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     httpreq: HttpreqSettings = field(default_factory=HttpreqSettings)
     acme_dns: AcmeDnsSettings = field(default_factory=AcmeDnsSettings)
     digicert: DigicertSettings = field(default_factory=DigicertSettings)
@@ -199,6 +216,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dispatch": DispatchSettings,
     "propagation": PropagationSettings,
     "journal": JournalSettings,
+    "state": StateSettings,
     "httpreq": HttpreqSettings,
     "acme_dns": AcmeDnsSettings,
     "digicert": DigicertSettings,
@@ -249,11 +267,66 @@ def from_mapping(
     zones = reader.zones(raw_zones)
     # Fields that failed conversion kept their defaults, so the cross-field rules can still
     # run and every problem is reported in one go.
-    settings = _with_journal_database(Settings(zones=zones, **sections), reader.base_dir)
+    settings = Settings(zones=zones, **sections)
+    _check_state(settings.state, data, raw_zones, reader)
+    if not settings.state.shared:  # with [state], no SQLite file anywhere
+        settings = _with_journal_database(settings, reader.base_dir)
     _check(settings, reader, zones_given=bool(raw_zones))
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _check_state(
+    state: StateSettings, data: Mapping[str, Any], raw_zones: Any, reader: _Reader
+) -> None:
+    """The URL's shape (never echoed: it holds a password), and no SQLite file beside it."""
+    for key, value, low, high in (
+        ("max_connections", state.max_connections, 1, 100),
+        ("statement_timeout_seconds", state.statement_timeout_seconds, 0.1, 600),
+        ("connect_timeout_seconds", state.connect_timeout_seconds, 0.1, 600),
+    ):
+        if not low <= value <= high:
+            reader.problem(f"state.{key}", f"must be between {low} and {high}")
+    if state.url is None:
+        return
+    key = "state.url_file" if "url_file" in _mapping(data.get("state")) else "state.url_env"
+    problem = url_problem(state.url.reveal())
+    if problem:
+        reader.problem(key, problem)
+    if "database" in _mapping(data.get("journal")):
+        reader.problem(
+            "journal.database", f"{key} keeps the journal in PostgreSQL: remove journal.database"
+        )
+    zones = raw_zones if isinstance(raw_zones, list) else []
+    local_tables = [("local.database", _mapping(data.get("local")))] + [
+        (f"zones[{i}].options.database", _mapping(_mapping(zone).get("options")))
+        for i, zone in enumerate(zones)
+        if _mapping(zone).get("provider") == "local"
+    ]
+    for name, table in local_tables:
+        if "database" in table:
+            reader.problem(name, f"{key} keeps local records in PostgreSQL: remove {name}")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a database URL's shape, without repeating the URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"must be a postgresql:// URL, not {parts.scheme or 'a bare string'!r}"
+    if not parts.hostname and "host=" not in parts.query:
+        return "names no host: postgresql://user:password@host:port/database"
+    if not parts.path.strip("/"):
+        return "names no database: postgresql://user:password@host:port/database"
+    return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _with_journal_database(settings: Settings, base_dir: Path) -> Settings:

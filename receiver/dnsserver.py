@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import dns.exception
 import dns.flags
@@ -37,7 +38,8 @@ import dns.rdtypes.ANY.TXT
 import dns.rrset
 import structlog
 
-from providers.local import ChallengeStore, LocalSettings
+from providers.errors import ProviderError
+from providers.local import ChallengeStore, LocalSettings, RecordStore, SqliteRecords, StoredValue
 
 log = structlog.get_logger("receiver.dnsserver")
 
@@ -49,6 +51,21 @@ INFRASTRUCTURE_TTL = 3600  # NS and nameserver addresses: they do not change
 _IN = dns.rdataclass.IN
 _TXT, _SOA, _NS, _ANY = (dns.rdatatype.TXT, dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.ANY)
 _ADDRESS_TYPES = {4: dns.rdatatype.A, 6: dns.rdatatype.AAAA}
+
+
+class RecordView(Protocol):
+    """What answers are read from, synchronously: a SQLite reader connection
+    (`ChallengeStore`), or the in-memory mirror of records held in PostgreSQL."""
+
+    def values(self, fqdn: str) -> list[StoredValue]: ...
+
+    def has_descendants(self, fqdn: str) -> bool: ...
+
+    def serial(self) -> int: ...
+
+    def data_version(self) -> int:
+        """Changes whenever the records may have changed: the answer cache's key."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ class Answerer:
 
     def __init__(
         self,
-        store: ChallengeStore,
+        store: RecordView,
         zones: Sequence[str],
         settings: LocalSettings,
         glue_addresses: Sequence[str],
@@ -365,32 +382,47 @@ PURGE_INTERVAL_SECONDS = 300.0
 
 
 @asynccontextmanager
-async def running(zones: Sequence[str], settings: LocalSettings) -> AsyncIterator[Responder]:
-    """Serve `zones` from the store until the block exits; purge expired values meanwhile."""
+async def running(
+    zones: Sequence[str],
+    settings: LocalSettings,
+    *,
+    view: RecordView | None = None,
+    records: RecordStore | None = None,
+) -> AsyncIterator[Responder]:
+    """Serve `zones` until the block exits, purging expired values meanwhile.
+
+    `view` is what answers are read from and `records` what is purged; by default both
+    are the zones' own SQLite file (`settings.database`)."""
     host, port = _host_port(settings.dns_listen)
-    reader = ChallengeStore(settings.database, lifetime=settings.value_lifetime_seconds)
-    janitor = ChallengeStore(settings.database, lifetime=settings.value_lifetime_seconds)
-    responder = Responder(
-        Answerer(reader, zones, settings, glue_addresses(settings, host)), host, port
-    )
-    purge = asyncio.create_task(_purge_periodically(janitor))
-    try:
-        await responder.start()
-        yield responder
-    finally:
-        purge.cancel()
-        await responder.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
-        reader.close()
-        janitor.close()
+    with contextlib.ExitStack() as closing:
+        if view is None:
+            reader = ChallengeStore(settings.database, lifetime=settings.value_lifetime_seconds)
+            closing.callback(reader.close)
+            view = reader
+        owned = None
+        if records is None:
+            owned = records = SqliteRecords(settings)
+        responder = Responder(
+            Answerer(view, zones, settings, glue_addresses(settings, host)), host, port
+        )
+        purge = asyncio.create_task(_purge_periodically(records))
+        try:
+            await responder.start()
+            yield responder
+        finally:
+            purge.cancel()
+            await responder.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge
+            if owned is not None:
+                await owned.aclose()
 
 
-async def _purge_periodically(store: ChallengeStore) -> None:
+async def _purge_periodically(records: RecordStore) -> None:
     while True:
         try:
-            purged = await asyncio.to_thread(store.purge_expired)
-        except sqlite3.Error as exc:
+            purged = await records.purge_expired()
+        except (ProviderError, sqlite3.Error) as exc:
             log.warning("purge_failed", error=str(exc))
         else:
             if purged:

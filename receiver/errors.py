@@ -116,6 +116,22 @@ class Unavailable(ServiceFault):
         return {"Retry-After": str(self.retry_after)}
 
 
+class StateUnavailable(Unavailable):
+    """The shared database (`[state]`) cannot be used now. Callers get a 503 that names
+    no detail; `reason` (logged, printed by commands) says why and never holds the URL."""
+
+    default_code = "state_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the receiver's database is unavailable; try again later", internal=reason)
+        self.reason = reason
+
+
+class StateMisconfigured(StateUnavailable):
+    """Reachable but unusable until the configuration or the database changes (wrong
+    password, unknown database, TLS mismatch, a schema newer than this code)."""
+
+
 class PropagationTimeout(ServiceFault):
     """Waiting for propagation was asked for, and some nameservers still lack the value."""
 

@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
     async with Runtime.open(app[SETTINGS], long_running=True) as runtime:
+        await runtime.state.prepare()
         app[RUNTIME] = runtime
         yield
 
@@ -79,11 +80,18 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
     """The built-in responder: only in the long-running server, never in serverless doors."""
     from receiver import dnsserver  # dnspython is imported only when a zone is `local`
 
-    settings = app[SETTINGS]
+    settings, runtime = app[SETTINGS], app[RUNTIME]
     local = [zone for zone in settings.zones if zone.provider == "local"]
-    async with dnsserver.running([z.name for z in local], local[0].options) as responder:
+    async with contextlib.AsyncExitStack() as stack:
+        view, records = None, None
+        if runtime.state.shared:  # answers from memory, following the shared database
+            view = await runtime.state.mirror(stack)
+            records = runtime.state.local_records(local[0].options)
+        responder = await stack.enter_async_context(
+            dnsserver.running([z.name for z in local], local[0].options, view=view, records=records)
+        )
         app[DNS_ADDRESS] = responder.address
-        app[RUNTIME].propagation.checker.local_responder = responder.address
+        runtime.propagation.checker.local_responder = responder.address
         host, port = responder.address
         log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
         yield

@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS journal_value ON journal_entries (zone, fqdn, value, 
 CREATE INDEX IF NOT EXISTS journal_certificate ON journal_entries (certificate);
 CREATE INDEX IF NOT EXISTS journal_created ON journal_entries (created);
 """
-_COLUMNS = (
+COLUMNS = (
     "id",
     "created",
     "settled",
@@ -181,7 +181,7 @@ class SqliteJournal:
             where.append("last_add.sender = ?")
             params.append(sender)
         query = f"""
-            SELECT {", ".join(f"e.{c}" for c in _COLUMNS)} FROM journal_entries e
+            SELECT {", ".join(f"e.{c}" for c in COLUMNS)} FROM journal_entries e
             JOIN (SELECT zone, fqdn, value, MAX(id) AS id FROM journal_entries
                   GROUP BY zone, fqdn, value) latest ON e.id = latest.id
             JOIN journal_entries last_add ON last_add.id = (
@@ -203,7 +203,7 @@ class SqliteJournal:
             where.append("(domain = ? OR fqdn = ? OR domain LIKE ? OR fqdn LIKE ?)")
             params += [domain, domain, f"%.{domain}", f"%.{domain}"]
         query = (
-            f"SELECT {', '.join(_COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
+            f"SELECT {', '.join(COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
             f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
         )
         rows = await self._file.run(lambda db: db.execute(query, (*params, limit)).fetchall())
@@ -231,5 +231,5 @@ class SqliteJournal:
 
 
 def _entry(row: Sequence[Any]) -> Entry:
-    values = dict(zip(_COLUMNS, row, strict=True))
+    values = dict(zip(COLUMNS, row, strict=True))
     return Entry(**values)

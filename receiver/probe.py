@@ -16,7 +16,7 @@ from providers.base import ZoneRef
 from providers.errors import ProviderError
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge
 from receiver.config import ZoneSettings
-from receiver.errors import ReceiverError
+from receiver.errors import ReceiverError, StateUnavailable
 from receiver.runtime import Runtime
 
 
@@ -34,9 +34,22 @@ def probe_name(zone: str) -> str:
 
 
 async def probe(runtime: Runtime) -> list[ProbeResult]:
-    return [
+    results = [await _probe_database(runtime)] if runtime.state.shared else []
+    return results + [
         await _probe_zone(runtime, zone) for zone in runtime.settings.zones if zone.cname_to is None
     ]
+
+
+async def _probe_database(runtime: Runtime) -> ProbeResult:
+    """`[state]`: connect (and migrate, as a server would at start) and read the schema."""
+    started = time.monotonic()
+    assert runtime.state.database is not None
+    try:
+        version = await runtime.state.database.schema_version()
+    except StateUnavailable as exc:
+        return ProbeResult("[state]", "postgres", False, exc.reason, time.monotonic() - started)
+    detail = f"connected; schema version {version}"
+    return ProbeResult("[state]", "postgres", True, detail, time.monotonic() - started)
 
 
 async def _probe_zone(runtime: Runtime, zone: ZoneSettings) -> ProbeResult:

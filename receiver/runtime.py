@@ -15,8 +15,8 @@ from typing import Any
 
 from providers.base import Provider, RateBudget
 from providers.errors import ProviderError
+from providers.local import LocalProvider
 from providers.registry import load_provider_class
-from receiver.accounts import AccountStore
 from receiver.config import Settings
 from receiver.crn import InstanceCrn
 from receiver.dispatch import Dispatcher
@@ -24,11 +24,12 @@ from receiver.doors.acme_dns import AcmeDns
 from receiver.doors.certificate_manager import Verifier
 from receiver.errors import ConfigError, Unavailable
 from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
-from receiver.journal import Journal, SqliteJournal
+from receiver.journal import Journal
 from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
 from receiver.metrics import Metrics, Uncounted
 from receiver.policy import Policy
 from receiver.propagation import Propagation
+from receiver.state import State
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Runtime:
     propagation: Propagation
     long_running: bool  # may work on after answering (never on serverless platforms)
     journal: Journal | None
+    state: State
     acme_dns: AcmeDns | None = None  # the acme-dns door, when enabled
 
     @classmethod
@@ -57,6 +59,7 @@ class Runtime:
                 session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
                 stack.push_async_callback(session.close)
                 http = AiohttpGet(session)
+            state = await stack.enter_async_context(State.open(settings))
             providers: dict[tuple[str, Any], Provider] = {}
             for zone in settings.zones:
                 if zone.cname_to is None and zone.provider_key not in providers:
@@ -64,9 +67,16 @@ class Runtime:
                     rate = settings.dispatch.rate_limits.get(
                         zone.provider, adapter_class.default_rate_per_second
                     )
+                    shared_records = (
+                        state.local_records(zone.options) if zone.provider == "local" else None
+                    )
                     # One budget per account: zones with equal options share the adapter.
+                    adapter: Provider
                     try:
-                        adapter = await adapter_class.open(zone.options, RateBudget(rate))
+                        if shared_records is not None:
+                            adapter = LocalProvider(zone.options, store=shared_records)
+                        else:
+                            adapter = await adapter_class.open(zone.options, RateBudget(rate))
                     except ProviderError as exc:  # unusable options found on opening
                         index = settings.zones.index(zone)
                         raise ConfigError([f"zones[{index}].options: {exc}"]) from None
@@ -75,16 +85,9 @@ class Runtime:
             metrics = _metrics(long_running)
             propagation = Propagation(settings.propagation, metrics)
             stack.push_async_callback(propagation.aclose)
-            journal = None
-            if settings.journal.enabled and settings.journal.database is not None:
-                journal = SqliteJournal(settings.journal.database)
-                stack.push_async_callback(journal.aclose)
             acme_dns = None
-            if settings.acme_dns.enabled:
-                assert settings.journal.database is not None  # always set by config
-                accounts = AccountStore(settings.journal.database)
-                stack.push_async_callback(accounts.aclose)
-                acme_dns = AcmeDns(settings.acme_dns, accounts, metrics)
+            if state.accounts is not None:
+                acme_dns = AcmeDns(settings.acme_dns, state.accounts, metrics)
                 stack.callback(acme_dns.close)
             yield cls(
                 settings=settings,
@@ -95,13 +98,14 @@ class Runtime:
                 metrics=metrics,
                 propagation=propagation,
                 long_running=long_running,
-                journal=journal,
+                journal=state.journal,
+                state=state,
                 acme_dns=acme_dns,
             )
 
     async def readiness(self) -> dict[str, str]:
         """Per-check status; the service is ready when every value is "ok"."""
-        checks: dict[str, str] = {"config": "ok"}
+        checks: dict[str, str] = {"config": "ok", **await self.state.readiness()}
         if not self.settings.certificate_manager.enabled:
             return checks
         for crn in self.settings.certificate_manager.allowed_instances:

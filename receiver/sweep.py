@@ -21,7 +21,7 @@ from receiver.changes import apply_change
 from receiver.config import ZoneSettings
 from receiver.doors import digicert
 from receiver.errors import ReceiverError
-from receiver.journal import Entry, Origin
+from receiver.journal import Entry, Journal, Origin
 from receiver.runtime import Runtime
 
 log = structlog.get_logger("receiver.sweep")
@@ -45,9 +45,19 @@ class Report:
 
 async def sweep(runtime: Runtime, *, max_age: float | None = None, dry_run: bool = False) -> Report:
     """Remove every value of ours whose latest add is older than `max_age`."""
-    journal = runtime.journal
-    if journal is None:
+    if runtime.journal is None:
         return Report()
+    # Replicas sharing one database take turns; overlapping sweeps would only repeat work.
+    async with runtime.state.exclusive("sweep") as ours:
+        if not ours:
+            log.info("sweep_skipped", reason="another process is sweeping")
+            return Report()
+        return await _sweep(runtime, runtime.journal, max_age, dry_run=dry_run)
+
+
+async def _sweep(
+    runtime: Runtime, journal: Journal, max_age: float | None, *, dry_run: bool
+) -> Report:
     age = runtime.settings.journal.max_age_seconds if max_age is None else max_age
     now = time.time()
     candidates = [

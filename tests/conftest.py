@@ -29,6 +29,7 @@ from receiver.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
 from .backends.bind import bind_primary  # noqa: F401 - shared fixtures
+from .backends.postgres import own_postgres, postgres_server, postgres_url  # noqa: F401
 from .backends.moto import aws_credentials, moto_server  # noqa: F401 - shared fixtures
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"

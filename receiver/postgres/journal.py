@@ -1,0 +1,123 @@
+"""The journal on PostgreSQL: the same entries and queries as `SqliteJournal`, shared by
+every replica, so a failed order reaching one replica cleans up what another wrote."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+
+from receiver.journal import COLUMNS, Entry, Outcome
+from receiver.postgres.database import Database
+
+_SELECTED = ", ".join(f'e."{c}"' for c in COLUMNS)
+_INSERTED = [c for c in COLUMNS if c != "id"]
+_NAMES = ", ".join(f'"{c}"' for c in _INSERTED)  # "user" is a reserved word here
+_MARKS = ", ".join(f"${i}" for i in range(1, len(_INSERTED) + 1))
+_INSERT = f"INSERT INTO journal_entries ({_NAMES}) VALUES ({_MARKS}) RETURNING id"  # noqa: S608
+# The latest entry of every value, and the latest add of each (what the sweep reads).
+_LATEST = """
+    SELECT DISTINCT ON (zone, fqdn, value) id FROM journal_entries
+    ORDER BY zone, fqdn, value, id DESC
+"""
+
+
+class PostgresJournal:
+    def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._database = database
+        self._clock = clock
+
+    async def begin(self, entry: Entry) -> int:
+        values = asdict(entry)
+        async with self._database.connection() as db:
+            entry_id = await db.fetchval(_INSERT, *(values[c] for c in _INSERTED))
+        return int(entry_id)
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        async with self._database.connection() as db:
+            await db.execute(
+                "UPDATE journal_entries SET outcome = $1, settled = $2, error = $3 WHERE id = $4",
+                outcome,
+                self._clock(),
+                error,
+                entry_id,
+            )
+
+    async def candidates(
+        self,
+        *,
+        added_before: float | None = None,
+        certificates: Sequence[str] = (),
+        sender: str | None = None,
+    ) -> list[Entry]:
+        where = ["NOT (e.action = 'remove' AND e.outcome = 'done')"]
+        params: list[Any] = []
+        if added_before is not None:
+            params.append(added_before)
+            where.append(f"last_add.created <= ${len(params)}")
+        if certificates:
+            params.append(list(certificates))
+            where.append(f"last_add.certificate = ANY(${len(params)}::text[])")
+        if sender is not None:
+            params.append(sender)
+            where.append(f"last_add.sender = ${len(params)}")
+        query = f"""
+            SELECT {_SELECTED} FROM journal_entries e
+            JOIN ({_LATEST}) latest ON e.id = latest.id
+            JOIN LATERAL (
+                SELECT a.created, a.certificate, a.sender FROM journal_entries a
+                WHERE a.zone = e.zone AND a.fqdn = e.fqdn AND a.value = e.value
+                AND a.action = 'add' ORDER BY a.id DESC LIMIT 1) last_add ON TRUE
+            WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
+        async with self._database.connection() as db:
+            rows = await db.fetch(query, *params)
+        return [_entry(row) for row in rows]
+
+    async def entries(
+        self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
+    ) -> list[Entry]:
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if since is not None:
+            params.append(since)
+            where.append(f"e.created >= ${len(params)}")
+        if domain is not None:  # the name and the names below it: never a pattern
+            params.append(domain)
+            n = len(params)
+            where.append(
+                f"(e.domain = ${n} OR e.fqdn = ${n}"
+                f" OR right(e.domain, char_length(${n}) + 1) = '.' || ${n}"
+                f" OR right(e.fqdn, char_length(${n}) + 1) = '.' || ${n})"
+            )
+        params.append(limit)
+        query = (
+            f"SELECT {_SELECTED} FROM journal_entries e WHERE "  # noqa: S608
+            f"{' AND '.join(where)} ORDER BY e.id DESC LIMIT ${len(params)}"
+        )
+        async with self._database.connection() as db:
+            rows = await db.fetch(query, *params)
+        return [_entry(row) for row in reversed(rows)]
+
+    async def prune(self, before: float) -> int:
+        """Drop settled history older than `before`, except the latest entry of a value
+        that may still be published: the sweep still needs that one."""
+        async with self._database.connection() as db:
+            status = await db.execute(
+                f"""DELETE FROM journal_entries WHERE created < $1 AND outcome != 'pending'
+                    AND id NOT IN (
+                        SELECT e.id FROM journal_entries e JOIN ({_LATEST}) latest
+                        ON e.id = latest.id
+                        WHERE NOT (e.action = 'remove' AND e.outcome = 'done'))""",  # noqa: S608
+                before,
+            )
+        return int(status.split()[-1])
+
+    async def aclose(self) -> None:
+        return None  # the Database is closed by its owner
+
+
+def _entry(row: asyncpg.Record) -> Entry:
+    return Entry(**{c: row[c] for c in COLUMNS})

@@ -1,0 +1,216 @@
+"""One suite for the journal and the acme-dns account store, run against every backend
+(SQLite files, and a real PostgreSQL server): they must behave the same, because the
+sweep, the failed-order clean-up and the acme-dns door cannot tell them apart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver import config
+from receiver.accounts import Account
+from receiver.journal import Entry
+from receiver.state import State
+
+BACKENDS = ["sqlite", "postgres"]
+StateFactory = Callable[[], AbstractAsyncContextManager[State]]
+
+
+def settings_for(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> config.Settings:
+    data: dict[str, Any] = {
+        "certificate_manager": {"enabled": False},
+        "acme_dns": {"enabled": True, "zone": "auth.example.net"},
+        "zones": [{"name": "auth.example.net", "provider": "memory"}],
+    }
+    environ: dict[str, str] = {}
+    if backend == "postgres":
+        environ["DCR_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        data["state"] = {"url_env": "DCR_DATABASE_URL"}
+    else:
+        data["journal"] = {"database": str(tmp_path / "state.sqlite3")}
+    return config.from_mapping(data, base_dir=tmp_path, environ=environ)
+
+
+@pytest.fixture(params=BACKENDS)
+def open_state(request: pytest.FixtureRequest, tmp_path: Path) -> StateFactory:
+    """Opens a State on one backend; call it twice for two processes' worth of state."""
+    settings = settings_for(request.param, request, tmp_path)
+    return lambda: State.open(settings)
+
+
+@pytest.fixture
+async def state(open_state: StateFactory) -> AsyncIterator[State]:
+    async with open_state() as opened:
+        yield opened
+
+
+def entry(value: str, action: str = "add", **fields: Any) -> Entry:
+    base: dict[str, Any] = {
+        "action": action,
+        "outcome": "pending",
+        "fqdn": "_acme-challenge.www.example.com",
+        "value": value,
+        "provider": "memory",
+        "zone": "example.com",
+        "door": "certificate_manager",
+        "created": time.time(),
+        "sender": "crn:a",
+        "domain": "www.example.com",
+    }
+    return Entry(**{**base, **fields})
+
+
+# --- journal -------------------------------------------------------------------------------
+
+
+async def test_entries_round_trip_with_every_field(state: State) -> None:
+    journal = state.journal
+    assert journal is not None
+    written = entry("v1", user="IBMid-1", certificate="crn:cert", request_id="r1")
+    first = await journal.begin(written)
+    second = await journal.begin(entry("v2"))
+    assert second > first
+    await journal.settle(first, "failed", "provider_rejected")
+    found = await journal.entries()
+    assert [e.value for e in found] == ["v1", "v2"]
+    assert found[0].id == first
+    assert (found[0].outcome, found[0].error, found[0].user) == (
+        "failed",
+        "provider_rejected",
+        "IBMid-1",
+    )
+    assert found[0].settled is not None and found[1].settled is None
+    assert (found[0].certificate, found[0].request_id) == ("crn:cert", "r1")
+
+
+async def test_entries_filter_by_time_domain_and_limit(state: State) -> None:
+    journal = state.journal
+    assert journal is not None
+    old = time.time() - 3600
+    await journal.begin(entry("old", created=old))
+    await journal.begin(entry("apex", fqdn="_acme-challenge.example.com", domain="example.com"))
+    await journal.begin(entry("shop", fqdn="_acme-challenge.shop.example.com", domain=None))
+    await journal.begin(
+        entry("other", fqdn="_acme-challenge.badexample.com", domain="badexample.com")
+    )
+    await journal.begin(entry("pattern", fqdn="_acme-challenge.x_y.com", domain="x_y.com"))
+
+    assert [e.value for e in await journal.entries(since=old + 1)] == [
+        "apex",
+        "shop",
+        "other",
+        "pattern",
+    ]
+    below = await journal.entries(domain="example.com")
+    assert [e.value for e in below] == ["old", "apex", "shop"]  # never badexample.com
+    assert await journal.entries(domain="%") == []  # literal, not a pattern
+    assert [e.value for e in await journal.entries(domain="x_y.com")] == ["pattern"]
+    assert await journal.entries(domain="xay.com") == []
+    assert [e.value for e in await journal.entries(limit=2)] == ["other", "pattern"]
+
+
+async def test_candidates_are_values_we_may_still_have_published(state: State) -> None:
+    journal = state.journal
+    assert journal is not None
+    hour_ago = time.time() - 3600
+    done = await journal.begin(entry("kept", created=hour_ago, certificate="crn:c1"))
+    await journal.settle(done, "done")
+    removed = await journal.begin(entry("gone", created=hour_ago))
+    await journal.settle(removed, "done")
+    removal = await journal.begin(entry("gone", action="remove"))
+    await journal.settle(removal, "done")
+    failed_removal = await journal.begin(entry("stuck", created=hour_ago, sender="crn:b"))
+    await journal.settle(failed_removal, "done")
+    again = await journal.begin(entry("stuck", action="remove", sender="sweep"))
+    await journal.settle(again, "failed", "provider_unavailable")
+    await journal.begin(entry("crashed", created=hour_ago))  # left pending
+    await journal.begin(entry("fresh", certificate="crn:c1"))
+
+    everything = await journal.candidates()
+    assert {e.value for e in everything} == {"kept", "stuck", "crashed", "fresh"}
+    stuck = next(e for e in everything if e.value == "stuck")
+    assert (stuck.action, stuck.outcome) == ("remove", "failed")  # the latest entry
+    old = await journal.candidates(added_before=time.time() - 60)
+    assert {e.value for e in old} == {"kept", "stuck", "crashed"}
+    by_certificate = await journal.candidates(certificates=["crn:c1", "crn:none"])
+    assert {e.value for e in by_certificate} == {"kept", "fresh"}
+    # The sender filter looks at who added it, not at who last touched it.
+    assert {e.value for e in await journal.candidates(sender="crn:b")} == {"stuck"}
+    assert await journal.candidates(certificates=["crn:c1"], sender="crn:b") == []
+
+
+async def test_prune_keeps_what_the_sweep_still_needs(state: State) -> None:
+    journal = state.journal
+    assert journal is not None
+    long_ago = time.time() - 86400 * 200
+    for value, outcome in [("published", "done"), ("crashed", "pending")]:
+        entry_id = await journal.begin(entry(value, created=long_ago))
+        if outcome != "pending":
+            await journal.settle(entry_id, outcome)
+    add = await journal.begin(entry("removed", created=long_ago))
+    await journal.settle(add, "done")
+    removal = await journal.begin(entry("removed", action="remove", created=long_ago))
+    await journal.settle(removal, "done")
+
+    assert await journal.prune(time.time() - 86400) == 2  # both entries of "removed"
+    assert {e.value for e in await journal.entries()} == {"published", "crashed"}
+
+
+async def test_two_processes_share_the_journal(open_state: StateFactory) -> None:
+    async with open_state() as first, open_state() as second:
+        assert first.journal is not None and second.journal is not None
+        entry_id = await first.journal.begin(entry("shared"))
+        await second.journal.settle(entry_id, "done")
+        (seen,) = await first.journal.entries()
+        assert (seen.value, seen.outcome) == ("shared", "done")
+
+
+# --- acme-dns accounts ---------------------------------------------------------------------
+
+
+async def test_accounts_round_trip(state: State) -> None:
+    accounts = state.accounts
+    assert accounts is not None
+    account = Account("5a1e0000-0000-4000-8000-000000000001", "sub-1", ("10.0.0.0/8",))
+    assert await accounts.find(account.username) is None
+    assert await accounts.count() == 0
+    await accounts.add(account, "scrypt$hash")
+    stored = await accounts.find(account.username)
+    assert stored is not None
+    assert (stored.account, stored.password_hash) == (account, "scrypt$hash")
+    assert await accounts.count() == 1
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        await accounts.add(Account("another", "sub-1", ()), "h")  # subdomains are unique
+
+
+async def test_a_subdomain_keeps_its_two_latest_values(state: State) -> None:
+    accounts = state.accounts
+    assert accounts is not None
+    assert await accounts.keep_latest("sub", "a") == []
+    assert await accounts.keep_latest("sub", "b") == []
+    assert await accounts.keep_latest("sub", "c") == ["a"]
+    assert await accounts.keep_latest("sub", "b") == []  # refreshed: now the newest
+    assert await accounts.keep_latest("sub", "d") == ["c"]
+    assert await accounts.keep_latest("other", "x") == []
+
+
+async def test_concurrent_updates_through_two_processes_evict_exactly_once(
+    open_state: StateFactory,
+) -> None:
+    async with open_state() as first, open_state() as second:
+        assert first.accounts is not None and second.accounts is not None
+        stores = [first.accounts, second.accounts]
+        values = [f"v{i:02d}" for i in range(20)]
+        evicted = await asyncio.gather(
+            *(stores[i % 2].keep_latest("sub", value) for i, value in enumerate(values))
+        )
+        gone = [value for batch in evicted for value in batch]
+        assert len(gone) == len(set(gone)) == len(values) - 2
+        survivors = set(values) - set(gone)
+        assert len(survivors) == 2
