@@ -29,8 +29,8 @@ from receiver.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
 from .backends.bind import bind_primary  # noqa: F401 - shared fixtures
-from .backends.postgres import own_postgres, postgres_server, postgres_url  # noqa: F401
 from .backends.moto import aws_credentials, moto_server  # noqa: F401 - shared fixtures
+from .backends.postgres import own_postgres, postgres_server, postgres_url  # noqa: F401
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 OTHER_ACCOUNT = "fedcba9876543210fedcba9876543210"

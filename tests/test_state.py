@@ -185,7 +185,7 @@ async def test_accounts_round_trip(state: State) -> None:
     assert stored is not None
     assert (stored.account, stored.password_hash) == (account, "scrypt$hash")
     assert await accounts.count() == 1
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         await accounts.add(Account("another", "sub-1", ()), "h")  # subdomains are unique
 
 
