@@ -431,6 +431,7 @@ def _journal(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = _load(args)
+    logs.configure(settings.log, sys.stderr)
     if settings.state.url is None:
         print("migrate: no [state] database; SQLite files create their tables on first use")
         return 0

@@ -24,7 +24,7 @@ from receiver.doors.digicert import FileAuth
 from receiver.errors import ReceiverError
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
-from receiver.runtime import Runtime
+from receiver.runtime import Runtime, passed
 from receiver.sweep import sweep_periodically
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -208,7 +208,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[RUNTIME].readiness()
-    ready = all(value == "ok" for value in checks.values())
+    ready = all(passed(value) for value in checks.values())
     if not ready:
         log.warning("not_ready", checks=checks)
     return web.json_response(

@@ -104,7 +104,7 @@ class Runtime:
             )
 
     async def readiness(self) -> dict[str, str]:
-        """Per-check status; the service is ready when every value is "ok"."""
+        """Per-check status; the service is ready when every check passed (`passed`)."""
         checks: dict[str, str] = {"config": "ok", **await self.state.readiness()}
         if not self.settings.certificate_manager.enabled:
             return checks
@@ -115,6 +115,11 @@ class Runtime:
         if self.verifier.jwks is not None:
             checks["user_token_keys"] = await _status(self.verifier.jwks.check())
         return checks
+
+
+def passed(check: str) -> bool:
+    """A readiness value that says "ok", with or without detail ("ok (schema version 1)")."""
+    return check == "ok" or check.startswith("ok (")
 
 
 def _metrics(long_running: bool) -> Metrics:

@@ -78,7 +78,7 @@ class State:
             version = await self.database.schema_version()
         except StateUnavailable as exc:
             return {"database": exc.reason}
-        return {"database": "ok", "database_schema": f"ok (version {version})"}
+        return {"database": f"ok (schema version {version})"}
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

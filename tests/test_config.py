@@ -191,3 +191,75 @@ def test_secrets_come_from_env_or_file_never_the_file_itself(tmp_path: Path) -> 
     assert "q.api_token_env: environment variable UNSET_VAR is not set" in text
     assert "r.api_token: required" in text
     assert "s.api_token: set only one" in text
+
+
+# --- [state] ---------------------------------------------------------------------------------
+
+URL = "postgresql://receiver:secret-password@db.internal:5432/receiver"
+
+
+def test_state_unset_keeps_sqlite_files() -> None:
+    settings = config.from_mapping(MINIMAL)
+    assert settings.state.url is None and not settings.state.shared
+    assert settings.journal.database is not None
+
+
+def test_state_from_a_file_is_stripped_and_names_no_sqlite_file(tmp_path: Path) -> None:
+    secret = tmp_path / "db-url"
+    secret.write_text(f"\n  {URL}  \n")
+    data = {
+        **MINIMAL,
+        "state": {"url_file": str(secret)},
+        "zones": [{"name": "example.com", "provider": "local"}],
+    }
+    settings = config.from_mapping(data)
+    assert settings.state.url is not None and settings.state.url.reveal() == URL
+    assert settings.journal.database is None  # nothing points at a SQLite file
+    assert "secret-password" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://u:p@h/db", "state.url_env: must be a postgresql:// URL, not 'mysql'"),
+        ("postgresql://u:p@/db", "state.url_env: names no host"),
+        ("postgresql://u:p@db.internal:5432/", "state.url_env: names no database"),
+        ("postgresql://u:p@db.internal:99999/db", "state.url_env: not a valid URL"),
+    ],
+)
+def test_state_url_shape_is_checked_without_repeating_it(url: str, expected: str) -> None:
+    found = problems(
+        {**MINIMAL, "state": {"url_env": "DB"}}, environ={"DB": url.replace("p@", "s3cr3t@")}
+    )
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("s3cr3t" in p for p in found)
+
+
+def test_state_beside_a_sqlite_file_names_both_keys() -> None:
+    data = {
+        **MINIMAL,
+        "state": {"url_env": "DB"},
+        "journal": {"database": "journal.sqlite3"},
+        "local": {"database": "records.sqlite3"},
+        "zones": [
+            {"name": "example.com", "provider": "local"},
+            {"name": "example.net", "provider": "local", "options": {"database": "x.sqlite3"}},
+        ],
+    }
+    found = problems(data, environ={"DB": URL})
+    assert (
+        "journal.database: state.url_env keeps the journal in PostgreSQL: remove journal.database"
+        in found
+    )
+    assert (
+        "local.database: state.url_env keeps local records in PostgreSQL: remove local.database"
+        in found
+    )
+    assert any(p.startswith("zones[1].options.database: state.url_env") for p in found)
+
+
+def test_state_limits() -> None:
+    found = problems(
+        {**MINIMAL, "state": {"url_env": "DB", "max_connections": 0}}, environ={"DB": URL}
+    )
+    assert "state.max_connections: must be between 1 and 100" in found

@@ -19,7 +19,7 @@ import structlog
 from receiver import config, core, logs
 from receiver.errors import ConfigError
 from receiver.fetch import StdlibGet
-from receiver.runtime import Runtime
+from receiver.runtime import Runtime, passed
 
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
@@ -98,7 +98,7 @@ async def serve(holder: RuntimeHolder, request: core.InboundRequest) -> core.Out
 
 async def _readiness(runtime: Runtime) -> core.Outcome:
     checks = await runtime.readiness()
-    ready = all(value == "ok" for value in checks.values())
+    ready = all(passed(value) for value in checks.values())
     return core.Outcome(
         200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
     )

@@ -59,6 +59,7 @@ TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection caught mid-operation by a shutdown
     asyncpg.PostgresConnectionError,  # connection lost
     asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
     asyncpg.InsufficientResourcesError,  # too many connections, disk full

@@ -1,0 +1,249 @@
+"""`[state]` on a real PostgreSQL server: the service, its responder, its failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import pytest
+
+from receiver import config, signing
+from receiver.errors import ConfigError
+from receiver.http import DNS_ADDRESS
+from receiver.state import State
+
+from .backends.postgres import Postgres
+from .conftest import INSTANCE, Sender, ServiceFactory
+
+REQUIRED = "cert_domain_validation_required"
+COMPLETED = "cert_domain_validation_completed"
+CERT = INSTANCE.rstrip(":") + ":certificate:aaaa"
+
+
+def shared(url: str, monkeypatch: pytest.MonkeyPatch, **local: Any) -> dict[str, Any]:
+    """Sections for a service on `url` with the `local` zone example.com."""
+    monkeypatch.setenv("DCR_DATABASE_URL", url)
+    return {
+        "state": {"url_env": "DCR_DATABASE_URL", "connect_timeout_seconds": 1},
+        "local": {"dns_listen": "127.0.0.1:0", **local},
+        "zones": [{"name": "example.com", "provider": "local"}],
+    }
+
+
+async def zone_values(url: str) -> dict[str, set[str]]:
+    """What the database holds, read by the test directly (an observer)."""
+    db = await asyncpg.connect(url)
+    try:
+        rows = await db.fetch("SELECT fqdn, value FROM txt_values WHERE expires > $1", time.time())
+    finally:
+        await db.close()
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(row["fqdn"], set()).add(row["value"])
+    return found
+
+
+async def txt(server: tuple[str, int], name: str) -> dns.message.Message:
+    query = dns.message.make_query(name, "TXT")
+    return await dns.asyncquery.udp(query, server[0], port=server[1], timeout=2)
+
+
+async def served(server: tuple[str, int], name: str) -> set[str]:
+    answer = await txt(server, name)
+    return {b"".join(r.strings).decode() for rrset in answer.answer for r in rrset}
+
+
+async def publish(
+    service: Any, sender: Sender, domain: str, event: str = REQUIRED, **kw: Any
+) -> Any:
+    value = kw.pop("value", None) or signing.challenge_value()
+    body = sender.body(sender.claims(event, domain, value, certificateCRN=CERT, **kw))
+    return value, await service.post(body)
+
+
+async def test_notifications_journal_and_serve_from_postgres(
+    start_service: ServiceFactory,
+    sender: Sender,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = await start_service(**shared(postgres_url, monkeypatch))
+    responder = service.client.server.app[DNS_ADDRESS]
+    value, response = await publish(service, sender, "www.example.com")
+    assert response.status == 200, await response.text()
+    assert await zone_values(postgres_url) == {"_acme-challenge.www.example.com": {value}}
+    for _ in range(100):  # the mirror follows the database
+        if await served(responder, "_acme-challenge.www.example.com") == {value}:
+            break
+        await asyncio.sleep(0.02)
+    assert await served(responder, "_acme-challenge.www.example.com") == {value}
+
+    _, response = await publish(service, sender, "www.example.com", COMPLETED, value=value)
+    assert response.status == 200
+    assert await zone_values(postgres_url) == {}
+    entries = await service.runtime.journal.entries()
+    assert [(e.action, e.outcome, e.sender) for e in entries] == [
+        ("add", "done", INSTANCE),
+        ("remove", "done", INSTANCE),
+    ]
+    ready = await (await service.client.get("/readyz")).json()
+    assert ready["checks"]["database"] == "ok (schema version 1)"
+    assert not list(tmp_path.rglob("*.sqlite3*"))  # with [state], no SQLite file anywhere
+
+
+async def test_database_down_at_start_then_back(
+    start_service: ServiceFactory,
+    sender: Sender,
+    own_postgres: Postgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service starts, refuses to write unrecorded (503), and recovers by itself."""
+    url = own_postgres.new_database()
+    own_postgres.stop()
+    sections = shared(url, monkeypatch)
+    sections["zones"] = [{"name": "example.com", "provider": "memory"}]
+    service = await start_service(**sections)
+    response = await service.client.get("/readyz")
+    assert response.status == 503
+    assert "unavailable" in (await response.json())["checks"]["database"]
+    value, response = await publish(service, sender, "www.example.com")
+    assert response.status == 503
+    assert (await response.json())["error"] == "journal_unavailable"
+    assert "Retry-After" in response.headers
+    assert await service.all_records() == {}  # nothing written unrecorded
+
+    await asyncio.to_thread(own_postgres.start)
+    deadline = time.monotonic() + 10
+    while (await service.client.get("/readyz")).status != 200:
+        assert time.monotonic() < deadline, "did not recover"
+        await asyncio.sleep(0.2)
+    _, response = await publish(service, sender, "www.example.com", value=value)
+    assert response.status == 200, await response.text()
+    assert await service.records("_acme-challenge.www.example.com") == {value}
+
+
+async def test_acme_dns_accounts_while_the_database_is_down_are_503(
+    start_service: ServiceFactory, own_postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = own_postgres.new_database()
+    service = await start_service(
+        **shared(url, monkeypatch),
+        acme_dns={"enabled": True, "zone": "example.com", "allow_register": True},
+    )
+    assert (await service.client.post("/register")).status == 201
+    own_postgres.stop()
+    response = await service.client.post("/register")
+    assert response.status == 503
+    assert (await response.json())["error"] == "state_unavailable"
+
+
+async def test_a_schema_newer_than_the_code_is_refused(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = config.from_mapping(
+        {
+            "certificate_manager": {"enabled": False},
+            "httpreq": {"enabled": True, "username": "u", "password_env": "DCR_DATABASE_URL"},
+            **shared(postgres_url, monkeypatch),
+        },
+        base_dir=tmp_path,
+    )
+    async with State.open(settings) as state:
+        await state.prepare()
+        db = await asyncpg.connect(postgres_url)
+        await db.execute("INSERT INTO schema_migrations VALUES (999, 'from the future', 0)")
+        await db.close()
+    async with State.open(settings) as state:
+        with pytest.raises(ConfigError) as refused:
+            await state.prepare()
+    assert "schema is version 999, newer than this dns-challenge-receiver understands" in str(
+        refused.value
+    )
+
+
+async def run_cli(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def cli_config(tmp_path: Path) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[certificate_manager]\nenabled = false\n[httpreq]\nenabled = true\nusername = "u"\n'
+        'password_env = "HTTPREQ_PASSWORD"\n[state]\nurl_env = "DCR_DATABASE_URL"\n'
+        "connect_timeout_seconds = 2\n"
+        '[[zones]]\nname = "example.com"\nprovider = "memory"\n'
+    )
+    return path
+
+
+async def test_migrate_and_probe_commands(postgres_server: Postgres, tmp_path: Path) -> None:
+    url = postgres_server.new_database()
+    env = {"DCR_DATABASE_URL": url, "HTTPREQ_PASSWORD": "x"}
+    path = str(cli_config(tmp_path))
+    code, out, err = await run_cli("migrate", "--config", path, env=env)
+    assert (code, out) == (0, "migrated: applied 1; schema version 1\n")
+    assert '"event": "database_migrated"' in err
+    code, out, _ = await run_cli("migrate", "--config", path, env=env)
+    assert (code, out) == (0, "up to date: schema version 1\n")
+    code, out, err = await run_cli("check-config", "--probe", "--config", path, env=env)
+    assert code == 0, err
+    assert "ok   [state]" in out and "connected; schema version 1" in out
+
+
+WRONG_DATABASES = [
+    (lambda s, url: s.url("test1", password="wrong"), "the database refused the password"),
+    (lambda s, url: url.rsplit("/", 1)[0] + "/nosuchdb", 'database "nosuchdb" does not exist'),
+    (lambda s, url: url + "?sslmode=require", "TLS does not match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "expected"),
+    [
+        *[(mangle, f"state.url: {text}") for mangle, text in WRONG_DATABASES],
+        (lambda s, url: f"postgresql://u:p@127.0.0.1:{s.port + 1}/x", "the database is unavail"),
+    ],
+)
+async def test_unusable_databases_are_named_never_a_traceback(
+    postgres_server: Postgres, tmp_path: Path, mangle: Any, expected: str
+) -> None:
+    url = mangle(postgres_server, postgres_server.new_database())
+    env = {"DCR_DATABASE_URL": url, "HTTPREQ_PASSWORD": "x"}
+    path = str(cli_config(tmp_path))
+    code, out, err = await run_cli("migrate", "--config", path, env=env)
+    assert code == 1 and err.startswith(f"state: {expected}"), err
+    assert "Traceback" not in err and postgres_server.password not in err
+    code, out, err = await run_cli("check-config", "--probe", "--config", path, env=env)
+    assert code == 1 and "FAIL [state]" in out and expected in out, out + err
+    assert "Traceback" not in err
+
+
+async def test_serve_refuses_to_start_on_a_wrong_password(
+    postgres_server: Postgres, tmp_path: Path
+) -> None:
+    url = postgres_server.url(postgres_server.new_database().rsplit("/", 1)[1], password="no")
+    env = {"DCR_DATABASE_URL": url, "HTTPREQ_PASSWORD": "x"}
+    code, _, err = await run_cli("serve", "--config", str(cli_config(tmp_path)), env=env)
+    assert code == 2
+    assert "state.url: the database refused the password" in err and "Traceback" not in err
