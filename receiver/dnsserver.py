@@ -321,17 +321,21 @@ class Responder:
         self.address: tuple[str, int] = (host, port)
 
     async def start(self) -> None:
-        for _ in range(10):  # with port 0, TCP may find UDP's port taken: pick again
-            udp = _UdpServer(self._answerer, _udp_socket(self._host, self._port))
+        # With port 0, the TCP listener picks first: the kernel avoids every TCP port in
+        # use (client connections included), and UDP is then rarely taken on that port.
+        for _ in range(10):
+            tcp = await asyncio.start_server(self._serve_tcp, self._host, self._port)
+            port = int(tcp.sockets[0].getsockname()[1])
             try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, self._host, udp.port)
+                udp = _UdpServer(self._answerer, _udp_socket(self._host, port))
             except OSError:
-                udp.close()
+                tcp.close()
+                await tcp.wait_closed()
                 if self._port:
                     raise
                 continue
-            self._udp = udp
-            self.address = (self._host, udp.port)
+            self._tcp, self._udp = tcp, udp
+            self.address = (self._host, port)
             return
         raise OSError(f"no port free for UDP and TCP on {self._host}")
 

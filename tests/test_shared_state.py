@@ -51,6 +51,13 @@ async def zone_values(url: str) -> dict[str, set[str]]:
     return found
 
 
+async def eventually(check: Any, within: float = 2.0, *, every: float = 0.01) -> None:
+    """Wait until `check()` is true: another process's view catches up on its own."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - nothing to wait on but time
+            await asyncio.sleep(every)
+
+
 async def txt(server: tuple[str, int], name: str) -> dns.message.Message:
     query = dns.message.make_query(name, "TXT")
     return await dns.asyncquery.udp(query, server[0], port=server[1], timeout=2)
@@ -247,3 +254,45 @@ async def test_serve_refuses_to_start_on_a_wrong_password(
     code, _, err = await run_cli("serve", "--config", str(cli_config(tmp_path)), env=env)
     assert code == 2
     assert "state.url: the database refused the password" in err and "Traceback" not in err
+
+
+async def test_the_mirror_polls_when_it_cannot_listen_and_listens_again(
+    postgres_url: str,
+) -> None:
+    """A dropped LISTEN connection costs a poll interval of lag, never stale answers."""
+    from providers.base import Secret
+    from receiver.config import StateSettings
+    from receiver.postgres.database import Database
+    from receiver.postgres.records import PostgresRecords, RecordMirror
+
+    reader = Database(StateSettings(url=Secret(postgres_url)))
+    writer = Database(StateSettings(url=Secret(postgres_url)))
+    mirror = RecordMirror(reader, poll_interval=0.05, safety_interval=0.5)
+    records = PostgresRecords(writer, lifetime=3600)
+    try:
+        await mirror.start()
+        await eventually(lambda: mirror.listening)
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'dns-challenge-receiver-listen'"
+            )
+        finally:
+            await admin.close()
+        assert killed == 1
+        await eventually(lambda: not mirror.listening)
+        name = "_acme-challenge.x.example.com"
+        assert await records.add(name, "v1", 60)
+        await eventually(lambda: [v.value for v in mirror.values(name)] == ["v1"])  # polled
+        assert mirror.has_descendants("x.example.com") and mirror.has_descendants("example.com")
+        assert not mirror.has_descendants(name)
+        await eventually(lambda: mirror.listening, within=5)  # and it listens again
+        serial = mirror.serial()
+        assert await records.remove(name, "v1")
+        await eventually(lambda: not mirror.values(name))
+        assert mirror.serial() > serial  # monotonic, whoever wrote
+    finally:
+        await mirror.aclose()
+        await reader.aclose()
+        await writer.aclose()

@@ -227,21 +227,27 @@ class RecordMirror:
         finally:
             self._listening = False
             if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.close()
+                connection.terminate()  # at once: this may run in a cancelled task
 
     async def _listen(self, old: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """A dedicated connection with LISTEN on it, or None (then: poll)."""
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.close()
+            old.terminate()
         try:
             connection = await asyncpg.connect(
                 self._database.url.reveal(),
                 timeout=self._database.settings.connect_timeout_seconds,
+                server_settings={"application_name": "dns-challenge-receiver-listen"},
             )
-            await connection.add_listener(CHANNEL, self._notified)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("record_mirror_not_listening", error=str(exc))
+            return None
+        try:
+            await connection.add_listener(CHANNEL, self._notified)
+        except BaseException as exc:  # cancelled, or the server went away meanwhile
+            connection.terminate()
+            if not isinstance(exc, Exception):
+                raise
             log.debug("record_mirror_not_listening", error=str(exc))
             return None
         connection.add_termination_listener(lambda _connection: self._wanted.set())

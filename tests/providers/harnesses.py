@@ -163,6 +163,145 @@ class LocalHarness:
 
 
 @dataclass
+class LocalPostgresHarness:
+    """`local` on the shared database ([state]): two responders, each with its own pool
+    and mirror as two processes would have, observed over DNS through both; they must
+    agree, and an observation waits until both have caught up with the database."""
+
+    tmp_path: Path
+    url: str
+    shared_backend: bool = True
+    name: str = "local"
+    zone: str = ZONE
+    settings: Any = None
+    ports: list[int] = field(default_factory=list)
+    databases: list[Any] = field(default_factory=list)
+    mirrors: list[Any] = field(default_factory=list)
+
+    def _database(self) -> Any:
+        from receiver.config import StateSettings
+        from receiver.postgres.database import Database
+
+        state = StateSettings(url=Secret(self.url), statement_timeout_seconds=0.5)
+        database = Database(state)
+        self.databases.append(database)
+        return database
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[LocalPostgresHarness]:
+        from receiver.postgres.records import PostgresRecords, RecordMirror
+
+        self.settings = LocalSettings(dns_listen="127.0.0.1:0")
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_databases)
+            for _ in range(2):
+                database = self._database()
+                mirror = RecordMirror(database)
+                await mirror.start()
+                stack.push_async_callback(mirror.aclose)
+                self.mirrors.append(mirror)
+                responder = await stack.enter_async_context(
+                    dnsserver.running(
+                        [self.zone],
+                        self.settings,
+                        view=mirror,
+                        records=PostgresRecords(database, lifetime=3600),
+                    )
+                )
+                self.ports.append(responder.address[1])
+            yield self
+
+    async def _close_databases(self) -> None:
+        for database in self.databases:  # the adapters' too: they do not own theirs
+            await database.aclose()
+
+    async def provider(self) -> Provider:
+        from providers.local import LocalProvider
+        from receiver.postgres.records import PostgresRecords
+
+        records = PostgresRecords(self._database(), lifetime=3600)
+        return LocalProvider(self.settings, store=records)
+
+    async def _caught_up(self) -> None:
+        import asyncpg
+
+        db = await asyncpg.connect(self.url)
+        try:
+            serial = int(await db.fetchval("SELECT value FROM store_meta WHERE key = 'serial'"))
+        finally:
+            await db.close()
+        async with asyncio.timeout(5):
+            while any(m.serial() != serial for m in self.mirrors):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+
+    async def _query(self, fqdn: str, port: int) -> dns.message.Message:
+        query = dns.message.make_query(fqdn, "TXT")
+        return await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=3)
+
+    async def observe(self, fqdn: str) -> list[str]:
+        await self._caught_up()
+        seen = []
+        for port in self.ports:
+            response = await self._query(fqdn, port)
+            assert response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+            seen.append(sorted(b"".join(r.strings).decode() for rs in response.answer for r in rs))
+        assert seen[0] == seen[1], f"the two responders disagree: {seen}"
+        return seen[0]
+
+    async def observed_ttl(self, fqdn: str) -> int | None:
+        await self._caught_up()
+        response = await self._query(fqdn, self.ports[1])
+        return response.answer[0].ttl if response.answer else None
+
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        import time
+
+        import asyncpg
+
+        db = await asyncpg.connect(self.url)
+        try:
+            async with db.transaction():
+                now = time.time()
+                await db.execute(
+                    "INSERT INTO txt_values VALUES ($1, $2, 300, $3, $4)",
+                    fqdn,
+                    value,
+                    now,
+                    now + 3600,
+                )
+                serial = await db.fetchval(
+                    "UPDATE store_meta SET value = value + 1 WHERE key = 'serial' RETURNING value"
+                )
+                if serial is None:
+                    serial = await db.fetchval(
+                        "INSERT INTO store_meta VALUES ('serial', 1) RETURNING value"
+                    )
+                await db.execute("SELECT pg_notify('dcr_records', $1)", str(serial))
+        finally:
+            await db.close()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[type[Exception]]:
+        """Another session holds the table past the statement timeout."""
+        import asyncpg
+
+        from providers import errors
+
+        blocker = await asyncpg.connect(self.url)
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE txt_values IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield errors.ProviderUnavailable
+        finally:
+            await transaction.rollback()
+            await blocker.close()
+
+    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
+        return self._locked()
+
+
+@dataclass
 class Route53Harness:
     """moto_server behind the Route 53 stub; observed by a separate boto3 client on moto."""
 
@@ -496,9 +635,13 @@ def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
     return Route53Harness(tmp_path, request.getfixturevalue("moto_server"))
 
 
+# Keyed by provider name, "+" the backend where one provider has several.
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": lambda request, tmp_path: MemoryHarness(tmp_path),
     "local": lambda request, tmp_path: LocalHarness(tmp_path),
+    "local+postgres": lambda request, tmp_path: LocalPostgresHarness(
+        tmp_path, request.getfixturevalue("postgres_url")
+    ),
     "route53": _route53,
     "rfc2136": lambda request, tmp_path: Rfc2136Harness(
         tmp_path, request.getfixturevalue("bind_primary")

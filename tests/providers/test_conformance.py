@@ -30,7 +30,7 @@ _names = itertools.count()
 
 
 def test_every_provider_has_a_harness() -> None:
-    assert set(provider_names()) == set(HARNESSES)
+    assert set(provider_names()) == {key.split("+")[0] for key in HARNESSES}
 
 
 @pytest.fixture(params=sorted(HARNESSES))
