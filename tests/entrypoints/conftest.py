@@ -79,9 +79,7 @@ def lambda_container(monkeypatch: pytest.MonkeyPatch) -> Iterator[aws_lambda._Co
     container = aws_lambda._Container()
     monkeypatch.setattr(aws_lambda, "_container", container)
     yield container
-    if container.runner is not None:
-        container.runner.run(container.holder.aclose())
-        container.runner.close()
+    container.close()
 
 
 def stored_values(database: Path, fqdn: str) -> set[str]:

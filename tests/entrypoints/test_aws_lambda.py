@@ -241,3 +241,53 @@ async def test_broken_config_is_503_json_then_recovers(
     path.write_text(good)  # the next invocation tries again
     status, _, answer = await invoke(events.function_url(body, headers=JSON))
     assert (status, answer["status"]) == (200, "published")
+
+
+async def test_journal_on_postgres_and_a_failed_order_cleaned_up_on_lambda(
+    sender: Sender,
+    write_config: WriteConfig,
+    lambda_container: aws_lambda._Container,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With [state], Lambda keeps a journal (in the shared database) like the server does:
+    a failed order reaching a warm container removes what earlier invocations wrote."""
+    import asyncpg
+
+    monkeypatch.setenv("DCR_DATABASE_URL", postgres_url)
+    write_config(
+        [{"name": "example.com", "provider": "local"}], state={"url_env": "DCR_DATABASE_URL"}
+    )
+    certificate = INSTANCE.rstrip(":") + ":certificate:lambda"
+    values = [signing.challenge_value() for _ in range(2)]
+    for domain, value in zip(("example.com", "*.example.com"), values, strict=True):
+        claims = sender.claims(REQUIRED, domain, value, certificateCRN=certificate)
+        status, _, answer = await invoke(events.function_url(sender.body(claims), headers=JSON))
+        assert status == 200, answer
+    failed = {
+        "instance_crn": INSTANCE,
+        "event_type": "cert_order_failed",
+        "version": 4,
+        "certificates": [{"cert_crn": certificate, "name": "c", "domains": "example.com"}],
+    }
+    status, _, answer = await invoke(events.function_url(sender.body(failed), headers=JSON))
+    assert (status, answer["removed"], answer["failed"]) == (200, 2, 0)
+
+    db = await asyncpg.connect(postgres_url)
+    try:
+        journal = await db.fetch("SELECT door, action, outcome FROM journal_entries ORDER BY id")
+        left = await db.fetchval("SELECT count(*) FROM txt_values")
+        connections = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+            " 'dns-challenge-receiver' AND datname = current_database()"
+        )
+    finally:
+        await db.close()
+    assert [tuple(row) for row in journal] == [
+        ("certificate_manager", "add", "done"),
+        ("certificate_manager", "add", "done"),
+        ("failed_order", "remove", "done"),
+        ("failed_order", "remove", "done"),
+    ]
+    assert left == 0
+    assert connections == 1  # opened on first use, reused by every warm invocation

@@ -107,6 +107,60 @@ async def test_lambda_under_the_real_runtime_client(
     assert '"event": "notification"' in output  # the receiver's own summary lines
 
 
+async def test_lambda_on_postgres_closes_its_connection_on_sigterm(
+    sender: Sender,
+    write_config: WriteConfig,
+    fake_runtime_api: FakeLambdaRuntime,
+    postgres_url: str,
+) -> None:
+    """One connection, opened on first use and reused while warm; gone after SIGTERM."""
+    import asyncpg
+
+    config = write_config(
+        [{"name": "example.com", "provider": "memory"}], state={"url_env": "DCR_DATABASE_URL"}
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "awslambdaric", "receiver.entrypoints.aws_lambda.handler",
+        env={
+            **os.environ,
+            CONFIG_ENV: str(config),
+            "DCR_DATABASE_URL": postgres_url,
+            "AWS_LAMBDA_RUNTIME_API": fake_runtime_api.address,
+            "AWS_LAMBDA_FUNCTION_NAME": "dns-challenge-receiver",
+        },
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+    async def connections() -> int:
+        db = await asyncpg.connect(postgres_url)
+        try:
+            return int(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                    " 'dns-challenge-receiver' AND datname = current_database()"
+                )
+            )
+        finally:
+            await db.close()
+
+    try:
+        for _ in range(3):
+            body = sender.body(sender.claims(REQUIRED, "www.example.com"))
+            answer = await asyncio.to_thread(
+                fake_runtime_api.invoke, events.function_url(body, headers=JSON)
+            )
+            assert answer.kind == "response" and answer.body["statusCode"] == 200, answer
+        assert await connections() == 1
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.wait()
+        assert proc.returncode == 0
+        assert await connections() == 0
+    finally:
+        output = await _stop(proc)
+    assert "Traceback" not in output, output
+
+
 @pytest.fixture
 async def functions_framework(
     tmp_path: Path, write_config: WriteConfig
