@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver import core
-from receiver.entrypoints.serverless import RuntimeHolder, request_id, serve
+from receiver.entrypoints.serverless import RuntimeHolder, request_id, serve, sweep_once
 
 
 class _Container:
@@ -32,10 +32,16 @@ class _Container:
         self.holder = RuntimeHolder()
 
     def run(self, request: core.InboundRequest) -> core.Outcome:
+        return self._runner().run(serve(self.holder, request))
+
+    def sweep(self) -> dict[str, int]:
+        return self._runner().run(sweep_once(self.holder))
+
+    def _runner(self) -> asyncio.Runner:
         if self.runner is None:
             self.runner = asyncio.Runner()
             _close_on_sigterm(self)
-        return self.runner.run(serve(self.holder, request))
+        return self.runner
 
     def close(self) -> None:
         """Close the Runtime (and with it a database pool) on the loop it was opened on."""
@@ -70,6 +76,11 @@ def _close_on_sigterm(container: _Container) -> None:
 
 class NotAnHttpEvent(ValueError):
     pass
+
+
+def sweep_handler(event: Any, context: Any) -> dict[str, int]:
+    """A scheduled event (EventBridge): remove stale values of ours, as `sweep` does."""
+    return _container.sweep()
 
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:

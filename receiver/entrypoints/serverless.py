@@ -102,3 +102,14 @@ async def _readiness(runtime: Runtime) -> core.Outcome:
     return core.Outcome(
         200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
     )
+
+
+async def sweep_once(holder: RuntimeHolder) -> dict[str, int]:
+    """A scheduled invocation's sweep (EventBridge, Cloud Scheduler): the long-running
+    server sweeps on a timer of its own; a function must be called to."""
+    from receiver.sweep import sweep
+
+    report = await sweep(await holder.get())
+    counts = report.as_dict()
+    log.info("sweep", **counts)
+    return counts

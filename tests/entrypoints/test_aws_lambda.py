@@ -291,3 +291,33 @@ async def test_journal_on_postgres_and_a_failed_order_cleaned_up_on_lambda(
     ]
     assert left == 0
     assert connections == 1  # opened on first use, reused by every warm invocation
+
+
+async def test_scheduled_sweep_on_lambda_removes_stale_values(
+    sender: Sender,
+    write_config: WriteConfig,
+    lambda_container: aws_lambda._Container,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncpg
+
+    monkeypatch.setenv("DCR_DATABASE_URL", postgres_url)
+    write_config(
+        [{"name": "example.com", "provider": "local"}],
+        state={"url_env": "DCR_DATABASE_URL"},
+    )
+    body = sender.body(sender.claims(REQUIRED, "stale.example.com"))
+    status, _, _ = await invoke(events.function_url(body, headers=JSON))
+    assert status == 200
+    db = await asyncpg.connect(postgres_url)  # written three hours ago, as far as it knows
+    await db.execute("UPDATE journal_entries SET created = created - 3 * 3600")
+    await db.close()
+    scheduled = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+    counts = await asyncio.to_thread(aws_lambda.sweep_handler, scheduled, Context())
+    assert counts == {"removed": 1, "settled": 0, "failed": 0, "skipped": 0}
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await db.fetchval("SELECT count(*) FROM txt_values") == 0
+    finally:
+        await db.close()
