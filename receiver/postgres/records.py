@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -23,16 +22,51 @@ import structlog
 from providers.errors import ProviderUnavailable
 from providers.local import StoredValue
 from receiver.errors import StateUnavailable
-from receiver.postgres.database import Connection, Database
+from receiver.postgres.database import Database
 
 log = structlog.get_logger("receiver.postgres.records")
 
 CHANNEL = "dcr_records"
-_BUMP_SERIAL = """
-    INSERT INTO store_meta (key, value) VALUES ('serial', $1)
-    ON CONFLICT (key) DO UPDATE SET value = GREATEST(store_meta.value + 1, excluded.value)
-    RETURNING value
+# Each write is one statement: the change, the serial bump (row-locked, so writers in
+# every process take turns and the serial only grows) and a NOTIFY of "<serial> <name>",
+# all or nothing. Data-modifying CTEs run whether or not the outer query reads them.
+_ADD = """
+    WITH existed AS (
+        SELECT 1 FROM txt_values WHERE fqdn = $1 AND value = $2 AND expires > $4),
+    written AS (
+        INSERT INTO txt_values (fqdn, value, ttl, created, expires) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (fqdn, value) DO UPDATE SET expires = excluded.expires,
+            ttl = CASE WHEN txt_values.expires > $4 THEN txt_values.ttl ELSE excluded.ttl END,
+            created = CASE WHEN txt_values.expires > $4 THEN txt_values.created
+                ELSE excluded.created END
+        RETURNING 1),
+    bumped AS (
+        INSERT INTO store_meta (key, value)
+        SELECT 'serial', $6 WHERE NOT EXISTS (SELECT 1 FROM existed)
+        ON CONFLICT (key) DO UPDATE SET value = GREATEST(store_meta.value + 1, excluded.value)
+        RETURNING value),
+    notified AS (SELECT pg_notify('dcr_records', value::text || ' ' || $1) FROM bumped)
+    SELECT (SELECT count(*) FROM written) AS rows, (SELECT count(*) FROM notified) AS notified
 """
+_REMOVE = """
+    WITH gone AS (DELETE FROM txt_values WHERE fqdn = $1 AND value = $2 RETURNING 1),
+    bumped AS (
+        INSERT INTO store_meta (key, value) SELECT 'serial', $3 WHERE EXISTS (SELECT 1 FROM gone)
+        ON CONFLICT (key) DO UPDATE SET value = GREATEST(store_meta.value + 1, excluded.value)
+        RETURNING value),
+    notified AS (SELECT pg_notify('dcr_records', value::text || ' ' || $1) FROM bumped)
+    SELECT (SELECT count(*) FROM gone) AS rows, (SELECT count(*) FROM notified) AS notified
+"""
+_PURGE = """
+    WITH gone AS (DELETE FROM txt_values WHERE expires <= $1 RETURNING 1),
+    bumped AS (
+        INSERT INTO store_meta (key, value)
+        SELECT 'serial', $1::bigint WHERE EXISTS (SELECT 1 FROM gone)
+        ON CONFLICT (key) DO UPDATE SET value = GREATEST(store_meta.value + 1, excluded.value)
+        RETURNING value),
+    notified AS (SELECT pg_notify('dcr_records', value::text || ' ') FROM bumped)
+    SELECT (SELECT count(*) FROM gone) AS rows, (SELECT count(*) FROM notified) AS notified
+"""  # no name in the notice: every mirror reloads in full
 
 
 class PostgresRecords:
@@ -47,40 +81,12 @@ class PostgresRecords:
 
     async def add(self, fqdn: str, value: str, ttl: int) -> bool:
         now = self._clock()
-        async with self._write() as db:
-            existed = await db.fetchval(
-                "SELECT 1 FROM txt_values WHERE fqdn = $1 AND value = $2 AND expires > $3",
-                fqdn,
-                value,
-                now,
-            )
-            await db.execute(
-                "INSERT INTO txt_values (fqdn, value, ttl, created, expires)"
-                " VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT (fqdn, value) DO UPDATE SET expires = excluded.expires,"
-                " ttl = CASE WHEN txt_values.expires > $4 THEN txt_values.ttl"
-                " ELSE excluded.ttl END,"
-                " created = CASE WHEN txt_values.expires > $4 THEN txt_values.created"
-                " ELSE excluded.created END",
-                fqdn,
-                value,
-                ttl,
-                now,
-                now + self._lifetime,
-            )
-            if not existed:
-                await _changed(db, now)
-        return existed is None
+        _, new = await self._write(_ADD, fqdn, value, ttl, now, now + self._lifetime, int(now))
+        return new > 0
 
     async def remove(self, fqdn: str, value: str) -> bool:
-        async with self._write() as db:
-            status = await db.execute(
-                "DELETE FROM txt_values WHERE fqdn = $1 AND value = $2", fqdn, value
-            )
-            gone = status != "DELETE 0"
-            if gone:
-                await _changed(db, self._clock())
-        return gone
+        gone, _ = await self._write(_REMOVE, fqdn, value, int(self._clock()))
+        return gone > 0
 
     async def values(self, fqdn: str) -> list[StoredValue]:
         try:
@@ -96,19 +102,16 @@ class PostgresRecords:
         return [StoredValue(r["value"], r["ttl"], r["expires"]) for r in rows]
 
     async def purge_expired(self) -> int:
-        now = self._clock()
-        async with self._write() as db:
-            status = await db.execute("DELETE FROM txt_values WHERE expires <= $1", now)
-            count = int(status.split()[-1])
-            if count:
-                await _changed(db, now)
-        return count
+        purged, _ = await self._write(_PURGE, self._clock())
+        return purged
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[Connection]:
+    async def _write(self, statement: str, *args: object) -> tuple[int, int]:
+        """Run one write statement: (rows it changed, notifications it sent: 0 or 1)."""
         try:
-            async with self._database.connection() as db, db.transaction():
-                yield db
+            async with self._database.connection() as db:
+                row = await db.fetchrow(statement, *args)
+                assert row is not None
+                return int(row["rows"]), int(row["notified"])
         except StateUnavailable as exc:
             raise ProviderUnavailable("local", exc.reason) from None
 
@@ -116,22 +119,13 @@ class PostgresRecords:
         return None  # the Database is closed by its owner
 
 
-async def _changed(db: Connection, now: float) -> None:
-    """Bump the serial (row-locked: writers in every process take turns) and notify."""
-    serial = await db.fetchval(_BUMP_SERIAL, int(now))
-    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, str(serial))
-
-
-@dataclass
-class _Snapshot:
-    by_name: dict[str, list[StoredValue]] = field(default_factory=dict)
-    below: dict[str, float] = field(default_factory=dict)  # name -> latest expiry beneath it
-    serial: int = 1
-
-
 class RecordMirror:
-    """The responder's view (`receiver.dnsserver.RecordView`): every live value in memory,
-    reloaded on NOTIFY, or by polling the serial while it cannot listen."""
+    """The responder's view (`receiver.dnsserver.RecordView`): every live value in memory.
+
+    While listening, each notice names the one record that changed and only that name
+    is read again; a notice without a name (a purge), (re)starting to listen, and every
+    check of the serial that finds it moved (every `poll_interval` while not listening,
+    every `safety_interval` while listening) read everything again."""
 
     def __init__(
         self,
@@ -145,8 +139,11 @@ class RecordMirror:
         self._poll_interval = poll_interval
         self._safety_interval = safety_interval
         self._clock = clock
-        self._snapshot = _Snapshot()
+        self._by_name: dict[str, list[StoredValue]] = {}
+        self._below: defaultdict[str, set[str]] = defaultdict(set)  # name -> names beneath
+        self._serial = 1
         self._version = 0
+        self._notices: list[tuple[int, str]] = []
         self._wanted = asyncio.Event()
         self._listening = False
         self._task: asyncio.Task[None] | None = None
@@ -155,13 +152,13 @@ class RecordMirror:
 
     def values(self, fqdn: str) -> list[StoredValue]:
         now = self._clock()
-        return [v for v in self._snapshot.by_name.get(fqdn, ()) if v.expires > now]
+        return [v for v in self._by_name.get(fqdn, ()) if v.expires > now]
 
     def has_descendants(self, fqdn: str) -> bool:
-        return self._snapshot.below.get(fqdn, 0.0) > self._clock()
+        return any(self.values(name) for name in self._below.get(fqdn, ()))
 
     def serial(self) -> int:
-        return self._snapshot.serial
+        return self._serial
 
     def data_version(self) -> int:
         return self._version
@@ -179,6 +176,7 @@ class RecordMirror:
         self._task = asyncio.create_task(self._follow())
 
     async def reload(self) -> None:
+        """Read every live value (one consistent snapshot with the serial)."""
         async with (
             self._database.connection() as db,
             db.transaction(isolation="repeatable_read", readonly=True),
@@ -189,22 +187,45 @@ class RecordMirror:
                 " ORDER BY fqdn, value",
                 self._clock(),
             )
-        snapshot = _Snapshot(serial=int(serial or 1))
         by_name: defaultdict[str, list[StoredValue]] = defaultdict(list)
         for row in rows:
-            stored = StoredValue(row["value"], row["ttl"], row["expires"])
-            by_name[row["fqdn"]].append(stored)
-            labels = row["fqdn"].split(".")
-            for start in range(1, len(labels)):
-                ancestor = ".".join(labels[start:])
-                snapshot.below[ancestor] = max(snapshot.below.get(ancestor, 0.0), stored.expires)
-        snapshot.by_name = dict(by_name)
-        self._snapshot = snapshot
+            by_name[row["fqdn"]].append(StoredValue(row["value"], row["ttl"], row["expires"]))
+        self._by_name, self._below = {}, defaultdict(set)
+        for name, stored in by_name.items():
+            self._set(name, stored)
+        self._serial = int(serial or 1)
         self._version += 1
 
+    async def _refresh(self, names: set[str], serial: int) -> None:
+        """Read again only the records that notices named."""
+        async with self._database.connection() as db:
+            rows = await db.fetch(
+                "SELECT fqdn, value, ttl, expires FROM txt_values"
+                " WHERE fqdn = ANY($1::text[]) AND expires > $2 ORDER BY fqdn, value",
+                list(names),
+                self._clock(),
+            )
+        found: dict[str, list[StoredValue]] = {name: [] for name in names}
+        for row in rows:
+            found[row["fqdn"]].append(StoredValue(row["value"], row["ttl"], row["expires"]))
+        for name, stored in found.items():
+            self._set(name, stored)
+        self._serial = max(self._serial, serial)
+        self._version += 1
+
+    def _set(self, name: str, stored: list[StoredValue]) -> None:
+        labels = name.split(".")
+        ancestors = [".".join(labels[i:]) for i in range(1, len(labels))]
+        if stored:
+            self._by_name[name] = stored
+            for ancestor in ancestors:
+                self._below[ancestor].add(name)
+        else:
+            self._by_name.pop(name, None)
+            for ancestor in ancestors:
+                self._below[ancestor].discard(name)
+
     async def _follow(self) -> None:
-        """Reload whenever told (bursts coalesce into one reload), and check the serial
-        every `safety_interval` while listening, every `poll_interval` while not."""
         connection: asyncpg.Connection | None = None
         next_listen = 0.0
         try:
@@ -220,10 +241,16 @@ class RecordMirror:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wanted.wait(), interval)
                 self._wanted.clear()
+                notices, self._notices = self._notices, []
                 try:
-                    await self._reload_if_changed()
+                    names = {name for _, name in notices}
+                    if listening and notices and "" not in names:
+                        await self._refresh(names, max(serial for serial, _ in notices))
+                    else:
+                        await self._reload_if_changed(force=bool(notices))
                 except StateUnavailable as exc:
                     log.debug("record_mirror_unavailable", error=exc.reason)
+                    self._notices = notices + self._notices  # not lost: tried again
         finally:
             self._listening = False
             if connection is not None:
@@ -251,18 +278,23 @@ class RecordMirror:
             log.debug("record_mirror_not_listening", error=str(exc))
             return None
         connection.add_termination_listener(lambda _connection: self._wanted.set())
-        self._wanted.set()  # catch up on whatever happened while not listening
+        # Catch up on whatever happened while not listening: one full read.
+        self._notices.append((0, ""))
+        self._wanted.set()
         return connection
 
     def _notified(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
-        if str(payload) != str(self._snapshot.serial):
-            self._wanted.set()
+        serial, _, name = str(payload).partition(" ")
+        self._notices.append((int(serial) if serial.isdigit() else 0, name))
+        self._wanted.set()
 
-    async def _reload_if_changed(self) -> None:
-        async with self._database.connection() as db:
-            serial = await db.fetchval("SELECT value FROM store_meta WHERE key = 'serial'")
-        if int(serial or 1) != self._snapshot.serial or self._version == 0:
-            await self.reload()
+    async def _reload_if_changed(self, *, force: bool = False) -> None:
+        if not force:
+            async with self._database.connection() as db:
+                serial = await db.fetchval("SELECT value FROM store_meta WHERE key = 'serial'")
+            if int(serial or 1) == self._serial and self._version:
+                return
+        await self.reload()
 
     async def aclose(self) -> None:
         if self._task is not None:
