@@ -10,7 +10,6 @@ a sender-key fetch, so the caches are bounded by the allow-list.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from receiver.crn import InstanceCrn
 from receiver.errors import Unauthorized, Unavailable
 from receiver.fetch import HttpGet
+from receiver.untrusted import json_loads
 
 PublicKey = RSAPublicKey | EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey
 Clock = Callable[[], float]
@@ -191,7 +191,7 @@ def _pem_from_document(body: bytes) -> bytes:
     if body.lstrip().startswith(b"-----BEGIN"):
         return body
     try:
-        document = json.loads(body)
+        document = json_loads(body)
     except ValueError:
         raise KeyMaterialError("key endpoint answered neither JSON nor PEM") from None
     pem = document.get("publicKey") if isinstance(document, dict) else None
@@ -281,7 +281,7 @@ class Jwks:
 
 def parse_jwks(body: bytes) -> dict[str | None, jwt.PyJWK]:
     try:
-        document: Any = json.loads(body)
+        document: Any = json_loads(body)
     except ValueError:
         raise KeyMaterialError("JWKS is not JSON") from None
     entries = document.get("keys") if isinstance(document, dict) else None

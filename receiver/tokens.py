@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import time
 from collections.abc import Collection
@@ -24,6 +23,7 @@ import jwt
 from jwt.exceptions import InvalidKeyError
 
 from receiver.errors import BadRequest, RequestRejected, Unauthorized
+from receiver.untrusted import json_loads
 
 _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\Z")
 
@@ -45,8 +45,8 @@ def parse(
         raise error(f"{what} is not a compact JWS (header.payload.signature)", code=code)
     header_b64, claims_b64, signature_b64 = match.groups()
     try:
-        header = json.loads(_b64decode(header_b64))
-        claims = json.loads(_b64decode(claims_b64))
+        header = json_loads(_b64decode(header_b64))
+        claims = json_loads(_b64decode(claims_b64))
         signature = _b64decode(signature_b64)
     except (ValueError, UnicodeDecodeError):
         raise error(f"{what} is not valid base64url JSON", code=code) from None

@@ -33,11 +33,16 @@ SEEDED_DOMAIN = "seeded.example.com"
 SEEDED_FQDN = "_acme-challenge.seeded.example.com"
 SEEDED_VALUE = "S" * 43
 REQUIRED = "cert_domain_validation_required"
+DEEP = b"[" * 30_000  # json.loads raises RecursionError long before it sees the end
 COMPLETED = "cert_domain_validation_completed"
 
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def compact(header: bytes, payload: bytes, signature: str = "c2ln") -> str:
+    return f"{b64(header)}.{b64(payload)}.{signature}"
 
 
 def unsigned(claims: dict[str, Any], header: dict[str, Any], signature: str = "") -> str:
@@ -325,6 +330,32 @@ CASES = [
         lambda s: body(f"{b64(json.dumps({'alg': 'RS256'}).encode())}.{b64(b'[1]')}.c2ln"),
         400,
         "malformed_envelope",
+    ),
+    # --- nesting deep enough to exhaust the JSON decoder's recursion (issue 21 #1) -----
+    Case("body nested 30,000 deep", lambda s: Request(b'{"data": ' + DEEP), 400, "malformed_body"),
+    Case(
+        "JWS header nested 30,000 deep",
+        lambda s: body(compact(DEEP, json.dumps(claims(s)).encode())),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "JWS payload nested 30,000 deep",
+        lambda s: body(compact(b'{"alg": "RS256"}', DEEP)),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "JWS payload with a claim nested 30,000 deep",
+        lambda s: body(compact(b'{"alg": "RS256"}', b'{"instance_crn": ' + DEEP)),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "user token payload nested 30,000 deep",
+        raw_user_token(compact(b'{"alg": "RS256", "kid": "%s"}' % USER_KID.encode(), DEEP)),
+        401,
+        "invalid_user_token",
     ),
     Case(
         "wrong content type",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from receiver import signing
 from receiver.crn import InstanceCrn
@@ -213,3 +216,40 @@ async def test_jwks_stale_cache_survives_an_outage(ibm_cloud: FakeIbmCloud) -> N
         clock.now += 100
         assert await jwks.key(USER_KID) is key
         assert ibm_cloud.jwks_fetches == 2
+
+
+@pytest.fixture
+async def deeply_nested_json() -> Any:
+    """A key endpoint whose JSON nests deeper than the decoder's recursion limit."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 30_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.mark.parametrize("endpoint", ["sender_key", "jwks"])
+async def test_a_deeply_nested_key_document_is_unavailable_not_a_crash(
+    start_service: ServiceFactory, sender: Sender, deeply_nested_json: str, endpoint: str
+) -> None:
+    if endpoint == "sender_key":
+        sections: dict[str, Any] = {
+            "certificate_manager": {"public_key_url": deeply_nested_json + "/{instance_crn}"}
+        }
+    else:
+        sections = {"user_token": {"jwks_url": deeply_nested_json + "/identity/keys"}}
+    service = await start_service(**sections)
+    resp = await service.post(sender.body(sender.claims(user_token=sender.user_token())))
+    assert resp.status == 503, await resp.text()
+    assert (await resp.json())["error"] == f"{endpoint}_unavailable"
+    assert await service.all_records() == {}
+
+
+def test_a_deeply_nested_jwks_is_unusable() -> None:
+    with pytest.raises(KeyMaterialError):
+        parse_jwks(b'{"keys": ' + b"[" * 30_000)

@@ -14,7 +14,6 @@ Order of checks, each before anything more expensive or outward-facing:
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from receiver.config import CertificateManagerSettings, UserTokenSettings
 from receiver.crn import InstanceCrn
 from receiver.errors import BadRequest, Forbidden, Unauthorized
 from receiver.keys import Jwks, SenderKeys
+from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
 DOOR = "certificate_manager"
@@ -95,7 +95,7 @@ class Verifier:
 
 def envelope(body: bytes) -> tokens.CompactJws:
     try:
-        document = json.loads(body)
+        document = json_loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not valid JSON", code="malformed_body") from None
     if not isinstance(document, dict) or "data" not in document:
