@@ -12,7 +12,7 @@ import pytest
 from receiver import signing
 from receiver.errors import ConfigError
 
-from .conftest import Sender, ServiceFactory, SettingsFactory
+from .conftest import Sender, ServiceFactory, SettingsFactory, long_domain
 
 PASSWORD = "correct horse battery staple"
 WRONG_NAME = b'{"fqdn": "www.example.com.", "value": "' + b"A" * 43 + b'"}'
@@ -102,6 +102,16 @@ async def test_httpreq_rejects_bad_credentials(
             "invalid_value",
         ),
         (b'{"domain": "bad..name", "keyAuth": "t.' + b"A" * 43 + b'"}', 400, "invalid_name"),
+        (  # the domain fits in 253 octets, its challenge name does not
+            b'{"domain": "%s", "keyAuth": "t.' % long_domain(238).encode() + b"A" * 43 + b'"}',
+            400,
+            "invalid_name",
+        ),
+        (
+            b'{"domain": "*.%s", "keyAuth": "t.' % long_domain(240).encode() + b"A" * 43 + b'"}',
+            400,
+            "invalid_name",
+        ),
     ],
 )
 async def test_httpreq_rejects_bad_bodies(

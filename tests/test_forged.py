@@ -27,6 +27,7 @@ from .conftest import (
     FakeIbmCloud,
     Sender,
     ServiceFactory,
+    long_domain,
 )
 
 SEEDED_DOMAIN = "seeded.example.com"
@@ -439,6 +440,18 @@ CASES = [
     Case(
         "domain malformed",
         lambda s: body(s.token(claims(s, domain="www..example.com"))),
+        400,
+        "invalid_name",
+    ),
+    Case(
+        "challenge name over 253 octets (domain of 238)",
+        lambda s: body(s.token(claims(s, domain=long_domain(238)))),
+        400,
+        "invalid_name",
+    ),
+    Case(
+        "challenge name over 253 octets (wildcard of 253)",
+        lambda s: body(s.token(claims(s, domain="*." + long_domain(253)))),
         400,
         "invalid_name",
     ),
