@@ -137,11 +137,7 @@ class Answerer:
             response.set_rcode(dns.rcode.FORMERR)
         else:
             valid_until = self._resolve(query.question[0], response)
-        limit = (
-            None
-            if max_size is None
-            else (min(query.payload, EDNS_PAYLOAD) if query.edns >= 0 else PLAIN_UDP_PAYLOAD)
-        )
+        limit = None if max_size is None else _udp_limit(query)
         return _to_wire(response, limit), valid_until
 
     def _resolve(self, question: dns.rrset.RRset, response: dns.message.Message) -> float:
@@ -194,6 +190,15 @@ class Answerer:
             f" 3600 600 86400 {self._negative_ttl}"
         )
         return _rrset(owner, self._negative_ttl, [dns.rdata.from_text(_IN, _SOA, fields)])
+
+
+def _udp_limit(query: dns.message.Message) -> int:
+    """The largest UDP answer the client can take: its EDNS payload size, capped at ours
+    and never below 512 (RFC 6891 §6.2.5). Without the floor, a payload of 0 would lift
+    the cap altogether: dnspython reads `max_size=0` as 65,535."""
+    if query.edns < 0:
+        return PLAIN_UDP_PAYLOAD
+    return max(PLAIN_UDP_PAYLOAD, min(query.payload, EDNS_PAYLOAD))
 
 
 def _rrset(owner: dns.name.Name, ttl: int, rdatas: Sequence[dns.rdata.Rdata]) -> dns.rrset.RRset:
