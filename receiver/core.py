@@ -17,7 +17,7 @@ import structlog
 
 from providers.base import Secret
 from receiver.challenge import Action, Challenge
-from receiver.changes import apply_change
+from receiver.changes import apply_change, published_by
 from receiver.doors import acme_dns, certificate_manager, httpreq
 from receiver.errors import (
     MethodNotAllowed,
@@ -136,6 +136,7 @@ async def _certificate_manager(
             summary,
             user_token=notification.user_token,
             wait=runtime.settings.certificate_manager.wait_for_propagation,
+            remover=notification.instance.text,
         )
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
@@ -210,8 +211,12 @@ async def _challenge(
     *,
     user_token: Secret | None = None,
     wait: bool = False,
+    remover: str | None = None,
 ) -> Outcome:
-    """Every door's write: policy, journal and provider, then propagation."""
+    """Every door's write: policy, journal and provider, then propagation.
+
+    `remover`: the sender a removal acts for, when it may take only that sender's
+    values (checked against the journal before anything is touched)."""
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
@@ -232,6 +237,9 @@ async def _challenge(
             user_token=user_token,
         )
 
+    if challenge.action is Action.REMOVE and remover is not None:
+        own = await published_by(runtime, written, route.zone, remover)
+        summary["publisher"] = "self" if own else "unknown"
     if challenge.action is Action.REMOVE:
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
     await write()
