@@ -25,6 +25,7 @@ from receiver.errors import (
     PayloadTooLarge,
     ReceiverError,
     RequestRejected,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from receiver.journal import Origin
@@ -137,6 +138,7 @@ async def _certificate_manager(
             user_token=notification.user_token,
             wait=runtime.settings.certificate_manager.wait_for_propagation,
             remover=notification.instance.text,
+            own_values_only=notification.own_values_only,
         )
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
@@ -212,11 +214,14 @@ async def _challenge(
     user_token: Secret | None = None,
     wait: bool = False,
     remover: str | None = None,
+    own_values_only: bool = False,
 ) -> Outcome:
     """Every door's write: policy, journal and provider, then propagation.
 
-    `remover`: the sender a removal acts for, when it may take only that sender's
-    values (checked against the journal before anything is touched)."""
+    `remover`: the sender a removal acts for, when it may not take another sender's
+    values (checked against the journal before anything is touched). `own_values_only`:
+    the journal must also show that `remover` published the value (a removal without
+    the required user token)."""
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
@@ -240,6 +245,12 @@ async def _challenge(
     if challenge.action is Action.REMOVE and remover is not None:
         own = await published_by(runtime, written, route.zone, remover)
         summary["publisher"] = "self" if own else "unknown"
+        if own_values_only and not own:
+            raise Unauthorized(
+                "notification carries no userToken, and the journal does not show that"
+                " this instance published the value",
+                code="user_token_required",
+            )
     if challenge.action is Action.REMOVE:
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
     await write()

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from providers.base import ZoneRef
 from providers.local import ChallengeStore
 from receiver import signing
@@ -123,3 +125,85 @@ async def test_the_publisher_is_the_latest_add_of_a_value_still_published(
     assert await journal.publisher(zone="other.com", fqdn=NAME, value="b") is None
     assert await publisher("never") is None
     await journal.aclose()
+
+
+# --- #12: `user_token.required` governs what publishes ---------------------------------
+
+CERT = INSTANCE.rstrip(":") + ":certificate:aaaa"
+REQUIRE_TOKEN = {"user_token": {"required": True}}
+
+
+async def publish_with_token(service: Any, sender: Sender, value: str) -> None:
+    status, body = await notify(
+        service, sender, REQUIRED, value, certificateCRN=CERT, user_token=sender.user_token()
+    )
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("event", ["cert_order_failed", "cert_renew_failed"])
+async def test_a_failed_order_in_the_documented_shape_is_cleaned_up_without_a_token(
+    start_service: ServiceFactory, sender: Sender, tmp_path: Path, event: str
+) -> None:
+    """Certificate Manager sends no userToken with these: the clean-up must still run."""
+    service = await start_service(**local_sections(tmp_path), **REQUIRE_TOKEN)
+    value = signing.challenge_value()
+    await publish_with_token(service, sender, value)
+    failed = {
+        "instance_crn": INSTANCE,
+        "event_type": event,
+        "certificates": [{"cert_crn": CERT, "name": "www", "domains": "www.example.com"}],
+    }
+    resp = await service.post(sender.body(failed))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {
+        "status": "cleaned",
+        "event_type": event,
+        "removed": 1,
+        "failed": 0,
+    }
+    assert store_values(tmp_path) == set()
+
+
+async def test_a_removal_without_a_token_takes_only_a_value_this_instance_published(
+    start_service: ServiceFactory, sender: Sender, tmp_path: Path
+) -> None:
+    service = await start_service(**local_sections(tmp_path), **REQUIRE_TOKEN)
+    own, unknown = signing.challenge_value(), signing.challenge_value()
+    await publish_with_token(service, sender, own)
+    (provider,) = service.runtime.providers.values()
+    await provider.add_txt(ZoneRef("example.com", "example.com"), NAME, unknown, 60, ctx=None)
+
+    status, body = await notify(service, sender, COMPLETED, unknown)  # the journal cannot vouch
+    assert (status, body["error"]) == (401, "user_token_required"), body
+    status, body = await notify(service, other_instance(sender), COMPLETED, own)
+    assert (status, body["error"]) == (403, "not_publisher"), body
+    assert store_values(tmp_path) == {own, unknown}
+
+    status, body = await notify(service, sender, COMPLETED, own)
+    assert (status, body["status"]) == (200, "removed"), body
+    status, body = await notify(service, sender, COMPLETED, unknown, user_token=sender.user_token())
+    assert (status, body["status"]) == (200, "removed"), body  # with the token: as before
+    assert store_values(tmp_path) == set()
+
+
+async def test_without_a_journal_a_required_token_is_required_for_removals(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(journal={"enabled": False}, **REQUIRE_TOKEN)
+    value = signing.challenge_value()
+    await publish_with_token(service, sender, value)
+    status, body = await notify(service, sender, COMPLETED, value)
+    assert (status, body["error"]) == (401, "user_token_required"), body
+    assert await service.records(NAME) == {value}
+
+
+async def test_publishing_still_requires_the_token_and_notices_that_write_nothing_do_not(
+    start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service(**REQUIRE_TOKEN)
+    status, body = await notify(service, sender, REQUIRED, signing.challenge_value())
+    assert (status, body["error"]) == (401, "user_token_required"), body
+    resp = await service.post(sender.body(sender.claims("test_notification_channel")))
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "acknowledged"
+    assert await service.all_records() == {}

@@ -7,7 +7,9 @@ Order of checks, each before anything more expensive or outward-facing:
 3. the header names an algorithm we accept (401): never `none` or HMAC;
 4. the signature and time claims verify with that instance's key (401), refetching the
    key at most once per interval when it fails (rotation);
-5. the user token, when present or required, verifies and matches the account (401/403);
+5. the user token, when present, verifies and matches the account (401/403); with
+   `required`, a notification that publishes must carry one (401), and a removal
+   without one may take only a value the journal shows this instance published;
 6. the payload has the documented shape; a challenge names a valid record and value (400).
 """
 
@@ -63,6 +65,9 @@ class Notification:
     user: UserIdentity | None = None
     user_token: Secret | None = field(default=None, repr=False)
     certificates: tuple[str, ...] = ()  # cert_crn of each certificate a lifecycle event names
+    # A removal without the user token that `required` asks for: it may take only a value
+    # the journal shows this instance published (its envelope vouches for that much).
+    own_values_only: bool = False
 
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -149,24 +154,39 @@ async def receive(body: bytes, verifier: Verifier) -> Notification:
     instance = allowed_instance(jws, verifier.allowed_instances)
     claims = await verified_claims(jws, instance, verifier)
 
-    user, user_token = await _user(claims, instance, verifier)
     event_type = _optional_text(claims, "event_type")
+    user, user_token = await _user(claims, instance, verifier, event_type)
     certificate_crn = _optional_text(claims, "certificateCRN")
     action = ACTIONS.get(event_type or "")
     challenge = _challenge(claims, action) if action is not None else None
     certificates = _certificates(claims) if event_type in ORDER_FAILED else ()
     return Notification(
-        instance, event_type, certificate_crn, challenge, user, user_token, certificates
+        instance,
+        event_type,
+        certificate_crn,
+        challenge,
+        user,
+        user_token,
+        certificates,
+        own_values_only=(
+            event_type == VALIDATION_COMPLETED
+            and claims.get("userToken") is None
+            and verifier.user_token_settings.required
+        ),
     )
 
 
 async def _user(
-    claims: Mapping[str, Any], instance: InstanceCrn, verifier: Verifier
+    claims: Mapping[str, Any], instance: InstanceCrn, verifier: Verifier, event_type: str | None
 ) -> tuple[UserIdentity | None, Secret | None]:
+    """The verified user token. `required` governs what publishes: a failed-order
+    clean-up (which takes only this instance's values, and which Certificate Manager
+    sends without a token), a removal (see `own_values_only`) and a notice that writes
+    nothing are authenticated by their envelope."""
     settings = verifier.user_token_settings
     token = claims.get("userToken")
     if token is None:
-        if settings.required:
+        if settings.required and event_type == VALIDATION_REQUIRED:
             raise Unauthorized("notification carries no userToken", code="user_token_required")
         return None, None
     if verifier.jwks is None:  # verification is off: the token is neither trusted nor passed on
