@@ -28,7 +28,7 @@ from receiver.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from receiver.journal import Origin
+from receiver.journal import Entry, Origin
 from receiver.logs import bind_request, merge
 from receiver.runtime import Runtime
 from receiver.sweep import clean_up_certificates
@@ -118,7 +118,7 @@ async def _certificate_manager(
     runtime: Runtime, request: InboundRequest, summary: dict[str, Any]
 ) -> Outcome:
     summary["door"] = certificate_manager.DOOR
-    notification = await certificate_manager.receive(request.body, runtime.verifier)
+    notification = await certificate_manager.receive(request.body, runtime.verifier, summary)
     merge(summary, notification.log_fields())
     if notification.challenge is not None:
         user = notification.user
@@ -148,6 +148,9 @@ async def _certificate_manager(
             notification.user_token,
         )
         summary.update(outcome="cleaned", removed=len(report.removed), failed=len(report.failed))
+        summary["cleaned_certificates"] = _certificates(report.removed)
+        if report.failed:
+            summary["failed_certificates"] = _certificates([e for e, _ in report.failed])
         if report.failed:  # nothing lost: what remains is swept later
             summary["outcome"] = "cleaned_partly"
         return Outcome(
@@ -263,6 +266,11 @@ async def _challenge(
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})
+
+
+def _certificates(entries: list[Entry]) -> list[str]:
+    """The certificate CRNs these journal entries were written for, for the summary."""
+    return sorted({e.certificate for e in entries if e.certificate})
 
 
 def _check_body(runtime: Runtime, request: InboundRequest) -> None:

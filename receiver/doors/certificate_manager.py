@@ -27,6 +27,7 @@ from receiver.config import CertificateManagerSettings, UserTokenSettings
 from receiver.crn import InstanceCrn
 from receiver.errors import BadRequest, Forbidden, Unauthorized
 from receiver.keys import Jwks, SenderKeys
+from receiver.logs import merge
 from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
@@ -54,6 +55,7 @@ KNOWN_EVENTS = frozenset(
 )
 ACTIONS = {VALIDATION_REQUIRED: Action.ADD, VALIDATION_COMPLETED: Action.REMOVE}
 ENVELOPE = "notification envelope"
+CLAIMED_TEXT_LIMIT = 100  # unverified text is logged, but never at any length
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Notification:
         }
         if self.user is not None:
             fields["user"] = self.user.iam_id or self.user.subject
+        if self.certificates:
+            fields["certificates"] = list(self.certificates)
         if self.challenge is not None:
             fields.update(domain=self.challenge.domain, fqdn=self.challenge.fqdn)
         return fields
@@ -148,15 +152,27 @@ async def verified_claims(
         return check(newer)
 
 
-async def receive(body: bytes, verifier: Verifier) -> Notification:
-    """Authenticate and parse one notification body; raise a `RequestRejected` otherwise."""
-    jws = envelope(body)
-    instance = allowed_instance(jws, verifier.allowed_instances)
-    claims = await verified_claims(jws, instance, verifier)
+async def receive(
+    body: bytes, verifier: Verifier, seen: dict[str, Any] | None = None
+) -> Notification:
+    """Authenticate and parse one notification body; raise a `RequestRejected` otherwise.
 
+    `seen` collects log fields as they become known, so that a rejection is logged with
+    what was read before it: the event type once verified, and until then the one the
+    envelope claims, as `claimed_event_type` (never a metrics label, cut short)."""
+    seen = {} if seen is None else seen
+    jws = envelope(body)
+    claimed = jws.claims.get("event_type")
+    if isinstance(claimed, str):
+        seen["claimed_event_type"] = claimed[:CLAIMED_TEXT_LIMIT]
+    instance = allowed_instance(jws, verifier.allowed_instances)
+    seen["instance_crn"] = instance.text
+    claims = await verified_claims(jws, instance, verifier)
+    seen.pop("claimed_event_type", None)
     event_type = _optional_text(claims, "event_type")
-    user, user_token = await _user(claims, instance, verifier, event_type)
     certificate_crn = _optional_text(claims, "certificateCRN")
+    merge(seen, {"event_type": event_type, "certificate_crn": certificate_crn})
+    user, user_token = await _user(claims, instance, verifier, event_type)
     action = ACTIONS.get(event_type or "")
     challenge = _challenge(claims, action) if action is not None else None
     certificates = _certificates(claims) if event_type in ORDER_FAILED else ()
