@@ -43,6 +43,7 @@ log = structlog.get_logger("receiver.dnsserver")
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 PLAIN_UDP_PAYLOAD = 512
+TCP_MAX_MESSAGE = 65535  # the two-byte length prefix
 TCP_IDLE_SECONDS = 10.0
 CACHE_ENTRIES = 4096
 INFRASTRUCTURE_TTL = 3600  # NS and nameserver addresses: they do not change
@@ -137,7 +138,7 @@ class Answerer:
             response.set_rcode(dns.rcode.FORMERR)
         else:
             valid_until = self._resolve(query.question[0], response)
-        limit = None if max_size is None else _udp_limit(query)
+        limit = TCP_MAX_MESSAGE if max_size is None else _udp_limit(query)
         return _to_wire(response, limit), valid_until
 
     def _resolve(self, question: dns.rrset.RRset, response: dns.message.Message) -> float:
@@ -215,9 +216,7 @@ def _address(text: str) -> dns.rdata.Rdata:
     return dns.rdata.from_text(_IN, rdtype, text)
 
 
-def _to_wire(response: dns.message.Message, limit: int | None) -> bytes:
-    if limit is None:
-        return response.to_wire()
+def _to_wire(response: dns.message.Message, limit: int) -> bytes:
     try:
         return response.to_wire(max_size=limit)
     except dns.exception.TooBig:

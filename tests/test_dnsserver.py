@@ -211,6 +211,19 @@ async def test_an_edns_payload_below_512_means_512(
     assert not roomy.flags & dns.flags.TC and txt_values(roomy) == values  # bytes fit here
 
 
+@pytest.mark.parametrize("payload", [512, 1232, 4096])
+async def test_over_tcp_the_edns_payload_size_does_not_limit_the_answer(
+    served: Any, sender: Sender, payload: int
+) -> None:
+    """A resolver retrying over TCP after TC keeps its EDNS option. The payload size is
+    a UDP limit: over TCP the whole answer goes out (dnspython's to_wire() without a
+    size used to take it as the limit, and the query failed with TooBig)."""
+    values = {await publish(served, sender, "www.example.test") for _ in range(40)}
+    full = await ask(served.dns_port, NAME, tcp=True, use_edns=0, payload=payload)
+    assert not full.flags & dns.flags.TC
+    assert txt_values(full) == values
+
+
 async def test_several_queries_on_one_tcp_connection(served: Any, sender: Sender) -> None:
     value = await publish(served, sender, "www.example.test")
     reader, writer = await asyncio.open_connection("127.0.0.1", served.dns_port)
