@@ -225,6 +225,12 @@ def _to_wire(response: dns.message.Message, limit: int) -> bytes:
         response.authority.clear()
         response.additional.clear()
         response.flags |= dns.flags.TC
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        # Still too big: the echoed question section is (a query of many questions, which
+        # is answered FORMERR anyway). Send the header alone rather than nothing.
+        response.question.clear()
         return response.to_wire(max_size=limit)
 
 
