@@ -100,6 +100,18 @@ def canonical_domain(text: object) -> tuple[str, bool]:
     return canonical_name(text), False
 
 
+def challenge_name(base: str) -> str:
+    """`_acme-challenge.<base>` for a canonical base name; `InvalidName` when the label
+    pushes it past 253 octets (255 on the wire), which a base of up to 253 can do."""
+    name = f"{CHALLENGE_LABEL}.{base}"
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(
+            f"the challenge name for {base!r} would be {len(name)} characters; at most"
+            f" {MAX_NAME_LENGTH} fit in DNS"
+        )
+    return name
+
+
 def challenge_record_name(domain: object, txt_record_name: object) -> tuple[str, str]:
     """`(canonical domain, record fqdn)` for a DNS-01 challenge.
 
@@ -108,7 +120,7 @@ def challenge_record_name(domain: object, txt_record_name: object) -> tuple[str,
     `*.example.com` is `_acme-challenge.example.com`.
     """
     base, wildcard = canonical_domain(domain)
-    expected = f"{CHALLENGE_LABEL}.{base}"
+    expected = challenge_name(base)
     if not isinstance(txt_record_name, str):
         raise InvalidName("the record name must be a string")
     record = canonical_name(txt_record_name, allow_underscore=True)

@@ -15,7 +15,7 @@ import structlog
 from providers.base import Secret
 from receiver.challenge import Challenge
 from receiver.config import ZoneSettings
-from receiver.errors import ReceiverError, Unavailable
+from receiver.errors import Forbidden, ReceiverError, Unavailable
 from receiver.journal import Entry, Origin, Outcome
 from receiver.runtime import Runtime
 
@@ -68,6 +68,36 @@ async def apply_change(
         raise
     if entry_id is not None:
         await _settle(runtime, entry_id, "done")
+
+
+async def published_by(
+    runtime: Runtime, challenge: Challenge, zone: ZoneSettings, sender: str
+) -> bool:
+    """Before a removal on `sender`'s behalf: True when the journal shows that `sender`
+    published the value, False when it cannot tell (no journal, or no entry: the value
+    was never written by us, or is gone). A value another sender published is refused
+    (403 `not_publisher`): instances sharing a receiver must not withdraw each other's
+    challenges, as failed-order clean-up never does."""
+    journal = runtime.journal
+    if journal is None:
+        return False
+    try:
+        entry = await journal.publisher(zone=zone.name, fqdn=challenge.fqdn, value=challenge.value)
+    except Exception as exc:  # any backend failure: refuse rather than remove unchecked
+        raise Unavailable(
+            "cannot read the journal; nothing was removed",
+            code="journal_unavailable",
+            internal=str(exc),
+        ) from exc
+    if entry is None:
+        return False
+    if entry.sender != sender:
+        raise Forbidden(
+            "another sender published this value; only it may remove it",
+            code="not_publisher",
+            internal=f"published by {entry.sender} (journal entry {entry.id})",
+        )
+    return True
 
 
 async def _settle(

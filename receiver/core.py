@@ -17,7 +17,7 @@ import structlog
 
 from providers.base import Secret
 from receiver.challenge import Action, Challenge
-from receiver.changes import apply_change
+from receiver.changes import apply_change, published_by
 from receiver.doors import acme_dns, certificate_manager, httpreq
 from receiver.errors import (
     MethodNotAllowed,
@@ -25,9 +25,10 @@ from receiver.errors import (
     PayloadTooLarge,
     ReceiverError,
     RequestRejected,
+    Unauthorized,
     UnsupportedMediaType,
 )
-from receiver.journal import Origin
+from receiver.journal import Entry, Origin
 from receiver.logs import bind_request, merge
 from receiver.runtime import Runtime
 from receiver.sweep import clean_up_certificates
@@ -119,7 +120,7 @@ async def _certificate_manager(
     runtime: Runtime, request: InboundRequest, summary: dict[str, Any]
 ) -> Outcome:
     summary["door"] = certificate_manager.DOOR
-    notification = await certificate_manager.receive(request.body, runtime.verifier)
+    notification = await certificate_manager.receive(request.body, runtime.verifier, summary)
     merge(summary, notification.log_fields())
     if notification.challenge is not None:
         user = notification.user
@@ -138,6 +139,8 @@ async def _certificate_manager(
             summary,
             user_token=notification.user_token,
             wait=runtime.settings.certificate_manager.wait_for_propagation,
+            remover=notification.instance.text,
+            own_values_only=notification.own_values_only,
         )
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
@@ -147,6 +150,9 @@ async def _certificate_manager(
             notification.user_token,
         )
         summary.update(outcome="cleaned", removed=len(report.removed), failed=len(report.failed))
+        summary["cleaned_certificates"] = _certificates(report.removed)
+        if report.failed:
+            summary["failed_certificates"] = _certificates([e for e, _ in report.failed])
         if report.failed:  # nothing lost: what remains is swept later
             summary["outcome"] = "cleaned_partly"
         return Outcome(
@@ -212,8 +218,15 @@ async def _challenge(
     *,
     user_token: Secret | None = None,
     wait: bool = False,
+    remover: str | None = None,
+    own_values_only: bool = False,
 ) -> Outcome:
-    """Every door's write: policy, journal and provider, then propagation."""
+    """Every door's write: policy, journal and provider, then propagation.
+
+    `remover`: the sender a removal acts for, when it may not take another sender's
+    values (checked against the journal before anything is touched). `own_values_only`:
+    the journal must also show that `remover` published the value (a removal without
+    the required user token)."""
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
@@ -234,6 +247,15 @@ async def _challenge(
             user_token=user_token,
         )
 
+    if challenge.action is Action.REMOVE and remover is not None:
+        own = await published_by(runtime, written, route.zone, remover)
+        summary["publisher"] = "self" if own else "unknown"
+        if own_values_only and not own:
+            raise Unauthorized(
+                "notification carries no userToken, and the journal does not show that"
+                " this instance published the value",
+                code="user_token_required",
+            )
     if challenge.action is Action.REMOVE:
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
     await write()
@@ -246,6 +268,11 @@ async def _challenge(
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})
+
+
+def _certificates(entries: list[Entry]) -> list[str]:
+    """The certificate CRNs these journal entries were written for, for the summary."""
+    return sorted({e.certificate for e in entries if e.certificate})
 
 
 def _check_body(runtime: Runtime, request: InboundRequest, *, any_content_type: bool) -> None:

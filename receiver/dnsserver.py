@@ -45,6 +45,7 @@ log = structlog.get_logger("receiver.dnsserver")
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 PLAIN_UDP_PAYLOAD = 512
+TCP_MAX_MESSAGE = 65535  # the two-byte length prefix
 TCP_IDLE_SECONDS = 10.0
 CACHE_ENTRIES = 4096
 INFRASTRUCTURE_TTL = 3600  # NS and nameserver addresses: they do not change
@@ -154,11 +155,7 @@ class Answerer:
             response.set_rcode(dns.rcode.FORMERR)
         else:
             valid_until = self._resolve(query.question[0], response)
-        limit = (
-            None
-            if max_size is None
-            else (min(query.payload, EDNS_PAYLOAD) if query.edns >= 0 else PLAIN_UDP_PAYLOAD)
-        )
+        limit = TCP_MAX_MESSAGE if max_size is None else _udp_limit(query)
         return _to_wire(response, limit), valid_until
 
     def _resolve(self, question: dns.rrset.RRset, response: dns.message.Message) -> float:
@@ -213,6 +210,15 @@ class Answerer:
         return _rrset(owner, self._negative_ttl, [dns.rdata.from_text(_IN, _SOA, fields)])
 
 
+def _udp_limit(query: dns.message.Message) -> int:
+    """The largest UDP answer the client can take: its EDNS payload size, capped at ours
+    and never below 512 (RFC 6891 §6.2.5). Without the floor, a payload of 0 would lift
+    the cap altogether: dnspython reads `max_size=0` as 65,535."""
+    if query.edns < 0:
+        return PLAIN_UDP_PAYLOAD
+    return max(PLAIN_UDP_PAYLOAD, min(query.payload, EDNS_PAYLOAD))
+
+
 def _rrset(owner: dns.name.Name, ttl: int, rdatas: Sequence[dns.rdata.Rdata]) -> dns.rrset.RRset:
     return dns.rrset.from_rdata_list(owner, ttl, list(rdatas))
 
@@ -227,9 +233,7 @@ def _address(text: str) -> dns.rdata.Rdata:
     return dns.rdata.from_text(_IN, rdtype, text)
 
 
-def _to_wire(response: dns.message.Message, limit: int | None) -> bytes:
-    if limit is None:
-        return response.to_wire()
+def _to_wire(response: dns.message.Message, limit: int) -> bytes:
     try:
         return response.to_wire(max_size=limit)
     except dns.exception.TooBig:
@@ -238,6 +242,12 @@ def _to_wire(response: dns.message.Message, limit: int | None) -> bytes:
         response.authority.clear()
         response.additional.clear()
         response.flags |= dns.flags.TC
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        # Still too big: the echoed question section is (a query of many questions, which
+        # is answered FORMERR anyway). Send the header alone rather than nothing.
+        response.question.clear()
         return response.to_wire(max_size=limit)
 
 

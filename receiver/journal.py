@@ -120,6 +120,11 @@ class Journal(Protocol):
         certificate (and then by the sender that wrote it)."""
         ...
 
+    async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        """The latest add of a value that may still be published (its latest entry is not
+        a completed removal), or None: the value is gone, or was never written by us."""
+        ...
+
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
     ) -> list[Entry]: ...
@@ -190,6 +195,19 @@ class SqliteJournal:
             WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
         rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
         return [_entry(row) for row in rows]
+
+    async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        query = f"""
+            SELECT {", ".join(COLUMNS)} FROM journal_entries
+            WHERE zone = ? AND fqdn = ? AND value = ? AND (action = 'add' OR id = (
+                SELECT MAX(id) FROM journal_entries WHERE zone = ? AND fqdn = ? AND value = ?))
+            ORDER BY id DESC LIMIT 2"""  # noqa: S608 - column names are ours
+        params = (zone, fqdn, value) * 2
+        rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
+        entries = [_entry(row) for row in rows]  # the latest entry, then the latest add
+        if not entries or (entries[0].action == "remove" and entries[0].outcome == "done"):
+            return None
+        return next((e for e in entries if e.action == "add"), None)
 
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000

@@ -10,7 +10,6 @@ a sender-key fetch, so the caches are bounded by the allow-list.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from receiver.crn import InstanceCrn
 from receiver.errors import Unauthorized, Unavailable
 from receiver.fetch import HttpGet
+from receiver.untrusted import json_loads
 
 PublicKey = RSAPublicKey | EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey
 Clock = Callable[[], float]
@@ -191,7 +191,7 @@ def _pem_from_document(body: bytes) -> bytes:
     if body.lstrip().startswith(b"-----BEGIN"):
         return body
     try:
-        document = json.loads(body)
+        document = json_loads(body)
     except ValueError:
         raise KeyMaterialError("key endpoint answered neither JSON nor PEM") from None
     pem = document.get("publicKey") if isinstance(document, dict) else None
@@ -212,6 +212,10 @@ class Jwks:
 
     IAM's keys carry no `use` member; keys are accepted when `use` is absent or `sig`.
     Symmetric (`oct`) keys are never accepted, whatever the set says.
+
+    One rule bounds every fetch, whoever asks (a notification or a readiness probe): with
+    keys in hand, at most one attempt per `refetch_interval`; with none, one per few
+    seconds. A failed attempt keeps the keys we have and remembers why it failed.
     """
 
     def __init__(
@@ -233,16 +237,16 @@ class Jwks:
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
+        self._failure: str | None = None  # why the last attempt failed; None once one works
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
-        if self._clock() - self._fetched_at > self._cache_seconds or kid not in self._keys:
+        if self._stale() or kid not in self._keys:
             async with self._lock:
-                stale = self._clock() - self._fetched_at > self._cache_seconds
-                if (stale or kid not in self._keys) and (
-                    self._clock() - self._attempted_at >= self._interval or not self._keys
-                ):
-                    await self._refresh(raise_errors=not self._keys)
+                if (self._stale() or kid not in self._keys) and self._may_fetch():
+                    await self._fetch()
+        if not self._keys:
+            raise self._unavailable()
         found = self._keys.get(kid)
         if found is None and kid is None and len(self._keys) == 1:
             found = next(iter(self._keys.values()))
@@ -254,34 +258,44 @@ class Jwks:
         return found
 
     async def check(self) -> None:
-        """Readiness: raise `Unavailable` unless keys are cached or fetchable now."""
-        if self._keys and self._clock() - self._fetched_at <= self._cache_seconds:
+        """Readiness: raise `Unavailable` unless the keys are fresh, or stale with no
+        failed attempt since. It fetches only when a notification would: a probe every
+        second must not become a fetch every second while the endpoint is down."""
+        if not self._stale():
             return
         async with self._lock:
-            await self._refresh(raise_errors=not self._keys)
+            if self._stale() and self._may_fetch():
+                await self._fetch()
+        if self._stale() and self._failure is not None:
+            raise self._unavailable()
 
-    async def _refresh(self, *, raise_errors: bool) -> None:
-        if raise_errors and self._clock() - self._attempted_at < FAILED_FETCH_BACKOFF_SECONDS:
-            raise Unavailable(
-                "user-token keys were unobtainable moments ago", code="jwks_unavailable"
-            )
+    def _stale(self) -> bool:
+        return not self._keys or self._clock() - self._fetched_at > self._cache_seconds
+
+    def _may_fetch(self) -> bool:
+        wait = self._interval if self._keys else min(self._interval, FAILED_FETCH_BACKOFF_SECONDS)
+        return self._clock() - self._attempted_at >= wait
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(
+            f"cannot obtain user-token keys: {self._failure or 'not fetched yet'}",
+            code="jwks_unavailable",
+        )
+
+    async def _fetch(self) -> None:
         self._attempted_at = self._clock()
         try:
             body = await self._http(self._url, seconds=self._timeout, headers=ACCEPT_JSON)
-            self._keys = parse_jwks(body)
+            keys = parse_jwks(body)
         except (Unavailable, KeyMaterialError) as exc:
-            if raise_errors:
-                detail = exc.detail if isinstance(exc, Unavailable) else str(exc)
-                raise Unavailable(
-                    f"cannot obtain user-token keys: {detail}", code="jwks_unavailable"
-                ) from None
+            self._failure = exc.detail if isinstance(exc, Unavailable) else str(exc)
             return  # keep serving the keys we have
-        self._fetched_at = self._clock()
+        self._keys, self._fetched_at, self._failure = keys, self._clock(), None
 
 
 def parse_jwks(body: bytes) -> dict[str | None, jwt.PyJWK]:
     try:
-        document: Any = json.loads(body)
+        document: Any = json_loads(body)
     except ValueError:
         raise KeyMaterialError("JWKS is not JSON") from None
     entries = document.get("keys") if isinstance(document, dict) else None

@@ -6,14 +6,15 @@ for every call and checks each character in a Python loop (about 150 us per call
 envelope that carries a user token, against 27 us for the RSA check itself), and a
 notification needs the header, then the claims, then the verified claims. Parsing is
 strict: the base64url alphabet, canonical encoding without padding, JSON objects only.
-Only one configured asymmetric algorithm is ever accepted; `none` and HMAC never are.
+Only one configured asymmetric algorithm is ever accepted; `none` and HMAC never are,
+and neither is a token that marks a header extension critical (`crit`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 import re
 import time
 from collections.abc import Collection
@@ -24,6 +25,7 @@ import jwt
 from jwt.exceptions import InvalidKeyError
 
 from receiver.errors import BadRequest, RequestRejected, Unauthorized
+from receiver.untrusted import json_loads
 
 _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\Z")
 
@@ -45,8 +47,8 @@ def parse(
         raise error(f"{what} is not a compact JWS (header.payload.signature)", code=code)
     header_b64, claims_b64, signature_b64 = match.groups()
     try:
-        header = json.loads(_b64decode(header_b64))
-        claims = json.loads(_b64decode(claims_b64))
+        header = json_loads(_b64decode(header_b64))
+        claims = json_loads(_b64decode(claims_b64))
         signature = _b64decode(signature_b64)
     except (ValueError, UnicodeDecodeError):
         raise error(f"{what} is not valid base64url JSON", code=code) from None
@@ -97,9 +99,11 @@ def verify(
     issuer: str | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """The claims, once the signature verifies with `key` and `algorithm` and the time
-    claims (`exp`, `nbf`, `iat`, checked when present) hold within `leeway` seconds."""
+    """The claims, once the header marks no extension critical, the signature verifies
+    with `key` and `algorithm`, and the time claims (`exp`, `nbf`, `iat`, checked when
+    present, finite numbers) hold within `leeway` seconds."""
     invalid = "invalid_signature" if code_prefix == "envelope" else f"invalid_{code_prefix}"
+    _refuse_critical_extensions(jws.header, what=what, code=f"invalid_{code_prefix}")
     if isinstance(key, jwt.PyJWK):
         key = key.key
     try:
@@ -117,15 +121,11 @@ def verify(
         if name not in claims:
             raise Unauthorized(f"{what} lacks the {name!r} claim", code=f"invalid_{code_prefix}")
     now = time.time() if now is None else now
-    times = {}
-    for name in ("exp", "nbf", "iat"):
-        if name in claims:
-            value = claims[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise Unauthorized(
-                    f"{what} claim {name!r} must be a number", code=f"invalid_{code_prefix}"
-                )
-            times[name] = value
+    times = {
+        name: _moment(claims[name], name, what=what, code=f"invalid_{code_prefix}")
+        for name in ("exp", "nbf", "iat")
+        if name in claims
+    }
     if "exp" in times and times["exp"] <= now - leeway:
         raise Unauthorized(f"{what} has expired", code=f"{code_prefix}_expired")
     if ("nbf" in times and times["nbf"] > now + leeway) or (
@@ -137,3 +137,28 @@ def verify(
     if issuer is not None and claims.get("iss") != issuer:
         raise Unauthorized(f"{what} has the wrong issuer", code=f"invalid_{code_prefix}")
     return claims
+
+
+def _refuse_critical_extensions(header: dict[str, Any], *, what: str, code: str) -> None:
+    """RFC 7515 4.1.11: a JWS whose `crit` names an extension the recipient does not
+    understand is invalid. We understand none (not even RFC 7797's `b64`, which changes
+    what the signature covers), and an empty or malformed `crit` is invalid anyway."""
+    if "crit" in header:
+        raise Unauthorized(
+            f"{what} marks header extensions as critical (crit); none is supported", code=code
+        )
+
+
+def _moment(value: object, name: str, *, what: str, code: str) -> float:
+    """A time claim as seconds since the epoch: a finite number. JSON may carry 1e400
+    (infinity), NaN (every comparison false) or an integer beyond any float, and each
+    would make the claim never expire or never apply."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthorized(f"{what} claim {name!r} must be a number", code=code)
+    try:
+        moment = float(value)
+    except OverflowError:
+        moment = math.inf
+    if not math.isfinite(moment):
+        raise Unauthorized(f"{what} claim {name!r} must be a finite number", code=code)
+    return moment

@@ -41,6 +41,19 @@ STRANGER = CRN.format(region="us-south", account=OTHER_ACCOUNT, guid="66666666")
 USER_KID = "20261101"
 
 
+def long_domain(length: int, zone: str = "example.com") -> str:
+    """A host name of exactly `length` octets inside `zone`, in labels of at most 63."""
+    room = length - len(zone) - 1
+    labels = []
+    while room > 0:
+        label = min(63, room - 1 if room > 63 else room)  # never leave a lone dot
+        labels.append("a" * label)
+        room -= label + 1
+    name = ".".join([*labels, zone])
+    assert len(name) == length, (len(name), length)
+    return name
+
+
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach beyond loopback: refuse any other destination at the socket."""

@@ -14,6 +14,8 @@ from receiver.challenge import (
 )
 from receiver.errors import BadRequest, InvalidName
 
+from .conftest import long_domain
+
 
 @pytest.mark.parametrize(
     ("domain", "record", "expected"),
@@ -108,6 +110,18 @@ def test_rejected_names(domain: str, record: str, code: str) -> None:
         challenge_record_name(domain, record)
     assert caught.value.code == code
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("wildcard", [False, True])
+def test_the_challenge_name_itself_must_fit_in_253_octets(wildcard: bool) -> None:
+    """`_acme-challenge.` adds 16 octets: a domain of 238 is valid, its record name not."""
+    prefix = "*." if wildcard else ""
+    fits = long_domain(253 - 16)
+    assert len(challenge_record_name(prefix + fits, "_acme-challenge")[1]) == 253
+    for length in (253 - 15, 240, 253):
+        with pytest.raises(InvalidName) as caught:
+            challenge_record_name(prefix + long_domain(length), "_acme-challenge")
+        assert (caught.value.status, caught.value.code) == (400, "invalid_name")
 
 
 @pytest.mark.parametrize(

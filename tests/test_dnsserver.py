@@ -190,6 +190,40 @@ async def test_truncation_over_udp_and_the_full_answer_over_tcp(
     assert txt_values(full) == values
 
 
+@pytest.mark.parametrize("payload", [0, 1, 100, 511])
+async def test_an_edns_payload_below_512_means_512(
+    served: Any, sender: Sender, payload: int
+) -> None:
+    """RFC 6891 §6.2.5: sizes below 512 are treated as 512. Payload 0 used to lift the cap
+    altogether (dnspython reads max_size=0 as 65,535): a big answer went out whole."""
+    query = dns.message.make_query(NAME, "TXT", use_edns=0, payload=payload)
+    first = await publish(served, sender, "www.example.test")
+    small = await raw_udp(served.dns_port, query.to_wire())  # about 110 bytes: it fits
+    assert small is not None and txt_values(dns.message.from_wire(small)) == {first}
+
+    values = {first} | {await publish(served, sender, "www.example.test") for _ in range(11)}
+    wire = await raw_udp(served.dns_port, query.to_wire())
+    assert wire is not None
+    response = dns.message.from_wire(wire)
+    assert len(wire) <= 512, len(wire)
+    assert response.flags & dns.flags.TC and not response.answer
+    roomy = await ask(served.dns_port, NAME, use_edns=0, payload=1232)  # the same 700-odd
+    assert not roomy.flags & dns.flags.TC and txt_values(roomy) == values  # bytes fit here
+
+
+@pytest.mark.parametrize("payload", [512, 1232, 4096])
+async def test_over_tcp_the_edns_payload_size_does_not_limit_the_answer(
+    served: Any, sender: Sender, payload: int
+) -> None:
+    """A resolver retrying over TCP after TC keeps its EDNS option. The payload size is
+    a UDP limit: over TCP the whole answer goes out (dnspython's to_wire() without a
+    size used to take it as the limit, and the query failed with TooBig)."""
+    values = {await publish(served, sender, "www.example.test") for _ in range(40)}
+    full = await ask(served.dns_port, NAME, tcp=True, use_edns=0, payload=payload)
+    assert not full.flags & dns.flags.TC
+    assert txt_values(full) == values
+
+
 async def test_several_queries_on_one_tcp_connection(served: Any, sender: Sender) -> None:
     value = await publish(served, sender, "www.example.test")
     reader, writer = await asyncio.open_connection("127.0.0.1", served.dns_port)

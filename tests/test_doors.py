@@ -16,7 +16,7 @@ from receiver.accounts import Account
 from receiver.errors import ConfigError, Forbidden
 from receiver.ratelimit import RateLimit, source_key
 
-from .conftest import Sender, ServiceFactory, SettingsFactory
+from .conftest import Sender, ServiceFactory, SettingsFactory, long_domain
 from .rawhttp import exchange
 
 PASSWORD = "correct horse battery staple"
@@ -107,6 +107,16 @@ async def test_httpreq_rejects_bad_credentials(
             "invalid_value",
         ),
         (b'{"domain": "bad..name", "keyAuth": "t.' + b"A" * 43 + b'"}', 400, "invalid_name"),
+        (  # the domain fits in 253 octets, its challenge name does not
+            b'{"domain": "%s", "keyAuth": "t.' % long_domain(238).encode() + b"A" * 43 + b'"}',
+            400,
+            "invalid_name",
+        ),
+        (
+            b'{"domain": "*.%s", "keyAuth": "t.' % long_domain(240).encode() + b"A" * 43 + b'"}',
+            400,
+            "invalid_name",
+        ),
     ],
 )
 async def test_httpreq_rejects_bad_bodies(

@@ -27,17 +27,39 @@ from .conftest import (
     FakeIbmCloud,
     Sender,
     ServiceFactory,
+    long_domain,
 )
 
 SEEDED_DOMAIN = "seeded.example.com"
 SEEDED_FQDN = "_acme-challenge.seeded.example.com"
 SEEDED_VALUE = "S" * 43
 REQUIRED = "cert_domain_validation_required"
+DEEP = b"[" * 30_000  # json.loads raises RecursionError long before it sees the end
 COMPLETED = "cert_domain_validation_completed"
 
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def compact(header: bytes, payload: bytes, signature: str = "c2ln") -> str:
+    return f"{b64(header)}.{b64(payload)}.{signature}"
+
+
+def signed_text(s: Sender, payload: bytes, header: dict[str, Any] | None = None) -> str:
+    """Signed by the legitimate sender over exactly these payload bytes: JSON that
+    `json.dumps` would never write (1e400) still verifies."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    signing_input = f"{b64(json.dumps(header or {'alg': 'RS256'}).encode())}.{b64(payload)}"
+    rsa = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)
+    key = load_pem_private_key(s.keys[s.key_name].private_pem, None)
+    return f"{signing_input}.{b64(rsa.sign(signing_input.encode(), key))}"  # type: ignore[arg-type]
+
+
+def with_claim_text(s: Sender, name: str, text: str) -> Request:
+    document = json.dumps({k: v for k, v in claims(s).items() if k != name})
+    return body(signed_text(s, f'{document[:-1]}, "{name}": {text}}}'.encode()))
 
 
 def unsigned(claims: dict[str, Any], header: dict[str, Any], signature: str = "") -> str:
@@ -109,6 +131,14 @@ def embedded_jwk(s: Sender) -> Request:
 
 def user(s: Sender, **kwargs: Any) -> Request:
     return body(s.token(claims(s, user_token=s.user_token(**kwargs))))
+
+
+def user_token_with_headers(s: Sender, headers: dict[str, Any]) -> str:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(s.keys["user"].private_pem, None)
+    claims = signing.user_token_claims(account=ACCOUNT)
+    return jwt.encode(claims, key, algorithm="RS256", headers=headers)  # type: ignore[arg-type]
 
 
 def raw_user_token(token: Any) -> Callable[[Sender], Request]:
@@ -217,6 +247,49 @@ CASES = [
         401,
         "invalid_envelope",
     ),
+    Case(
+        "exp 1e400 (infinite: never expires)",
+        lambda s: with_claim_text(s, "exp", "1e400"),
+        401,
+        "invalid_envelope",
+    ),
+    Case("exp Infinity", lambda s: with_claim_text(s, "exp", "Infinity"), 401, "invalid_envelope"),
+    Case("exp NaN", lambda s: with_claim_text(s, "exp", "NaN"), 401, "invalid_envelope"),
+    Case("nbf NaN", lambda s: with_claim_text(s, "nbf", "NaN"), 401, "invalid_envelope"),
+    Case("iat NaN", lambda s: with_claim_text(s, "iat", "NaN"), 401, "invalid_envelope"),
+    Case(
+        "exp an integer beyond any float",
+        lambda s: with_claim_text(s, "exp", "1" + "0" * 400),
+        401,
+        "invalid_envelope",
+    ),
+    # --- the envelope: critical header extensions (RFC 7515 4.1.11) -----------------
+    Case(
+        "crit names an extension we do not understand",
+        lambda s: body(
+            s.token(claims(s), headers={"crit": ["urn:example:ext"], "urn:example:ext": 1})
+        ),
+        401,
+        "invalid_envelope",
+    ),
+    Case(
+        "crit names b64 (RFC 7797 unencoded payload)",
+        lambda s: body(s.token(claims(s), headers={"crit": ["b64"], "b64": True})),
+        401,
+        "invalid_envelope",
+    ),
+    Case(
+        "crit empty",
+        lambda s: body(s.token(claims(s), headers={"crit": []})),
+        401,
+        "invalid_envelope",
+    ),
+    Case(
+        "crit not a list",
+        lambda s: body(s.token(claims(s), headers={"crit": "exp"})),
+        401,
+        "invalid_envelope",
+    ),
     # --- the instance allow-list (checked before any key fetch) ----------------------
     Case(
         "instance not allow-listed",
@@ -262,6 +335,34 @@ CASES = [
     Case(
         "user token signed by another key with IAM's kid",
         lambda s: user(s, key="attacker"),
+        401,
+        "invalid_user_token",
+    ),
+    Case(
+        "user token exp Infinity",
+        lambda s: user(s, exp=float("inf")),
+        401,
+        "invalid_user_token",
+    ),
+    Case("user token nbf NaN", lambda s: user(s, nbf=float("nan")), 401, "invalid_user_token"),
+    Case(
+        "user token exp beyond any float",
+        lambda s: user(s, exp=10**400),
+        401,
+        "invalid_user_token",
+    ),
+    Case(
+        "user token with a crit header",
+        lambda s: body(
+            s.token(
+                claims(
+                    s,
+                    user_token=user_token_with_headers(
+                        s, {"kid": USER_KID, "crit": ["urn:example:ext"], "urn:example:ext": 1}
+                    ),
+                )
+            )
+        ),
         401,
         "invalid_user_token",
     ),
@@ -325,6 +426,32 @@ CASES = [
         lambda s: body(f"{b64(json.dumps({'alg': 'RS256'}).encode())}.{b64(b'[1]')}.c2ln"),
         400,
         "malformed_envelope",
+    ),
+    # --- nesting deep enough to exhaust the JSON decoder's recursion (issue 21 #1) -----
+    Case("body nested 30,000 deep", lambda s: Request(b'{"data": ' + DEEP), 400, "malformed_body"),
+    Case(
+        "JWS header nested 30,000 deep",
+        lambda s: body(compact(DEEP, json.dumps(claims(s)).encode())),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "JWS payload nested 30,000 deep",
+        lambda s: body(compact(b'{"alg": "RS256"}', DEEP)),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "JWS payload with a claim nested 30,000 deep",
+        lambda s: body(compact(b'{"alg": "RS256"}', b'{"instance_crn": ' + DEEP)),
+        400,
+        "malformed_envelope",
+    ),
+    Case(
+        "user token payload nested 30,000 deep",
+        raw_user_token(compact(b'{"alg": "RS256", "kid": "%s"}' % USER_KID.encode(), DEEP)),
+        401,
+        "invalid_user_token",
     ),
     Case(
         "wrong content type",
@@ -408,6 +535,18 @@ CASES = [
     Case(
         "domain malformed",
         lambda s: body(s.token(claims(s, domain="www..example.com"))),
+        400,
+        "invalid_name",
+    ),
+    Case(
+        "challenge name over 253 octets (domain of 238)",
+        lambda s: body(s.token(claims(s, domain=long_domain(238)))),
+        400,
+        "invalid_name",
+    ),
+    Case(
+        "challenge name over 253 octets (wildcard of 253)",
+        lambda s: body(s.token(claims(s, domain="*." + long_domain(253)))),
         400,
         "invalid_name",
     ),

@@ -1,20 +1,29 @@
-"""Property-based fuzzing of the HTTP door with hypothesis.
+"""Property-based fuzzing of the HTTP door and the DNS responder with hypothesis.
 
-For any input: no 5xx (a caller's mistake is always a 4xx), a JSON error body on every
-rejection, the service keeps answering, and the provider changes only when the request
-was accepted.
+HTTP, for any input: no 5xx (a caller's mistake is always a 4xx), a JSON error body on
+every rejection, the service keeps answering, and the provider changes only when the
+request was accepted. DNS: see the section at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import dns.flags
+import dns.message
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from receiver import signing
+from providers.local import ChallengeStore, LocalSettings
+from receiver import dnsserver, signing
+from receiver.dnsserver import EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, Answerer
 
 from .conftest import INSTANCE, Sender, ServiceFactory
 
@@ -215,3 +224,176 @@ async def test_the_other_doors_never_fail_on_caller_input(
         assert await service.all_records() == before
     else:
         assert path in ("/present", "/cleanup") and authenticated
+
+
+# --- the DNS responder's parser --------------------------------------------------------
+#
+# For any datagram: no exception out of `Answerer.answer` (the UDP loop would log a
+# traceback per packet), an answer that dnspython can read, and, over UDP, never more
+# than the client's EDNS payload size allows (512 without EDNS or below 512).
+
+DNS_ZONE = "example.test"
+DNS_NAME = f"_acme-challenge.www.{DNS_ZONE}"
+TCP_MAX = 65535
+
+dns_names = st.one_of(
+    st.sampled_from(
+        [DNS_NAME, DNS_ZONE, f"ns.{DNS_ZONE}", f"nothing.{DNS_ZONE}", "example.org", "."]
+    ),
+    st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True), min_size=1, max_size=4).map(
+        lambda labels: ".".join([*labels, DNS_ZONE])
+    ),
+)
+rdtypes = st.sampled_from(["TXT", "SOA", "NS", "A", "AAAA", "ANY", "CAA", "MX", "OPT", "TSIG"])
+# A question whose name is a compression pointer to itself, to its own label, forward,
+# or around a two-pointer cycle: every one must be FORMERR, never a hang.
+COMPRESSION_LOOPS = [
+    b"\xc0\x0c",
+    b"\x03www\xc0\x0c",
+    b"\xc0\xff",
+    b"\xc0\x0e\xc0\x0c",
+    b"\x03www\xc0\x10\x00",
+]
+
+
+@st.composite
+def dns_queries(draw: st.DrawFn) -> bytes:
+    """A valid query (EDNS of any payload size or version, up to 40 extra questions,
+    any header flags), then mutated: bytes overwritten, cut short or extended."""
+    name, rdtype = draw(dns_names), draw(rdtypes)
+    edns = draw(st.sampled_from([False, 0, 1]))
+    query = dns.message.make_query(name, rdtype, use_edns=edns, payload=draw(st.integers(0, 65535)))
+    for extra in draw(st.lists(dns_names, max_size=40)):
+        query.question.append(dns.message.make_query(extra, "TXT").question[0])
+    wire = bytearray(query.to_wire(max_size=TCP_MAX))  # (0 would mean the EDNS payload)
+    flags = draw(st.one_of(st.just(0x0100), st.integers(0, 0x7FFF)))  # RD, or anything but QR
+    wire[2:4] = flags.to_bytes(2, "big")
+    for position, byte in draw(
+        st.lists(st.tuples(st.integers(0, len(wire) - 1), st.integers(0, 255)), max_size=4)
+    ):
+        wire[position] = byte
+    cut = draw(st.one_of(st.none(), st.integers(0, len(wire))))
+    return bytes(wire[:cut]) + draw(st.binary(max_size=8))
+
+
+@st.composite
+def compression_loops(draw: st.DrawFn) -> bytes:
+    header = draw(st.binary(min_size=2, max_size=2)) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    return header + draw(st.sampled_from(COMPRESSION_LOOPS)) + b"\x00\x10\x00\x01"
+
+
+def many_questions(count: int = 40) -> bytes:
+    query = dns.message.make_query(DNS_NAME, "TXT", use_edns=0, payload=0)
+    for i in range(count):
+        name = f"{'x' * 60}.{'y' * 60}.n{i}.{DNS_ZONE}"
+        query.question.append(dns.message.make_query(name, "TXT").question[0])
+    return query.to_wire()
+
+
+MANY_QUESTIONS = many_questions()  # 5 kB of questions: echoed whole, no answer fits
+datagrams = st.one_of(st.binary(max_size=1500), dns_queries(), compression_loops())
+
+
+def udp_bound(wire: bytes) -> int:
+    """RFC 6891 6.2.5 with our 1232 cap: what an answer to `wire` may take over UDP."""
+    try:
+        query = dns.message.from_wire(wire)
+    except Exception:  # answered by a bare 12-byte FORMERR, if at all
+        return PLAIN_UDP_PAYLOAD
+    if query.edns < 0:
+        return PLAIN_UDP_PAYLOAD
+    return max(PLAIN_UDP_PAYLOAD, min(query.payload, EDNS_PAYLOAD))
+
+
+def check_dns_answer(query: bytes, response: bytes | None, bound: int) -> None:
+    if response is None:
+        return
+    assert len(response) <= bound, (len(response), bound)
+    parsed = dns.message.from_wire(response)
+    assert parsed.flags & dns.flags.QR
+    assert response[:2] == query[:2]
+
+
+VALUES = 15  # about 850 bytes of TXT answer: too big for 512, not for 1232
+
+
+def fill_store(database: Path) -> ChallengeStore:
+    store = ChallengeStore(database, lifetime=3600)
+    for i in range(VALUES):
+        store.add(DNS_NAME, f"{i:02d}" + "v" * 41, 60)
+    return store
+
+
+@pytest.fixture
+def dns_answerer(tmp_path: Path) -> Iterator[Answerer]:
+    """One for all examples of a test: its answer cache is part of what is exercised."""
+    settings = LocalSettings(database=tmp_path / "fuzz-dns.sqlite3")
+    store = fill_store(settings.database)
+    yield Answerer(store, [DNS_ZONE], settings, ["127.0.0.1"])
+    store.close()
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(datagram=datagrams)
+@example(datagram=MANY_QUESTIONS)
+@example(datagram=dns.message.make_query(DNS_NAME, "TXT", use_edns=0, payload=0).to_wire())
+def test_the_dns_parser_answers_anything_within_the_size_limit(
+    dns_answerer: Answerer, datagram: bytes
+) -> None:
+    udp = dns_answerer.answer(datagram, max_size=PLAIN_UDP_PAYLOAD)
+    check_dns_answer(datagram, udp, udp_bound(datagram))
+    check_dns_answer(datagram, dns_answerer.answer(datagram, max_size=None), TCP_MAX)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batch=st.lists(datagrams, min_size=1, max_size=20))
+@example(
+    batch=[MANY_QUESTIONS, dns.message.make_query(DNS_NAME, "TXT", use_edns=0, payload=0).to_wire()]
+)
+async def test_the_dns_responder_over_real_udp(
+    tmp_path: Path, captured: io.StringIO, batch: list[bytes]
+) -> None:
+    """The same, through a running responder's socket: every reply within its bound,
+    no failure logged, and a plain question (sent last) still answered."""
+    settings = LocalSettings(database=tmp_path / "fuzz-udp.sqlite3", dns_listen="127.0.0.1:0")
+    fill_store(settings.database).close()
+    # Distinct ids, so that each reply is matched to its query; the plain one is 0xFFFF.
+    batch = [i.to_bytes(2, "big") + d[2:] if len(d) >= 2 else d for i, d in enumerate(batch)]
+    plain = dns.message.make_query(DNS_NAME, "TXT", use_edns=0, payload=1232)
+    plain.id = 0xFFFF
+    async with dnsserver.running([DNS_ZONE], settings) as responder:
+        replies = await udp_exchange(responder.address[1], [*batch, plain.to_wire()])
+    last = dns.message.from_wire(replies.pop())
+    assert last.id == 0xFFFF and len(last.answer[0]) == VALUES
+    for reply in replies:
+        (query,) = [q for q in batch if q[:2] == reply[:2]]
+        check_dns_answer(query, reply, udp_bound(query))
+    assert "dns_query_failed" not in captured.getvalue()
+
+
+async def udp_exchange(port: int, datagrams: list[bytes]) -> list[bytes]:
+    """Send every datagram from one socket, in order; the replies, up to and including
+    the one to the last datagram (the responder answers in order)."""
+    loop = asyncio.get_running_loop()
+    replies: list[bytes] = []
+    done = loop.create_future()
+    last_id = datagrams[-1][:2]
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            replies.append(data)
+            if data[:2] == last_id and not done.done():
+                done.set_result(None)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+    try:
+        for datagram in datagrams:
+            transport.sendto(datagram)
+        await asyncio.wait_for(done, 5)
+    finally:
+        transport.close()
+    return replies

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from receiver import signing
 from receiver.crn import InstanceCrn
@@ -212,4 +216,123 @@ async def test_jwks_stale_cache_survives_an_outage(ibm_cloud: FakeIbmCloud) -> N
         ibm_cloud.failing = True
         clock.now += 100
         assert await jwks.key(USER_KID) is key
+        assert ibm_cloud.jwks_fetches == 2
+
+
+@pytest.fixture
+async def deeply_nested_json() -> Any:
+    """A key endpoint whose JSON nests deeper than the decoder's recursion limit."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 30_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.mark.parametrize("endpoint", ["sender_key", "jwks"])
+async def test_a_deeply_nested_key_document_is_unavailable_not_a_crash(
+    start_service: ServiceFactory, sender: Sender, deeply_nested_json: str, endpoint: str
+) -> None:
+    if endpoint == "sender_key":
+        sections: dict[str, Any] = {
+            "certificate_manager": {"public_key_url": deeply_nested_json + "/{instance_crn}"}
+        }
+    else:
+        sections = {"user_token": {"jwks_url": deeply_nested_json + "/identity/keys"}}
+    service = await start_service(**sections)
+    resp = await service.post(sender.body(sender.claims(user_token=sender.user_token())))
+    assert resp.status == 503, await resp.text()
+    assert (await resp.json())["error"] == f"{endpoint}_unavailable"
+    assert await service.all_records() == {}
+
+
+def test_a_deeply_nested_jwks_is_unusable() -> None:
+    with pytest.raises(KeyMaterialError):
+        parse_jwks(b'{"keys": ' + b"[" * 30_000)
+
+
+async def test_readiness_does_not_refetch_a_failing_jwks_on_every_probe(
+    start_service: ServiceFactory, ibm_cloud: FakeIbmCloud
+) -> None:
+    """Stale keys and a failing endpoint: 30 probes used to make 30 fetches (and report
+    ready). Now one attempt per refetch interval, and the probes report its failure."""
+    service = await start_service(
+        user_token={"jwks_cache_seconds": 0.2, "jwks_refetch_interval_seconds": 1}
+    )
+    assert (await service.client.get("/readyz")).status == 200
+    assert ibm_cloud.jwks_fetches == 1
+    ibm_cloud.failing = True
+    await asyncio.sleep(1.1)  # stale, and the interval has passed
+    started = time.monotonic()
+    probes = [await service.client.get("/readyz") for _ in range(30)]
+    intervals = int((time.monotonic() - started) / 1) + 1  # normally 1: 30 probes take ~0.1 s
+    assert 2 <= ibm_cloud.jwks_fetches <= 1 + intervals
+    for resp in probes:
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert "HTTP 503" in body["checks"]["user_token_keys"]  # the last failure
+
+
+async def test_jwks_readiness_follows_the_refetch_interval(ibm_cloud: FakeIbmCloud) -> None:
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:
+        jwks = Jwks(
+            AiohttpGet(session),
+            ibm_cloud.jwks_url,
+            timeout=2,
+            cache_seconds=100,
+            refetch_interval=60,
+            clock=clock,
+        )
+        await jwks.check()
+        ibm_cloud.failing = True
+        clock.now += 101  # stale
+        for _ in range(30):
+            with pytest.raises(Unavailable) as caught:
+                await jwks.check()
+            assert caught.value.code == "jwks_unavailable" and "HTTP 503" in caught.value.detail
+        assert ibm_cloud.jwks_fetches == 2
+        clock.now += 60  # the interval has passed: one more attempt, failing again
+        with pytest.raises(Unavailable):
+            await jwks.check()
+        assert ibm_cloud.jwks_fetches == 3
+        ibm_cloud.failing = False
+        clock.now += 30  # recovered, but the last attempt was 30 s ago: still the failure
+        with pytest.raises(Unavailable):
+            await jwks.check()
+        clock.now += 30
+        await jwks.check()
+        assert ibm_cloud.jwks_fetches == 4
+        await jwks.check()  # fresh again: no fetch
+        assert ibm_cloud.jwks_fetches == 4
+
+
+async def test_jwks_readiness_without_keys_retries_after_a_few_seconds(
+    ibm_cloud: FakeIbmCloud,
+) -> None:
+    """Nothing cached yet (a pod starting during an IAM blip): retried after 5 s, as a
+    notification's fetch is, so the pod becomes ready soon after IAM recovers."""
+    clock = Clock()
+    ibm_cloud.failing = True
+    async with aiohttp.ClientSession() as session:
+        jwks = Jwks(
+            AiohttpGet(session),
+            ibm_cloud.jwks_url,
+            timeout=2,
+            cache_seconds=3600,
+            refetch_interval=60,
+            clock=clock,
+        )
+        for _ in range(30):
+            with pytest.raises(Unavailable):
+                await jwks.check()
+        assert ibm_cloud.jwks_fetches == 1
+        ibm_cloud.failing = False
+        clock.now += 5
+        await jwks.check()
         assert ibm_cloud.jwks_fetches == 2

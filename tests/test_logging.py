@@ -12,7 +12,7 @@ import structlog
 from receiver import signing
 from receiver.logs import REDACTED, scrub
 
-from .conftest import Sender, ServiceFactory
+from .conftest import INSTANCE, Sender, ServiceFactory
 
 REQUIRED = "cert_domain_validation_required"
 
@@ -140,3 +140,45 @@ async def test_tracebacks_carry_no_frame_locals(
     frames = error["exception"][0]["frames"]
     assert frames and all("locals" not in frame or not frame["locals"] for frame in frames)
     assert body.decode()[::-1][:40] not in captured.getvalue()
+
+
+def summaries(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [e for e in events(stream) if e["event"] == "notification"]
+
+
+async def test_a_rejected_notification_is_logged_with_what_was_read_before_it(
+    captured: io.StringIO, start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service()
+    bad_value = sender.claims(REQUIRED, value="A" * 42)  # verified, then refused
+    forged = sender.body(key=sender.keys["attacker"].private_pem)  # never verified
+    bad_user = sender.claims(REQUIRED, user_token=sender.user_token(key="attacker"))
+    for body in (sender.body(bad_value), forged, sender.body(bad_user)):
+        assert (await service.post(body)).status in (400, 401)
+    value, signature, user = summaries(captured)
+
+    assert (value["error"], value["event_type"]) == ("invalid_value", REQUIRED)
+    assert value["instance_crn"] == INSTANCE and "claimed_event_type" not in value
+    assert user["error"] == "invalid_user_token" and user["event_type"] == REQUIRED
+    # Not verified: the event type it claims is logged, under a name that says so.
+    assert signature["error"] == "invalid_signature" and "event_type" not in signature
+    assert signature["claimed_event_type"] == REQUIRED
+
+
+async def test_a_failed_order_summary_names_its_certificates(
+    captured: io.StringIO, start_service: ServiceFactory, sender: Sender
+) -> None:
+    service = await start_service()
+    cleaned, untouched = (INSTANCE.rstrip(":") + f":certificate:{c}" for c in ("aaaa", "bbbb"))
+    published = sender.claims(REQUIRED, "www.example.com", certificateCRN=cleaned)
+    assert (await service.post(sender.body(published))).status == 200
+    failed = {
+        "instance_crn": INSTANCE,
+        "event_type": "cert_order_failed",
+        "certificates": [{"cert_crn": cleaned}, {"cert_crn": untouched}],
+    }
+    assert (await service.post(sender.body(failed))).status == 200
+    summary = summaries(captured)[-1]
+    assert summary["outcome"] == "cleaned" and summary["removed"] == 1
+    assert summary["certificates"] == [cleaned, untouched]  # what it asked for
+    assert summary["cleaned_certificates"] == [cleaned]  # what had values to remove

@@ -214,3 +214,24 @@ async def test_concurrent_updates_through_two_processes_evict_exactly_once(
         assert len(gone) == len(set(gone)) == len(values) - 2
         survivors = set(values) - set(gone)
         assert len(survivors) == 2
+
+
+async def test_the_publisher_of_a_value_still_published(state: State) -> None:
+    journal = state.journal
+    assert journal is not None
+    where = {"zone": "example.com", "fqdn": "_acme-challenge.www.example.com"}
+    assert await journal.publisher(**where, value="v") is None
+    first = await journal.begin(entry("v", sender="crn:a"))
+    await journal.settle(first, "done")
+    second = await journal.begin(entry("v", sender="crn:b"))  # written again, by b
+    await journal.settle(second, "done")
+    found = await journal.publisher(**where, value="v")
+    assert found is not None and (found.id, found.sender) == (second, "crn:b")
+    failed = await journal.begin(entry("v", action="remove", sender="crn:b"))
+    await journal.settle(failed, "failed", "provider_unavailable")
+    found = await journal.publisher(**where, value="v")
+    assert found is not None and found.id == second  # a failed removal leaves it ours
+    removed = await journal.begin(entry("v", action="remove"))
+    await journal.settle(removed, "done")
+    assert await journal.publisher(**where, value="v") is None
+    assert await journal.publisher(**{**where, "zone": "other.com"}, value="v") is None

@@ -133,3 +133,38 @@ def test_parse_keeps_the_exact_signing_input() -> None:
         b"e30.eyJhIjoxfQ",
         b"sig",
     )
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        ({"alg": "RS256", "crit": ["urn:example:ext"], "urn:example:ext": 1}, b'{"sub": "x"}'),
+        ({"alg": "RS256", "crit": []}, b'{"sub": "x"}'),
+        ({"alg": "RS256"}, b'{"exp": 1e400}'),
+        ({"alg": "RS256"}, b'{"exp": -1e400}'),
+        ({"alg": "RS256"}, b'{"exp": NaN}'),
+        ({"alg": "RS256"}, b'{"nbf": NaN}'),
+        ({"alg": "RS256"}, b'{"iat": Infinity}'),
+        ({"alg": "RS256"}, b'{"exp": 1' + b"0" * 400 + b"}"),
+        ({"alg": "RS256"}, b'{"exp": "1800000000"}'),
+        ({"alg": "RS256"}, b'{"exp": true}'),
+    ],
+)
+def test_critical_extensions_and_unusable_times_are_invalid(
+    keys: dict[str, KeyPair], header: dict[str, Any], payload: bytes
+) -> None:
+    rsa = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload)}"
+    signature = rsa.sign(signing_input.encode(), rsa.prepare_key(keys["sender"].private_pem))
+    jws = tokens.parse(f"{signing_input}.{b64(signature)}", what="t", code="bad")
+    with pytest.raises(Unauthorized) as caught:
+        tokens.verify(
+            jws,
+            rsa.prepare_key(keys["sender"].public_pem),
+            "RS256",
+            what="t",
+            code_prefix="t",
+            leeway=0,
+            now=NOW,
+        )
+    assert caught.value.code == "invalid_t"

@@ -7,14 +7,15 @@ Order of checks, each before anything more expensive or outward-facing:
 3. the header names an algorithm we accept (401): never `none` or HMAC;
 4. the signature and time claims verify with that instance's key (401), refetching the
    key at most once per interval when it fails (rotation);
-5. the user token, when present or required, verifies and matches the account (401/403);
+5. the user token, when present, verifies and matches the account (401/403); with
+   `required`, a notification that publishes must carry one (401), and a removal
+   without one may take only a value the journal shows this instance published;
 6. the payload has the documented shape; a challenge names a valid record and value (400).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from receiver.config import CertificateManagerSettings, UserTokenSettings
 from receiver.crn import InstanceCrn
 from receiver.errors import BadRequest, Forbidden, Unauthorized
 from receiver.keys import Jwks, SenderKeys
+from receiver.logs import merge
+from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
 DOOR = "certificate_manager"
@@ -52,6 +55,7 @@ KNOWN_EVENTS = frozenset(
 )
 ACTIONS = {VALIDATION_REQUIRED: Action.ADD, VALIDATION_COMPLETED: Action.REMOVE}
 ENVELOPE = "notification envelope"
+CLAIMED_TEXT_LIMIT = 100  # unverified text is logged, but never at any length
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class Notification:
     user: UserIdentity | None = None
     user_token: Secret | None = field(default=None, repr=False)
     certificates: tuple[str, ...] = ()  # cert_crn of each certificate a lifecycle event names
+    # A removal without the user token that `required` asks for: it may take only a value
+    # the journal shows this instance published (its envelope vouches for that much).
+    own_values_only: bool = False
 
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -72,6 +79,8 @@ class Notification:
         }
         if self.user is not None:
             fields["user"] = self.user.iam_id or self.user.subject
+        if self.certificates:
+            fields["certificates"] = list(self.certificates)
         if self.challenge is not None:
             fields.update(domain=self.challenge.domain, fqdn=self.challenge.fqdn)
         return fields
@@ -95,7 +104,7 @@ class Verifier:
 
 def envelope(body: bytes) -> tokens.CompactJws:
     try:
-        document = json.loads(body)
+        document = json_loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not valid JSON", code="malformed_body") from None
     if not isinstance(document, dict) or "data" not in document:
@@ -143,30 +152,57 @@ async def verified_claims(
         return check(newer)
 
 
-async def receive(body: bytes, verifier: Verifier) -> Notification:
-    """Authenticate and parse one notification body; raise a `RequestRejected` otherwise."""
-    jws = envelope(body)
-    instance = allowed_instance(jws, verifier.allowed_instances)
-    claims = await verified_claims(jws, instance, verifier)
+async def receive(
+    body: bytes, verifier: Verifier, seen: dict[str, Any] | None = None
+) -> Notification:
+    """Authenticate and parse one notification body; raise a `RequestRejected` otherwise.
 
-    user, user_token = await _user(claims, instance, verifier)
+    `seen` collects log fields as they become known, so that a rejection is logged with
+    what was read before it: the event type once verified, and until then the one the
+    envelope claims, as `claimed_event_type` (never a metrics label, cut short)."""
+    seen = {} if seen is None else seen
+    jws = envelope(body)
+    claimed = jws.claims.get("event_type")
+    if isinstance(claimed, str):
+        seen["claimed_event_type"] = claimed[:CLAIMED_TEXT_LIMIT]
+    instance = allowed_instance(jws, verifier.allowed_instances)
+    seen["instance_crn"] = instance.text
+    claims = await verified_claims(jws, instance, verifier)
+    seen.pop("claimed_event_type", None)
     event_type = _optional_text(claims, "event_type")
     certificate_crn = _optional_text(claims, "certificateCRN")
+    merge(seen, {"event_type": event_type, "certificate_crn": certificate_crn})
+    user, user_token = await _user(claims, instance, verifier, event_type)
     action = ACTIONS.get(event_type or "")
     challenge = _challenge(claims, action) if action is not None else None
     certificates = _certificates(claims) if event_type in ORDER_FAILED else ()
     return Notification(
-        instance, event_type, certificate_crn, challenge, user, user_token, certificates
+        instance,
+        event_type,
+        certificate_crn,
+        challenge,
+        user,
+        user_token,
+        certificates,
+        own_values_only=(
+            event_type == VALIDATION_COMPLETED
+            and claims.get("userToken") is None
+            and verifier.user_token_settings.required
+        ),
     )
 
 
 async def _user(
-    claims: Mapping[str, Any], instance: InstanceCrn, verifier: Verifier
+    claims: Mapping[str, Any], instance: InstanceCrn, verifier: Verifier, event_type: str | None
 ) -> tuple[UserIdentity | None, Secret | None]:
+    """The verified user token. `required` governs what publishes: a failed-order
+    clean-up (which takes only this instance's values, and which Certificate Manager
+    sends without a token), a removal (see `own_values_only`) and a notice that writes
+    nothing are authenticated by their envelope."""
     settings = verifier.user_token_settings
     token = claims.get("userToken")
     if token is None:
-        if settings.required:
+        if settings.required and event_type == VALIDATION_REQUIRED:
             raise Unauthorized("notification carries no userToken", code="user_token_required")
         return None, None
     if verifier.jwks is None:  # verification is off: the token is neither trusted nor passed on

@@ -23,6 +23,7 @@ from receiver.challenge import (
     Challenge,
     canonical_domain,
     canonical_name,
+    challenge_name,
     check_challenge_value,
 )
 from receiver.config import HttpreqSettings
@@ -103,4 +104,4 @@ def _raw(action: Action, message: dict[str, Any]) -> Challenge:
     digest = hashlib.sha256(key_authorization.encode()).digest()
     value = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     domain = "*." + base if wildcard else base
-    return Challenge(action, domain, f"{CHALLENGE_LABEL}.{base}", value)
+    return Challenge(action, domain, challenge_name(base), value)

@@ -76,6 +76,20 @@ class PostgresJournal:
             rows = await db.fetch(query, *params)
         return [_entry(row) for row in rows]
 
+    async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        """The latest add of a value that may still be published (see `Journal`)."""
+        query = f"""
+            SELECT {_SELECTED} FROM journal_entries e
+            WHERE e.zone = $1 AND e.fqdn = $2 AND e.value = $3 AND (e.action = 'add' OR e.id = (
+                SELECT max(id) FROM journal_entries WHERE zone = $1 AND fqdn = $2 AND value = $3))
+            ORDER BY e.id DESC LIMIT 2"""  # noqa: S608 - column names are ours
+        async with self._database.connection() as db:
+            rows = await db.fetch(query, zone, fqdn, value)
+        entries = [_entry(row) for row in rows]  # the latest entry, then the latest add
+        if not entries or (entries[0].action == "remove" and entries[0].outcome == "done"):
+            return None
+        return next((e for e in entries if e.action == "add"), None)
+
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
     ) -> list[Entry]:

@@ -529,6 +529,63 @@ async def test_a_sweep_without_a_user_token_fails_clearly_and_a_failed_order_cle
     assert fakes.cis.values(f"_acme-challenge.{ZONE}") == []
 
 
+async def test_with_required_tokens_a_tokenless_removal_on_user_token_cis_fails_clearly(
+    fakes: Fakes,
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    captured: io.StringIO,
+) -> None:
+    """`required = true` no longer turns away a failed order or a removal of this
+    instance's own value without a token (issue 21 #12). CIS acting as the user cannot
+    remove without one: that must show in the answer and the log, reach no CIS call,
+    and leave the value on record as still published."""
+    user_token = sender.user_token()
+    fakes.cis.valid_tokens.add(user_token)
+    service = await start_service(
+        zones=[cis_zone(fakes, "user_token", tmp_path)],
+        dispatch=FAST,
+        user_token={"required": True},
+    )
+    value = signing.challenge_value()
+    certificate = INSTANCE.rstrip(":") + ":certificate:dddd"
+    resp = await post(
+        service, sender, REQUIRED, ZONE, value, user_token=user_token, certificateCRN=certificate
+    )
+    assert resp.status == 200
+    calls = fakes.cis.calls.total()
+
+    failed_order = {  # the shape Certificate Manager documents: no userToken
+        "instance_crn": INSTANCE,
+        "event_type": "cert_order_failed",
+        "certificates": [{"cert_crn": certificate}],
+    }
+    resp = await service.post(sender.body(failed_order))
+    assert (resp.status, await resp.json()) == (
+        200,
+        {"status": "cleaned", "event_type": "cert_order_failed", "removed": 0, "failed": 1},
+    )
+    resp = await post(service, sender, COMPLETED, ZONE, value)
+    assert resp.status == 502
+    assert (await resp.json())["error"] == "provider_auth_failed"
+
+    assert fakes.cis.values(f"_acme-challenge.{ZONE}") == [value]
+    assert fakes.cis.calls.total() == calls  # nothing reached CIS without a token
+    lines = [json.loads(line) for line in captured.getvalue().splitlines() if line.strip()]
+    summaries = [e for e in lines if e["event"] == "notification"]
+    assert [e["outcome"] for e in summaries[-2:]] == ["cleaned_partly", "failed"]
+    assert "no verified user token" in summaries[-1]["reason"]
+    warnings = [e for e in lines if e["event"] == "sweep_failed"]
+    assert warnings and "no verified user token" in warnings[-1]["error"]
+    assert service.runtime.journal is not None
+    (left,) = await service.runtime.journal.candidates(certificates=[certificate])
+    assert left.value == value  # on record as possibly published: never forgotten
+
+    resp = await post(service, sender, COMPLETED, ZONE, value, user_token=user_token)
+    assert (resp.status, (await resp.json())["status"]) == (200, "removed")
+    assert fakes.cis.values(f"_acme-challenge.{ZONE}") == []
+
+
 async def test_a_recreated_domain_is_looked_up_again(fakes: Fakes) -> None:
     fakes.cis.valid_tokens.add("user")
     provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
