@@ -296,3 +296,46 @@ async def test_the_mirror_polls_when_it_cannot_listen_and_listens_again(
         await mirror.aclose()
         await reader.aclose()
         await writer.aclose()
+
+
+async def test_journal_command_reads_the_shared_journal(
+    start_service: ServiceFactory,
+    sender: Sender,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    service = await start_service(**shared(postgres_url, monkeypatch))
+    value, response = await publish(service, sender, "cli.example.com")
+    assert response.status == 200
+    path = cli_config(tmp_path)
+    env = {"DCR_DATABASE_URL": postgres_url, "HTTPREQ_PASSWORD": "x"}
+    code, out, err = await run_cli("journal", "--json", "--config", str(path), env=env)
+    assert code == 0, err
+    (line,) = out.strip().splitlines()
+    assert f'"value": "{value}"' in line and '"outcome": "done"' in line
+
+
+async def test_journal_off_with_shared_state(
+    start_service: ServiceFactory,
+    sender: Sender,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """That process writes without journalling; accounts and records stay shared."""
+    service = await start_service(
+        **shared(postgres_url, monkeypatch),
+        journal={"enabled": False},
+        acme_dns={"enabled": True, "zone": "example.com", "allow_register": True},
+    )
+    assert service.runtime.journal is None
+    value, response = await publish(service, sender, "nojournal.example.com")
+    assert response.status == 200
+    assert (await service.client.post("/register")).status == 201
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await db.fetchval("SELECT count(*) FROM journal_entries") == 0
+        assert await db.fetchval("SELECT count(*) FROM acme_dns_accounts") == 1
+        assert await db.fetchval("SELECT value FROM txt_values") == value
+    finally:
+        await db.close()
