@@ -84,6 +84,13 @@ def captured() -> io.StringIO:
     return stream
 
 
+def service_events(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The captured events of the service itself: without the access log lines that the
+    test server adds (`serve` runs with no access log)."""
+    found = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return [e for e in found if e.get("logger") != "aiohttp.access"]
+
+
 @dataclass(frozen=True)
 class KeyPair:
     private_pem: bytes = field(repr=False)
