@@ -17,11 +17,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from providers.base import Secret
 from receiver import core
 from receiver.config import Settings
 from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
-from receiver.errors import ReceiverError
+from receiver.errors import ReceiverError, RequestRejected, Unauthorized
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime
@@ -98,18 +99,16 @@ async def _sweep_context(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+class BearerRequired(Unauthorized):
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 async def journal_entries(request: web.Request) -> web.Response:
     """The audit trail, for holders of the admin token only (the route exists only then)."""
     settings = request.app[SETTINGS].journal
     assert settings.admin_token is not None
-    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-    if not hmac.compare_digest(offered, settings.admin_token.reveal().encode()):
-        log.info("request_rejected", status=401, error="unauthorized", path=request.path)
-        return web.json_response(
-            {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
-            status=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_bearer(request.headers.get("Authorization", ""), settings.admin_token)
     journal = request.app[RUNTIME].journal
     assert journal is not None
     try:
@@ -122,6 +121,25 @@ async def journal_entries(request: web.Request) -> web.Response:
         )
     entries = await journal.entries(since=since, domain=request.query.get("domain"), limit=limit)
     return web.json_response({"entries": [e.as_dict() for e in entries]})
+
+
+def check_bearer(header: str, token: Secret) -> None:
+    """`Bearer <token>` (RFC 6750), the scheme in any case (RFC 7235); `BearerRequired`
+    for anything else, compared in constant time as the bytes that were sent."""
+    scheme, _, offered = header.partition(" ")
+    offered = offered.lstrip(" ")
+    if scheme.lower() != "bearer" or not offered or not _same_bytes(offered, token.reveal()):
+        raise BearerRequired("send Authorization: Bearer <admin token>", code="unauthorized")
+
+
+def _same_bytes(offered: str, expected: str) -> bool:
+    """aiohttp decodes header bytes as UTF-8 and keeps the undecodable ones as surrogates
+    (surrogateescape): encoding back the same way gives exactly the bytes sent."""
+    try:
+        sent = offered.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: not from the wire
+        return False
+    return hmac.compare_digest(sent, expected.encode())
 
 
 @web.middleware
@@ -137,24 +155,34 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own HTTP errors (404, 405, 413) as JSON bodies, like every other error."""
+    """aiohttp's own HTTP errors (404, 405, 413) and the rejections of handlers outside
+    `core` (the journal) as JSON bodies, like every other error, logged once."""
     try:
         return await handler(request)
+    except RequestRejected as exc:
+        _log_rejected(request, exc.status, exc.code)
+        return web.json_response(
+            {"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers()
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "http_error")
-        log.info(
-            "request_rejected",
-            status=exc.status,
-            error=code,
-            method=request.method,
-            path=request.path,
-            remote=request.remote,
-        )
+        _log_rejected(request, exc.status, code)
         return web.json_response(
             {"error": code, "detail": exc.reason}, status=exc.status, headers=_allow(exc)
         )
+
+
+def _log_rejected(request: web.Request, status: int, code: str) -> None:
+    log.info(
+        "request_rejected",
+        status=status,
+        error=code,
+        method=request.method,
+        path=request.path,
+        remote=request.remote,
+    )
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:
