@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -22,7 +24,7 @@ from receiver import core
 from receiver.config import Settings
 from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
-from receiver.errors import ReceiverError, RequestRejected, Unauthorized
+from receiver.errors import BadRequest, ReceiverError, RequestRejected, Unauthorized
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime
@@ -35,6 +37,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 FILEAUTH = web.AppKey("fileauth", FileAuth)
 FILEAUTH_PATH = "/.well-known/pki-validation/fileauth.txt"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+MAX_JOURNAL_LIMIT = 10_000
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 log = structlog.get_logger("receiver.http")
@@ -111,16 +114,33 @@ async def journal_entries(request: web.Request) -> web.Response:
     check_bearer(request.headers.get("Authorization", ""), settings.admin_token)
     journal = request.app[RUNTIME].journal
     assert journal is not None
-    try:
-        since = float(request.query["since"]) if "since" in request.query else None
-        limit = min(int(request.query.get("limit", "1000")), 10_000)
-    except ValueError:
-        return web.json_response(
-            {"error": "bad_request", "detail": "since is epoch seconds, limit an integer"},
-            status=400,
-        )
-    entries = await journal.entries(since=since, domain=request.query.get("domain"), limit=limit)
+    query = JournalQuery.parse(request.query)
+    entries = await journal.entries(since=query.since, domain=query.domain, limit=query.limit)
     return web.json_response({"entries": [e.as_dict() for e in entries]})
+
+
+@dataclass(frozen=True)
+class JournalQuery:
+    """`GET /journal?since=<epoch>&domain=<name>&limit=<n>`, checked."""
+
+    since: float | None = None
+    domain: str | None = None
+    limit: int = 1000
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> JournalQuery:
+        """`BadRequest` unless since is a finite number and limit is 1..MAX_JOURNAL_LIMIT:
+        SQLite reads a negative LIMIT as "no limit", and NaN compares false with anything."""
+        try:
+            since = float(query["since"]) if "since" in query else None
+            limit = int(query.get("limit", cls.limit))
+        except ValueError:
+            raise BadRequest("since is epoch seconds, limit an integer") from None
+        if since is not None and not math.isfinite(since):
+            raise BadRequest("since is epoch seconds")
+        if not 1 <= limit <= MAX_JOURNAL_LIMIT:
+            raise BadRequest(f"limit must be from 1 to {MAX_JOURNAL_LIMIT}")
+        return cls(since, query.get("domain"), limit)
 
 
 def check_bearer(header: str, token: Secret) -> None:

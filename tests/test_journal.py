@@ -501,3 +501,49 @@ async def test_audit_endpoint_bearer_scheme(
     assert resp.status == status
     if status == 401:
         assert (await resp.json())["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=-1", "limit=0", "limit=10001", "limit=x", "limit=", "since=nan", "since=x"]
+)
+async def test_audit_endpoint_rejects_bad_queries(
+    captured: io.StringIO,
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+) -> None:
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    await publish(service, sender, "www.example.com")
+    resp = await service.client.get(f"/journal?{query}", headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "bad_request" and body["detail"]
+    assert answers_logged(captured)[-1:] == [("request_rejected", 400)]
+    assert answers_logged(captured).count(("request_rejected", 400)) == 1
+
+
+async def test_audit_endpoint_limit_and_domain_are_literal(
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`domain` is a name and the names below it, never a LIKE pattern; limit is a count."""
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    www = await publish(service, sender, "www.example.com")
+    other = await publish(service, sender, "other.example.com")
+
+    async def values(query: str) -> list[str]:
+        resp = await service.client.get(f"/journal?{query}", headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        return [e["value"] for e in (await resp.json())["entries"]]
+
+    assert len(await values("limit=10000")) == 2
+    assert await values("limit=1") == [other]
+    for pattern in ("%25", "%25example.com", "_", "example.co_", "www.example.co%25", "\\"):
+        assert await values(f"domain={pattern}") == [], pattern
+    assert await values("domain=www.example.com") == [www]
+    assert len(await values("domain=example.com")) == 2
+    assert await values("domain=_acme-challenge.www.example.com") == [www]
