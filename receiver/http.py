@@ -24,7 +24,13 @@ from receiver import core
 from receiver.config import Settings
 from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
-from receiver.errors import BadRequest, ReceiverError, RequestRejected, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ReceiverError,
+    RequestRejected,
+    Unauthorized,
+)
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime
@@ -46,7 +52,7 @@ log = structlog.get_logger("receiver.http")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_context, json_errors],
+        middlewares=[request_context, json_errors, declared_length],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime_context)
@@ -181,9 +187,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except RequestRejected as exc:
         _log_rejected(request, exc.status, exc.code)
-        return web.json_response(
+        response = web.json_response(
             {"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers()
         )
+        if not request.content.is_eof():
+            response.force_close()  # the rest of the body is not wanted: say so
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -192,6 +201,20 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response(
             {"error": code, "detail": exc.reason}, status=exc.status, headers=_allow(exc)
         )
+
+
+@web.middleware
+async def declared_length(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A Content-Length over `max_body_bytes` is refused before any of the body is read.
+
+    aiohttp checks `client_max_size` only while reading, so a client that declares 10^12
+    bytes and sends none would otherwise hold the request open waiting for them.
+    """
+    limit = request.app[SETTINGS].server.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the declared body of {declared} bytes exceeds {limit} bytes")
+    return await handler(request)
 
 
 def _log_rejected(request: web.Request, status: int, code: str) -> None:

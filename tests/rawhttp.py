@@ -20,9 +20,18 @@ class RawResponse:
         return json.loads(self.body)
 
 
-def request(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+def request(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes = b"",
+    *,
+    keep_alive: bool = False,
+) -> bytes:
     """A request exactly as given: header values are bytes and are not checked."""
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    if not keep_alive:
+        lines.append(b"Connection: close")
     lines += [name + b": " + value for name, value in headers]
     names = {name.lower() for name, _ in headers}
     if body and b"content-length" not in names:
