@@ -1,4 +1,5 @@
-"""The aiohttp door: an app factory, two middlewares, health endpoints.
+"""The aiohttp door: an app factory, its middlewares, health endpoints, and `serving`,
+which runs the app as the long-running server with its connection limits.
 
 The Runtime is entered in a cleanup context (torn down only if it opened) and kept
 under a typed AppKey; handlers translate to and from `core.handle` and do nothing else.
@@ -31,6 +32,13 @@ from receiver.errors import (
     RequestRejected,
     Unauthorized,
 )
+from receiver.listener import (
+    GuardedSite,
+    Tally,
+    connection_budget,
+    connection_of,
+    quiet_accept_errors,
+)
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime
@@ -44,15 +52,75 @@ FILEAUTH = web.AppKey("fileauth", FileAuth)
 FILEAUTH_PATH = "/.well-known/pki-validation/fileauth.txt"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 MAX_JOURNAL_LIMIT = 10_000
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_STATUS_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+}
+# After an answer given before the body was read, aiohttp keeps reading (and dropping)
+# it this long, so that the client sees the answer rather than a reset.
+LINGER_SECONDS = 2.0
 
 log = structlog.get_logger("receiver.http")
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[GuardedSite]:
+    """The app listening on `server.listen` until the block exits, then shut down
+    gracefully (in-flight requests get `shutdown_timeout_seconds`).
+
+    aiohttp's own limits are used where it has them: `keepalive_timeout` for idle
+    connections, `lingering_time` for unread bodies, `client_max_size` (in
+    `create_app`). The rest (header timeout, connection cap, quiet accept errors) is
+    `receiver.listener`'s; the body timeout is `read_body`'s.
+    """
+    server = settings.server
+    loop = asyncio.get_running_loop()
+    tally = Tally()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(quiet_accept_errors(tally))
+    runner = web.AppRunner(
+        create_app(settings),
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout_seconds,
+        keepalive_timeout=server.keepalive_timeout_seconds,
+        lingering_time=min(LINGER_SECONDS, server.body_timeout_seconds),
+    )
+    await runner.setup()
+    try:
+        site = GuardedSite(
+            runner,
+            server.host,
+            server.port,
+            max_connections=_connection_budget(server.max_connections),
+            header_timeout=server.header_timeout_seconds,
+            tally=tally,
+        )
+        await site.start()
+        yield site
+    finally:
+        await runner.cleanup()
+        tally.close()
+        loop.set_exception_handler(previous_handler)
+
+
+def _connection_budget(configured: int) -> int:
+    budget = connection_budget(configured)
+    if budget < configured:
+        log.warning(
+            "max_connections_lowered",
+            configured=configured,
+            effective=budget,
+            reason="the descriptor limit (ulimit -n) leaves no more; raise it to allow more",
+        )
+    return budget
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_context, json_errors, declared_length],
+        middlewares=[head_received, request_context, json_errors, declared_length],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime_context)
@@ -169,6 +237,20 @@ def _same_bytes(offered: str, expected: str) -> bool:
 
 
 @web.middleware
+async def head_received(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's head is complete: its connection's header timeout stops until the
+    next request's first byte (`receiver.listener.Connection`; absent in test servers)."""
+    connection = connection_of(request)
+    if connection is None:
+        return await handler(request)
+    connection.request_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.request_finished()
+
+
+@web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     offered = request.headers.get("X-Request-Id", "")
     request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
@@ -181,26 +263,40 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own HTTP errors (404, 405, 413) and the rejections of handlers outside
-    `core` (the journal) as JSON bodies, like every other error, logged once."""
+    """aiohttp's own HTTP errors (404, 405, 408, 413) and the rejections of handlers
+    outside `core` (the journal, `read_body`) as JSON bodies like every other error,
+    each logged once."""
     try:
         return await handler(request)
     except RequestRejected as exc:
-        _log_rejected(request, exc.status, exc.code)
-        response = web.json_response(
-            {"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers()
-        )
-        if not request.content.is_eof():
-            response.force_close()  # the rest of the body is not wanted: say so
-        return response
+        return _rejection(request, exc.status, exc.code, exc.detail, exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "http_error")
-        _log_rejected(request, exc.status, code)
-        return web.json_response(
-            {"error": code, "detail": exc.reason}, status=exc.status, headers=_allow(exc)
-        )
+        return _rejection(request, exc.status, code, exc.reason, _allow(exc))
+
+
+def _rejection(
+    request: web.Request, status: int, code: str, detail: str, headers: dict[str, str]
+) -> web.Response:
+    log.info(
+        "request_rejected",
+        status=status,
+        error=code,
+        method=request.method,
+        path=request.path,
+        remote=request.remote,
+    )
+    response = web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    if not request.content.is_eof():
+        response.force_close()  # the rest of the body is not wanted: say so
+    return response
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
 
 
 @web.middleware
@@ -217,24 +313,8 @@ async def declared_length(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _log_rejected(request: web.Request, status: int, code: str) -> None:
-    log.info(
-        "request_rejected",
-        status=status,
-        error=code,
-        method=request.method,
-        path=request.path,
-        remote=request.remote,
-    )
-
-
-def _allow(exc: web.HTTPException) -> dict[str, str]:
-    allow = exc.headers.get("Allow")
-    return {"Allow": allow} if allow else {}
-
-
 async def notification(request: web.Request) -> web.Response:
-    body = await request.read()  # raises 413 beyond client_max_size
+    body = await read_body(request)
     outcome = await core.handle(
         request.app[RUNTIME],
         core.InboundRequest(
@@ -247,6 +327,27 @@ async def notification(request: web.Request) -> web.Response:
         ),
     )
     return web.json_response(outcome.body, status=outcome.status, headers=outcome.headers)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body within `body_timeout_seconds` of the head, or 408; 413 beyond
+    `client_max_size`. aiohttp has no body timeout: a trickling client would hold the
+    request (and its connection) for as long as it keeps sending.
+
+    A client that goes away mid-body is a 400 (nobody reads it) with one log line;
+    unhandled, aiohttp would log a traceback for each such request.
+    """
+    seconds = request.app[SETTINGS].server.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        detail = f"the body did not arrive within {seconds:g} s"
+        raise web.HTTPRequestTimeout(reason=detail) from None
+    except ConnectionError:
+        raise BadRequest(
+            "the connection closed before the body was complete", code="malformed_body"
+        ) from None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -7,16 +7,38 @@ the timing that a well-behaved client would never produce.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import errno
 import io
+import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from receiver import listener, signing
+from receiver.http import serving
+from receiver.listener import GuardedSite
+
 from . import rawhttp
-from .conftest import ServiceFactory, service_events
+from .conftest import ServiceFactory, SettingsFactory, service_events
 
 PASSWORD = "correct horse battery staple"
+
+
+def basic(password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"lego:{password}".encode())
+
+
+def present(password: str) -> bytes:
+    body = json.dumps(
+        {"fqdn": "_acme-challenge.example.com.", "value": signing.challenge_value()}
+    ).encode()
+    headers = [(b"Authorization", basic(password)), (b"Content-Type", b"application/json")]
+    return rawhttp.request("POST", "/present", headers, body)
 
 
 @pytest.fixture
@@ -67,3 +89,230 @@ async def test_a_declared_length_at_the_limit_is_read(
         rawhttp.request("POST", "/present", headers, body),
     )
     assert response.status == 401  # read, then refused for its missing credentials
+
+
+# --- `serve`'s timeouts and connection cap, in-process ------------------------------------
+
+
+@pytest.fixture
+def served(
+    make_settings: SettingsFactory, httpreq_on: dict[str, Any]
+) -> Callable[..., contextlib.AbstractAsyncContextManager[GuardedSite]]:
+    """`serving()` on a free loopback port, with these `[server]` settings."""
+
+    def serve(**server: Any) -> contextlib.AbstractAsyncContextManager[GuardedSite]:
+        settings = make_settings(server={"listen": "127.0.0.1:0", **server}, httpreq=httpreq_on)
+        return serving(settings)
+
+    return serve
+
+
+Connect = Callable[[GuardedSite], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens client connections to a site, and closes them after the test."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def open_one(site: GuardedSite) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(*site.addresses[0])
+        writers.append(writer)
+        return reader, writer
+
+    yield open_one
+    for writer in writers:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader, *, within: float = 5) -> tuple[float, bytes]:
+    """(seconds until the server closed the connection, what it sent meanwhile)."""
+    started, received = time.monotonic(), b""
+    async with asyncio.timeout(within):
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(4096):
+                received += chunk
+    return time.monotonic() - started, received
+
+
+def tallied(captured: io.StringIO, event: str) -> list[int]:
+    """The counts of every logged `event` line (one line per interval, not per event)."""
+    found = service_events(captured)
+    assert not [e for e in found if "exception" in e], found
+    return [e["count"] for e in found if e["event"] == event]
+
+
+HEALTHZ = rawhttp.request("GET", "/healthz", [], keep_alive=True)
+
+
+async def test_a_request_head_must_be_complete_within_the_header_timeout(
+    captured: io.StringIO, served: Any, connect: Connect
+) -> None:
+    async with served(header_timeout_seconds=0.5, keepalive_timeout_seconds=30) as site:
+        silent, _ = await connect(site)
+        trickling, writer = await connect(site)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+
+        async def trickle() -> None:
+            while not trickling.at_eof():
+                writer.write(b"X-Slow: a\r\n")  # busy, but never finishing the head
+                await asyncio.sleep(0.1)
+
+        trickler = asyncio.create_task(trickle())
+        (quiet_s, quiet_sent), (busy_s, busy_sent) = await asyncio.gather(
+            until_closed(silent), until_closed(trickling)
+        )
+        trickler.cancel()
+    assert 0.4 < quiet_s < 1.5 and 0.4 < busy_s < 1.5
+    assert quiet_sent == busy_sent == b""  # no answer: there is no request to answer
+    assert sum(tallied(captured, "header_timeout")) == 2
+
+
+async def test_the_header_clock_restarts_at_the_next_requests_first_byte(
+    served: Any, connect: Connect
+) -> None:
+    async with served(header_timeout_seconds=0.5, keepalive_timeout_seconds=3) as site:
+        reader, writer = await connect(site)
+        writer.write(HEALTHZ)
+        assert (await rawhttp.read_response(reader)).status == 200
+        await asyncio.sleep(1)  # idle for longer than a head may take: keep-alive applies
+        writer.write(HEALTHZ)
+        assert (await rawhttp.read_response(reader)).status == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # a next head that never ends
+        seconds, sent = await until_closed(reader)
+    assert 0.4 < seconds < 1.5 and sent == b""
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
+    served: Any, connect: Connect
+) -> None:
+    async with served(header_timeout_seconds=10, keepalive_timeout_seconds=0.5) as site:
+        reader, writer = await connect(site)
+        writer.write(HEALTHZ)
+        assert (await rawhttp.read_response(reader)).status == 200
+        seconds, sent = await until_closed(reader)
+    assert seconds < 1.5 and sent == b""
+
+
+async def test_a_trickled_body_is_cut_by_the_body_timeout(
+    captured: io.StringIO, served: Any, connect: Connect
+) -> None:
+    body = json.dumps({"fqdn": "_acme-challenge.example.com.", "value": "A" * 43}).encode()
+    head, _, _ = rawhttp.request(
+        "POST",
+        "/present",
+        [(b"Authorization", basic(PASSWORD)), (b"Content-Type", b"application/json")],
+        body,
+        keep_alive=True,
+    ).partition(b"\r\n\r\n")
+    async with served(header_timeout_seconds=10, body_timeout_seconds=0.5) as site:
+        reader, writer = await connect(site)
+        writer.write(head + b"\r\n\r\n")
+        started = time.monotonic()
+
+        async def trickle() -> None:
+            for byte in body[:-1]:  # the last byte never comes
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        trickler = asyncio.create_task(trickle())
+        response = await rawhttp.read_response(reader)
+        answered_after = time.monotonic() - started
+        closed_after, _ = await until_closed(reader)
+        trickler.cancel()
+    assert response.status == 408 and 0.4 < answered_after < 1.5
+    assert response.json() == {
+        "error": "request_timeout",
+        "detail": "the body did not arrive within 0.5 s",
+    }
+    assert response.headers["connection"] == "close"
+    assert closed_after < 1.0  # lingering is bounded by the body timeout too
+    logged = [(e["event"], e.get("status")) for e in service_events(captured) if "status" in e]
+    assert logged == [("request_rejected", 408)]
+
+
+async def test_a_client_leaving_mid_body_costs_one_line_and_no_traceback(
+    captured: io.StringIO, served: Any, connect: Connect
+) -> None:
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"100")]
+    async with served() as site:
+        _, writer = await connect(site)
+        writer.write(rawhttp.request("POST", "/present", headers, keep_alive=True) + b'{"fq')
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+        await asyncio.sleep(0.3)
+    found = service_events(captured)
+    assert not [e for e in found if "exception" in e or e["level"] == "error"], found
+    logged = [(e["event"], e["status"], e["error"]) for e in found if "status" in e]
+    assert logged == [("request_rejected", 400, "malformed_body")]
+
+
+async def test_connections_over_the_cap_are_closed_at_once(
+    captured: io.StringIO, served: Any, connect: Connect
+) -> None:
+    async with served(max_connections=3) as site:
+        held = [await connect(site) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert site.open_connections == 3
+        for _ in range(2):
+            reader, writer = await connect(site)
+            writer.write(HEALTHZ)
+            seconds, sent = await until_closed(reader)
+            assert seconds < 0.5 and sent == b""  # closed before a byte was read
+        held[0][1].close()
+        await asyncio.sleep(0.1)
+        response = await rawhttp.exchange(*site.addresses[0], HEALTHZ)
+        assert response.status == 200
+    assert tallied(captured, "connections_refused") == [1, 1]  # the first at once, then 1 more
+
+
+async def test_failed_accepts_are_counted_and_logged_once_per_interval(
+    captured: io.StringIO, served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors: no traceback per attempt, no busy loop, service resumes."""
+    monkeypatch.setattr(listener, "LOG_INTERVAL_SECONDS", 0.3)
+    monkeypatch.setattr(listener, "ACCEPT_RETRY_SECONDS", 0.01)
+    loop = asyncio.get_running_loop()
+    real_accept, failures = loop.sock_accept, [0]
+
+    async def out_of_descriptors(sock: Any) -> Any:
+        if failures[0] < 40:
+            failures[0] += 1
+            await asyncio.sleep(0)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real_accept(sock)
+
+    monkeypatch.setattr(loop, "sock_accept", out_of_descriptors)
+    async with served() as site:
+        response = await rawhttp.exchange(*site.addresses[0], HEALTHZ)
+        assert response.status == 200
+    counts = tallied(captured, "accept_failed")
+    assert sum(counts) == 40 and len(counts) <= 3, counts
+    (first, *_) = [e for e in service_events(captured) if e["event"] == "accept_failed"]
+    assert first["error"] == "EMFILE" and first["interval_seconds"] == 0.3
+
+
+async def test_asyncios_own_accept_failures_are_counted(captured: io.StringIO, served: Any) -> None:
+    """The DNS responder's TCP listener uses asyncio's accept loop, which reports each
+    failure to the loop's exception handler: `serving` counts them instead."""
+    loop = asyncio.get_running_loop()
+    async with served():
+        for _ in range(100):
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(errno.EMFILE, "Too many open files"),
+                }
+            )
+    assert tallied(captured, "accept_failed") == [1, 99]
+    assert loop.get_exception_handler() is None  # put back as it was
+
+
+@pytest.mark.parametrize(("nofile", "budget"), [(20000, 512), (1024, 512), (256, 128), (100, 1)])
+def test_the_connection_cap_fits_the_descriptor_limit(
+    monkeypatch: pytest.MonkeyPatch, nofile: int, budget: int
+) -> None:
+    monkeypatch.setattr(listener.resource, "getrlimit", lambda _: (nofile, nofile))
+    assert listener.connection_budget(512) == budget
