@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -417,7 +418,13 @@ class ServerProcess:
 async def run_server() -> AsyncIterator[Callable[..., Any]]:
     started: list[ServerProcess] = []
 
-    async def start(config: Path, *args: str) -> ServerProcess:
+    async def start(config: Path, *args: str, nofile: int | None = None) -> ServerProcess:
+        """`nofile`: the process's descriptor limit (soft and hard), as a tight ulimit."""
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -429,6 +436,7 @@ async def run_server() -> AsyncIterator[Callable[..., Any]]:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
         server = ServerProcess(proc)
         server.reader = asyncio.create_task(server._read())

@@ -13,8 +13,10 @@ import contextlib
 import errno
 import io
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,3 +318,203 @@ def test_the_connection_cap_fits_the_descriptor_limit(
 ) -> None:
     monkeypatch.setattr(listener.resource, "getrlimit", lambda _: (nofile, nofile))
     assert listener.connection_budget(512) == budget
+
+
+# --- the real server process under a slow-client flood -----------------------------------
+
+NOFILE = 256  # the server's descriptor limit: fewer than the connections thrown at it
+SLOW_HEADS = 200  # connections that never finish their request head
+SLOW_BODIES = 100  # heads complete, bodies trickled a byte at a time
+TRICKLE_GAP = 0.25
+ATTACK_SECONDS = 4.0
+ANSWER_WITHIN = 2.0  # every valid request, retries on refused connections included
+
+
+def flood_config(path: Path) -> Path:
+    path.write_text("""
+[server]
+listen = "127.0.0.1:0"
+header_timeout_seconds = 1
+body_timeout_seconds = 1
+keepalive_timeout_seconds = 1
+# max_connections: the default 512, lowered at start to fit the descriptor limit
+[log]
+format = "json"
+[certificate_manager]
+enabled = false
+[httpreq]
+enabled = true
+username = "lego"
+password_env = "HTTPREQ_PASSWORD"
+[journal]
+enabled = false
+[propagation]
+check = false
+[[zones]]
+name = "example.com"
+provider = "memory"
+""")
+    return path
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/PID/status, e.g. VmRSS in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def slow_client(
+    port: int, head: bytes, trickle: bytes, *, wait: float
+) -> tuple[float | None, bytes]:
+    """Send `head`, then `trickle` a byte every TRICKLE_GAP seconds: (the seconds from
+    connecting until the server closed the connection or None if it never did within
+    `wait`, what the server sent)."""
+    started, received = time.monotonic(), b""
+    try:
+        async with asyncio.timeout(wait):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (OSError, TimeoutError):
+        return None, received
+
+    async def send() -> None:
+        writer.write(head)
+        for index in range(len(trickle)):
+            await asyncio.sleep(TRICKLE_GAP)
+            if writer.is_closing() or reader.at_eof():
+                return
+            writer.write(trickle[index : index + 1])
+
+    sending = asyncio.create_task(send())
+    try:
+        async with asyncio.timeout(wait - (time.monotonic() - started)):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(4096):
+                    received += chunk
+        return time.monotonic() - started, received
+    except TimeoutError:
+        return None, received
+    finally:
+        sending.cancel()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def answered(port: int, request: bytes) -> tuple[int, float]:
+    """(status, seconds) of a valid request, retried while the server refuses it."""
+    started = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ANSWER_WITHIN * 3):
+            while True:
+                try:
+                    response = await rawhttp.exchange("127.0.0.1", port, request)
+                except (OSError, asyncio.IncompleteReadError):
+                    await asyncio.sleep(0.05)  # refused at the cap: like any client, retry
+                    continue
+                return response.status, time.monotonic() - started
+    return 0, time.monotonic() - started
+
+
+@pytest.mark.slow
+async def test_slow_clients_and_a_credential_flood_do_not_starve_valid_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_server: Callable[..., Any]
+) -> None:
+    """`serve` with 256 descriptors and 1 s timeouts; 300 slow clients (half-sent heads
+    and trickled bodies) and 8 loops of wrong-password requests against it for 4 s. Valid
+    requests (`/healthz`, httpreq `/present`) are answered within 2 s each; the slow
+    connections are closed within their timeouts; no traceback, one log line per 10 s
+    for each kind of connection trouble; memory and descriptors back where they were.
+
+    Before the limits (same clients, no [server] timeouts): `/healthz` went unanswered
+    for 6 s, `/present` took 3.8 s, no slow connection was closed, and asyncio logged
+    ~14,000 failed accept()s with tracebacks in 11 s.
+    """
+    monkeypatch.setenv("HTTPREQ_PASSWORD", PASSWORD)
+    server = await run_server(flood_config(tmp_path / "r.toml"), nofile=NOFILE)
+    assert (await server.wait_for("listening"))["max_connections"] == (
+        NOFILE - listener.RESERVED_DESCRIPTORS  # the default 512 does not fit: lowered
+    )
+    assert (await server.wait_for("max_connections_lowered"))["effective"] == 128
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    pid = server.proc.pid
+    healthz = rawhttp.request("GET", "/healthz", [])
+    for _ in range(5):  # warm up: lazy imports, first allocations
+        assert (await answered(port, healthz))[0] == 200
+        assert (await answered(port, present(PASSWORD)))[0] == 200
+    rss_before, fds_before = proc_status(pid, "VmRSS"), descriptors(pid)
+
+    slow_head = b"POST /present HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    body_head = present("wrong")
+    head, _, body = body_head.partition(b"\r\n\r\n")
+    kinds = ["head", "head", "body"] * ((SLOW_HEADS + SLOW_BODIES) // 3)  # interleaved
+    slow_tasks = [
+        asyncio.create_task(
+            slow_client(port, slow_head, b"a" * 100, wait=10)
+            if kind == "head"
+            else slow_client(port, head + b"\r\n\r\n", body, wait=10)
+        )
+        for kind in kinds
+    ]
+    await asyncio.sleep(0.2)  # the slow clients hold (or are refused) their connections
+
+    flooded: list[int] = []
+    probes: list[tuple[str, int, float]] = []
+    ending = time.monotonic() + ATTACK_SECONDS
+
+    async def flood() -> None:
+        while time.monotonic() < ending:
+            try:
+                flooded.append((await rawhttp.exchange("127.0.0.1", port, present("wrong"))).status)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                flooded.append(0)  # refused at the cap
+
+    async def probe() -> None:
+        while time.monotonic() < ending:
+            for name, request in (("healthz", healthz), ("present", present(PASSWORD))):
+                status, seconds = await answered(port, request)
+                probes.append((name, status, seconds))
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(flood() for _ in range(8)), probe(), probe())
+    results = await asyncio.gather(*slow_tasks)
+    await asyncio.sleep(0.5)
+    rss_after, fds_after = proc_status(pid, "VmRSS"), descriptors(pid)
+
+    heads = [r for kind, r in zip(kinds, results, strict=True) if kind == "head"]
+    bodies = [r for kind, r in zip(kinds, results, strict=True) if kind == "body"]
+    answered_408 = [r for r in bodies if r[1].startswith(b"HTTP/1.1 408 ")]
+    events = server.events()
+    tallies = {
+        name: [e["count"] for e in events if e["event"] == name]
+        for name in ("header_timeout", "connections_refused", "accept_failed")
+    }
+    slowest_probe = max(seconds for _, _, seconds in probes)
+    print(
+        f"\nprobes: {len(probes)} answered, slowest {slowest_probe:.2f} s;"
+        f" flood: {len(flooded)} requests, {flooded.count(401)} x 401,"
+        f" {flooded.count(0)} refused; slow heads closed after at most"
+        f" {max(r[0] or 99 for r in heads):.2f} s, slow bodies after at most"
+        f" {max(r[0] or 99 for r in bodies):.2f} s ({len(answered_408)} answered 408);"
+        f" RSS {rss_before} -> {rss_after} KiB; descriptors {fds_before} -> {fds_after};"
+        f" {len(server.lines)} log lines; tallied (lines: counts) {tallies}"
+    )
+    assert probes and all(status == 200 for _, status, _ in probes), probes
+    assert slowest_probe <= ANSWER_WITHIN, probes
+    assert set(flooded) <= {401, 0} and flooded.count(401) > 100
+    # Closed by the server: a head within its 1 s; a body within its 1 s, then at most
+    # 1 s of lingering for the 408 to be read; over the cap, at once.
+    assert all(seconds is not None and seconds <= 1.5 and sent == b"" for seconds, sent in heads)
+    assert all(seconds is not None and seconds <= 2.5 for seconds, _ in bodies), bodies
+    assert all(sent in (b"", *(r[1] for r in answered_408)) for _, sent in bodies)
+    assert len(answered_408) >= 10  # some bodies did get a slot and were cut off
+    assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
+    assert fds_after <= fds_before + 5
+    assert not [line for line in server.lines if "Traceback" in line or "exception" in line]
+    assert all(len(counts) <= 2 for counts in tallies.values()), tallies
+    assert server.proc.returncode is None
