@@ -40,6 +40,7 @@ def request(
 
 
 async def read_response(reader: asyncio.StreamReader) -> RawResponse:
+    """One response, framed by Content-Length (as aiohttp frames its answers)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {}
@@ -51,12 +52,12 @@ async def read_response(reader: asyncio.StreamReader) -> RawResponse:
     return RawResponse(int(status_line.split()[1]), headers, body)
 
 
-async def exchange(host: str, port: int, data: bytes) -> RawResponse:
-    """Send `data` on a fresh connection and read one response (within 5 s)."""
-    async with asyncio.timeout(5):
+async def exchange(host: str, port: int, request: bytes, *, within: float = 10) -> RawResponse:
+    """Write `request` as is on a fresh connection and read one response."""
+    async with asyncio.timeout(within):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(data)
+            writer.write(request)
             await writer.drain()
             return await read_response(reader)
         finally:
