@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from providers.errors import ProviderError
 from receiver import __version__, config, logs, signing
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
 from receiver.errors import ConfigError, ReceiverError, StateUnavailable
-from receiver.http import create_app
+from receiver.http import serving
 from receiver.keys import FileSenderKeys, KeyMaterialError
 from receiver.policy import Policy
 
@@ -240,20 +239,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def serve(settings: config.Settings) -> None:
     """Run until SIGTERM/SIGINT, then finish in-flight notifications before exiting."""
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_seconds
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+    async with serving(settings) as site:
+        host, port = site.addresses[0]
         log.info(
             "listening",
             url=f"http://{host}:{port}{settings.server.callback_path}",
             version=__version__,
             zones=[z.name for z in settings.zones],
+            max_connections=site.max_connections,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -261,8 +254,6 @@ async def serve(settings: config.Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting_down", grace_seconds=settings.server.shutdown_timeout_seconds)
-    finally:
-        await runner.cleanup()
     log.info("stopped")
 
 

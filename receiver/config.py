@@ -38,10 +38,26 @@ RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """The long-running HTTP server (`serve`); serverless platforms have their own limits.
+
+    The limits below bound what one client can hold: a connection waiting for a request
+    head, a body or the next request costs a descriptor and memory, so each wait ends.
+    """
+
     listen: str = "127.0.0.1:8080"
     callback_path: str = "/callback"
     max_body_bytes: int = 64 * 1024
     shutdown_timeout_seconds: float = 30.0
+    # A request head (line and headers, a few hundred bytes) must be complete this long
+    # after its first byte, or after the connection opened.
+    header_timeout_seconds: float = 10.0
+    # A body (at most max_body_bytes) must be complete this long after its head.
+    body_timeout_seconds: float = 30.0
+    # An idle connection is closed this long after its last answer.
+    keepalive_timeout_seconds: float = 15.0
+    # Open connections; beyond this, new ones are closed at once. Lowered at start to fit
+    # the process's descriptor limit (RLIMIT_NOFILE).
+    max_connections: int = 512
 
     @property
     def host(self) -> str:
@@ -622,6 +638,15 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         reader.problem("server.callback_path", f"must be a plain absolute path, not {path!r}")
     if not 1024 <= server.max_body_bytes <= 16 * 1024 * 1024:
         reader.problem("server.max_body_bytes", "must be between 1024 and 16777216")
+    for name, value, most in [
+        ("server.header_timeout_seconds", server.header_timeout_seconds, 300),
+        ("server.body_timeout_seconds", server.body_timeout_seconds, 300),
+        ("server.keepalive_timeout_seconds", server.keepalive_timeout_seconds, 3600),
+    ]:
+        if not 0 < value <= most:
+            reader.problem(name, f"must be greater than 0 and at most {most}")
+    if not 1 <= server.max_connections <= 1_000_000:
+        reader.problem("server.max_connections", "must be between 1 and 1000000")
 
     cm = settings.certificate_manager
     if cm.enabled and not cm.allowed_instances:

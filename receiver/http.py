@@ -1,4 +1,5 @@
-"""The aiohttp door: an app factory, two middlewares, health endpoints.
+"""The aiohttp door: an app factory, its middlewares, health endpoints, and `serving`,
+which runs the app as the long-running server with its connection limits.
 
 The Runtime is entered in a cleanup context (torn down only if it opened) and kept
 under a typed AppKey; handlers translate to and from `core.handle` and do nothing else.
@@ -9,19 +10,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from providers.base import Secret
 from receiver import core
 from receiver.config import Settings
 from receiver.doors import acme_dns, httpreq
 from receiver.doors.digicert import FileAuth
-from receiver.errors import ReceiverError
+from receiver.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ReceiverError,
+    RequestRejected,
+    Unauthorized,
+)
+from receiver.listener import (
+    GuardedSite,
+    Tally,
+    connection_budget,
+    connection_of,
+    quiet_accept_errors,
+)
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime, passed
@@ -34,15 +51,76 @@ REQUEST_ID = web.RequestKey("request_id", str)
 FILEAUTH = web.AppKey("fileauth", FileAuth)
 FILEAUTH_PATH = "/.well-known/pki-validation/fileauth.txt"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+MAX_JOURNAL_LIMIT = 10_000
+_STATUS_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+}
+# After an answer given before the body was read, aiohttp keeps reading (and dropping)
+# it this long, so that the client sees the answer rather than a reset.
+LINGER_SECONDS = 2.0
 
 log = structlog.get_logger("receiver.http")
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[GuardedSite]:
+    """The app listening on `server.listen` until the block exits, then shut down
+    gracefully (in-flight requests get `shutdown_timeout_seconds`).
+
+    aiohttp's own limits are used where it has them: `keepalive_timeout` for idle
+    connections, `lingering_time` for unread bodies, `client_max_size` (in
+    `create_app`). The rest (header timeout, connection cap, quiet accept errors) is
+    `receiver.listener`'s; the body timeout is `read_body`'s.
+    """
+    server = settings.server
+    loop = asyncio.get_running_loop()
+    tally = Tally()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(quiet_accept_errors(tally))
+    runner = web.AppRunner(
+        create_app(settings),
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout_seconds,
+        keepalive_timeout=server.keepalive_timeout_seconds,
+        lingering_time=min(LINGER_SECONDS, server.body_timeout_seconds),
+    )
+    await runner.setup()
+    try:
+        site = GuardedSite(
+            runner,
+            server.host,
+            server.port,
+            max_connections=_connection_budget(server.max_connections),
+            header_timeout=server.header_timeout_seconds,
+            tally=tally,
+        )
+        await site.start()
+        yield site
+    finally:
+        await runner.cleanup()
+        tally.close()
+        loop.set_exception_handler(previous_handler)
+
+
+def _connection_budget(configured: int) -> int:
+    budget = connection_budget(configured)
+    if budget < configured:
+        log.warning(
+            "max_connections_lowered",
+            configured=configured,
+            effective=budget,
+            reason="the descriptor limit (ulimit -n) leaves no more; raise it to allow more",
+        )
+    return budget
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_context, json_errors],
+        middlewares=[head_received, request_context, json_errors, declared_length],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime_context)
@@ -106,30 +184,78 @@ async def _sweep_context(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+class BearerRequired(Unauthorized):
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 async def journal_entries(request: web.Request) -> web.Response:
     """The audit trail, for holders of the admin token only (the route exists only then)."""
     settings = request.app[SETTINGS].journal
     assert settings.admin_token is not None
-    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-    if not hmac.compare_digest(offered, settings.admin_token.reveal().encode()):
-        log.info("request_rejected", status=401, error="unauthorized", path=request.path)
-        return web.json_response(
-            {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
-            status=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_bearer(request.headers.get("Authorization", ""), settings.admin_token)
     journal = request.app[RUNTIME].journal
     assert journal is not None
-    try:
-        since = float(request.query["since"]) if "since" in request.query else None
-        limit = min(int(request.query.get("limit", "1000")), 10_000)
-    except ValueError:
-        return web.json_response(
-            {"error": "bad_request", "detail": "since is epoch seconds, limit an integer"},
-            status=400,
-        )
-    entries = await journal.entries(since=since, domain=request.query.get("domain"), limit=limit)
+    query = JournalQuery.parse(request.query)
+    entries = await journal.entries(since=query.since, domain=query.domain, limit=query.limit)
     return web.json_response({"entries": [e.as_dict() for e in entries]})
+
+
+@dataclass(frozen=True)
+class JournalQuery:
+    """`GET /journal?since=<epoch>&domain=<name>&limit=<n>`, checked."""
+
+    since: float | None = None
+    domain: str | None = None
+    limit: int = 1000
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> JournalQuery:
+        """`BadRequest` unless since is a finite number and limit is 1..MAX_JOURNAL_LIMIT:
+        SQLite reads a negative LIMIT as "no limit", and NaN compares false with anything."""
+        try:
+            since = float(query["since"]) if "since" in query else None
+            limit = int(query.get("limit", cls.limit))
+        except ValueError:
+            raise BadRequest("since is epoch seconds, limit an integer") from None
+        if since is not None and not math.isfinite(since):
+            raise BadRequest("since is epoch seconds")
+        if not 1 <= limit <= MAX_JOURNAL_LIMIT:
+            raise BadRequest(f"limit must be from 1 to {MAX_JOURNAL_LIMIT}")
+        return cls(since, query.get("domain"), limit)
+
+
+def check_bearer(header: str, token: Secret) -> None:
+    """`Bearer <token>` (RFC 6750), the scheme in any case (RFC 7235); `BearerRequired`
+    for anything else, compared in constant time as the bytes that were sent."""
+    scheme, _, offered = header.partition(" ")
+    offered = offered.lstrip(" ")
+    if scheme.lower() != "bearer" or not offered or not _same_bytes(offered, token.reveal()):
+        raise BearerRequired("send Authorization: Bearer <admin token>", code="unauthorized")
+
+
+def _same_bytes(offered: str, expected: str) -> bool:
+    """aiohttp decodes header bytes as UTF-8 and keeps the undecodable ones as surrogates
+    (surrogateescape): encoding back the same way gives exactly the bytes sent."""
+    try:
+        sent = offered.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: not from the wire
+        return False
+    return hmac.compare_digest(sent, expected.encode())
+
+
+@web.middleware
+async def head_received(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's head is complete: its connection's header timeout stops until the
+    next request's first byte (`receiver.listener.Connection`; absent in test servers)."""
+    connection = connection_of(request)
+    if connection is None:
+        return await handler(request)
+    connection.request_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.request_finished()
 
 
 @web.middleware
@@ -145,24 +271,35 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own HTTP errors (404, 405, 413) as JSON bodies, like every other error."""
+    """aiohttp's own HTTP errors (404, 405, 408, 413) and the rejections of handlers
+    outside `core` (the journal, `read_body`) as JSON bodies like every other error,
+    each logged once."""
     try:
         return await handler(request)
+    except RequestRejected as exc:
+        return _rejection(request, exc.status, exc.code, exc.detail, exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "http_error")
-        log.info(
-            "request_rejected",
-            status=exc.status,
-            error=code,
-            method=request.method,
-            path=request.path,
-            remote=request.remote,
-        )
-        return web.json_response(
-            {"error": code, "detail": exc.reason}, status=exc.status, headers=_allow(exc)
-        )
+        return _rejection(request, exc.status, code, exc.reason, _allow(exc))
+
+
+def _rejection(
+    request: web.Request, status: int, code: str, detail: str, headers: dict[str, str]
+) -> web.Response:
+    log.info(
+        "request_rejected",
+        status=status,
+        error=code,
+        method=request.method,
+        path=request.path,
+        remote=request.remote,
+    )
+    response = web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    if not request.content.is_eof():
+        response.force_close()  # the rest of the body is not wanted: say so
+    return response
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:
@@ -170,8 +307,22 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
+@web.middleware
+async def declared_length(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A Content-Length over `max_body_bytes` is refused before any of the body is read.
+
+    aiohttp checks `client_max_size` only while reading, so a client that declares 10^12
+    bytes and sends none would otherwise hold the request open waiting for them.
+    """
+    limit = request.app[SETTINGS].server.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the declared body of {declared} bytes exceeds {limit} bytes")
+    return await handler(request)
+
+
 async def notification(request: web.Request) -> web.Response:
-    body = await request.read()  # raises 413 beyond client_max_size
+    body = await read_body(request)
     outcome = await core.handle(
         request.app[RUNTIME],
         core.InboundRequest(
@@ -184,6 +335,27 @@ async def notification(request: web.Request) -> web.Response:
         ),
     )
     return web.json_response(outcome.body, status=outcome.status, headers=outcome.headers)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body within `body_timeout_seconds` of the head, or 408; 413 beyond
+    `client_max_size`. aiohttp has no body timeout: a trickling client would hold the
+    request (and its connection) for as long as it keeps sending.
+
+    A client that goes away mid-body is a 400 (nobody reads it) with one log line;
+    unhandled, aiohttp would log a traceback for each such request.
+    """
+    seconds = request.app[SETTINGS].server.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        detail = f"the body did not arrive within {seconds:g} s"
+        raise web.HTTPRequestTimeout(reason=detail) from None
+    except ConnectionError:
+        raise BadRequest(
+            "the connection closed before the body was complete", code="malformed_body"
+        ) from None
 
 
 async def healthz(request: web.Request) -> web.Response:

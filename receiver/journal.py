@@ -217,9 +217,12 @@ class SqliteJournal:
         if since is not None:
             where.append("created >= ?")
             params.append(since)
-        if domain is not None:
-            where.append("(domain = ? OR fqdn = ? OR domain LIKE ? OR fqdn LIKE ?)")
-            params += [domain, domain, f"%.{domain}", f"%.{domain}"]
+        if domain is not None:  # the name and the names below it: never a pattern
+            below = f"%.{_like_literal(domain)}"
+            where.append(
+                "(domain = ? OR fqdn = ? OR domain LIKE ? ESCAPE '\\' OR fqdn LIKE ? ESCAPE '\\')"
+            )
+            params += [domain, domain, below, below]
         query = (
             f"SELECT {', '.join(COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
             f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
@@ -246,6 +249,11 @@ class SqliteJournal:
 
     async def aclose(self) -> None:
         await self._file.aclose()
+
+
+def _like_literal(text: str) -> str:
+    """`text` inside a LIKE pattern with ESCAPE '\\': its `%`, `_` and `\\` match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _entry(row: Sequence[Any]) -> Entry:

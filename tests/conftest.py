@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -96,6 +97,13 @@ def captured() -> io.StringIO:
     stream = io.StringIO()
     logs.configure(LogSettings(format="json", level="debug"), stream)
     return stream
+
+
+def service_events(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The captured events of the service itself: without the access log lines that the
+    test server adds (`serve` runs with no access log)."""
+    found = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return [e for e in found if e.get("logger") != "aiohttp.access"]
 
 
 @dataclass(frozen=True)
@@ -424,7 +432,13 @@ class ServerProcess:
 async def run_server() -> AsyncIterator[Callable[..., Any]]:
     started: list[ServerProcess] = []
 
-    async def start(config: Path, *args: str) -> ServerProcess:
+    async def start(config: Path, *args: str, nofile: int | None = None) -> ServerProcess:
+        """`nofile`: the process's descriptor limit (soft and hard), as a tight ulimit."""
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -436,6 +450,7 @@ async def run_server() -> AsyncIterator[Callable[..., Any]]:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
         server = ServerProcess(proc)
         server.reader = asyncio.create_task(server._read())

@@ -30,6 +30,10 @@ def test_minimal_config_has_safe_defaults() -> None:
     assert settings.server.host == "127.0.0.1" and settings.server.port == 8080
     assert settings.server.callback_path == "/callback"
     assert settings.server.max_body_bytes == 65536
+    assert settings.server.header_timeout_seconds == 10
+    assert settings.server.body_timeout_seconds == 30
+    assert settings.server.keepalive_timeout_seconds == 15
+    assert settings.server.max_connections == 512
     assert settings.certificate_manager.algorithms == ("RS256",)
     assert settings.user_token.verify and not settings.user_token.required
     assert settings.user_token.jwks_url == "https://iam.cloud.ibm.com/identity/keys"
@@ -86,6 +90,20 @@ def test_all_problems_reported_together_with_their_keys() -> None:
         ({**MINIMAL, "server": {"callback_path": "callback"}}, "server.callback_path"),
         ({**MINIMAL, "server": {"max_body_bytes": 10}}, "server.max_body_bytes"),
         ({**MINIMAL, "server": {"listen": "127.0.0.1:99999"}}, "server.listen"),
+        ({**MINIMAL, "server": {"header_timeout_seconds": 0}}, "server.header_timeout_seconds"),
+        ({**MINIMAL, "server": {"header_timeout_seconds": "10"}}, "server.header_timeout_seconds"),
+        ({**MINIMAL, "server": {"body_timeout_seconds": -1}}, "server.body_timeout_seconds"),
+        ({**MINIMAL, "server": {"body_timeout_seconds": 301}}, "server.body_timeout_seconds"),
+        (
+            {**MINIMAL, "server": {"keepalive_timeout_seconds": 0}},
+            "server.keepalive_timeout_seconds",
+        ),
+        (
+            {**MINIMAL, "server": {"keepalive_timeout_seconds": 3601}},
+            "server.keepalive_timeout_seconds",
+        ),
+        ({**MINIMAL, "server": {"max_connections": 0}}, "server.max_connections"),
+        ({**MINIMAL, "server": {"max_connections": 1.5}}, "server.max_connections"),
         ({**MINIMAL, "log": {"format": "xml"}}, "log.format"),
         ({**MINIMAL, "user_token": {"verify": "yes"}}, "user_token.verify"),
         ({**MINIMAL, "user_token": {"jwks_url": "ftp://x"}}, "user_token.jwks_url"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import threading
 import time
 from typing import Any
@@ -16,7 +17,8 @@ from receiver.accounts import Account
 from receiver.errors import ConfigError, Forbidden
 from receiver.ratelimit import RateLimit, source_key
 
-from .conftest import Sender, ServiceFactory, SettingsFactory, long_domain
+from . import rawhttp
+from .conftest import Sender, ServiceFactory, SettingsFactory, long_domain, service_events
 from .rawhttp import exchange
 
 PASSWORD = "correct horse battery staple"
@@ -85,6 +87,41 @@ async def test_httpreq_rejects_bad_credentials(
     assert (await response.json())["error"] == code
     assert response.headers["WWW-Authenticate"].startswith("Basic")
     assert await service.all_records() == {}
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        "Basic é".encode(),  # UTF-8 in the header: base64 refuses non-ASCII text
+        b"Basic \xff\xfe",  # not UTF-8 at all
+        b"Basic bGVnbzp\xff",  # valid base64 but for one byte
+        b"Basic " + base64.b64encode("lego:pässword".encode("latin-1")),  # not UTF-8 inside
+        b"bAsIc \xc3\xa9",
+    ],
+)
+async def test_httpreq_non_ascii_credentials_are_401(
+    captured: io.StringIO,
+    start_service: ServiceFactory,
+    httpreq_on: dict[str, Any],
+    credentials: bytes,
+) -> None:
+    """Raw bytes over a socket: aiohttp's client would not send these headers."""
+    service = await start_service(httpreq=httpreq_on)
+    body = f'{{"fqdn": "_acme-challenge.example.com.", "value": "{"A" * 43}"}}'.encode()
+    headers = [(b"Authorization", credentials), (b"Content-Type", b"application/json")]
+    client = service.client
+    response = await rawhttp.exchange(
+        client.host, client.port, rawhttp.request("POST", "/present", headers, body)
+    )
+    assert response.status == 401
+    assert response.json() == {
+        "error": "invalid_credentials",
+        "detail": "malformed basic credentials",
+    }
+    assert response.headers["www-authenticate"].startswith("Basic")
+    assert await service.all_records() == {}
+    logged = [(e["event"], e.get("status")) for e in service_events(captured)]
+    assert logged == [("notification", 401)]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from providers.local import ChallengeStore, LocalSettings
 from receiver import dnsserver, signing
 from receiver.dnsserver import EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, Answerer
 
+from . import rawhttp
 from .conftest import INSTANCE, Sender, ServiceFactory
 
 FUZZ = settings(
@@ -397,3 +398,63 @@ async def udp_exchange(port: int, datagrams: list[bytes]) -> list[bytes]:
     finally:
         transport.close()
     return replies
+
+
+# Header values as raw bytes: invalid UTF-8, UTF-8 beyond latin-1, anything but the control
+# characters, which end a header line (aiohttp answers those malformed requests itself).
+header_bytes = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20).map(str.encode),
+    st.text(st.characters(min_codepoint=0x100), max_size=10).map(str.encode),
+).map(lambda raw: bytes(c for c in raw if c == 0x09 or 0x20 <= c != 0x7F))
+credentials = st.one_of(
+    header_bytes,
+    header_bytes.map(lambda raw: b"Basic " + raw),
+    header_bytes.map(lambda raw: b"Basic " + base64.b64encode(b"lego:" + raw)),
+    st.just(HTTPREQ_AUTH["Authorization"].encode()),  # the only ones that may write
+)
+HTTPREQ_BODY = json.dumps({"fqdn": "_acme-challenge.example.com.", "value": "A" * 43}).encode()
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/present", "/cleanup"]),
+    authorization=credentials,
+    content_type=st.one_of(st.just(b"application/json"), header_bytes),
+    request_id=header_bytes,
+    declared=st.one_of(st.none(), st.integers(min_value=65537, max_value=10**18)),
+)
+async def test_the_httpreq_door_takes_any_header_bytes(
+    start_service: ServiceFactory,
+    monkeypatch: Any,
+    path: str,
+    authorization: bytes,
+    content_type: bytes,
+    request_id: bytes,
+    declared: int | None,
+) -> None:
+    """Raw bytes over a socket (aiohttp's client would refuse most of them): a 4xx with a
+    JSON error or an accepted write with the right credentials; never a 5xx. A declared
+    length over the limit is refused before any body is sent."""
+    monkeypatch.setenv("FUZZ_HTTPREQ_PASSWORD", "fuzz-password")
+    service = await start_service(
+        httpreq={"enabled": True, "username": "lego", "password_env": "FUZZ_HTTPREQ_PASSWORD"}
+    )
+    before = await service.all_records()
+    headers = [
+        (b"Authorization", authorization),
+        (b"Content-Type", content_type),
+        (b"X-Request-Id", request_id),
+    ]
+    body = HTTPREQ_BODY
+    if declared is not None:
+        headers.append((b"Content-Length", str(declared).encode()))
+        body = b""  # never sent: the answer must not wait for it
+    request = rawhttp.request("POST", path, headers, body)
+    response = await rawhttp.exchange(service.client.host, service.client.port, request)
+    assert response.status < 500, response
+    if response.status >= 400:
+        assert set(response.json()) == {"error", "detail"}, response
+        assert await service.all_records() == before, "a rejected request changed records"
+    else:
+        assert authorization == HTTPREQ_AUTH["Authorization"].encode() and declared is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 import sys
@@ -18,7 +19,15 @@ from receiver import signing
 from receiver.journal import Entry, SqliteJournal
 from receiver.sweep import sweep
 
-from .conftest import INSTANCE, OTHER_INSTANCE, Sender, ServiceFactory, shared_store_config
+from . import rawhttp
+from .conftest import (
+    INSTANCE,
+    OTHER_INSTANCE,
+    Sender,
+    ServiceFactory,
+    service_events,
+    shared_store_config,
+)
 
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
@@ -423,3 +432,118 @@ async def test_the_server_sweeps_at_start_and_then_periodically(
             break
         await asyncio.sleep(0.05)
     assert store_values(tmp_path) == {"_acme-challenge.fresh.example.com": {fresh}}
+
+
+ADMIN = {"Authorization": "Bearer s3cret-admin"}
+
+
+def answers_logged(captured: io.StringIO) -> list[tuple[str, int]]:
+    """(event, status) of every logged answer; a traceback anywhere fails the test."""
+    found = service_events(captured)
+    assert not [e for e in found if "exception" in e], found
+    return [(e["event"], e["status"]) for e in found if "status" in e]
+
+
+async def audited_service(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret-admin")
+    return await start_service(**local_sections(tmp_path, admin_token_env="ADMIN_TOKEN"))
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Bearer \xff",  # not UTF-8
+        b"\xff",
+        "Bearer s3cret-admé".encode(),
+        b"Bearer s3cret-admin\xc0",
+    ],
+)
+async def test_audit_endpoint_undecodable_credentials_are_401(
+    captured: io.StringIO,
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    authorization: bytes,
+) -> None:
+    """Raw bytes over a socket: aiohttp's client would not send these headers."""
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    request = rawhttp.request("GET", "/journal", [(b"Authorization", authorization)])
+    response = await rawhttp.exchange(service.client.host, service.client.port, request)
+    assert response.status == 401
+    assert response.json()["error"] == "unauthorized" and response.json()["detail"]
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert answers_logged(captured) == [("request_rejected", 401)]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("s3cret-admin", 401),  # the scheme is required
+        ("Basic s3cret-admin", 401),
+        ("Bearer", 401),
+        ("Bearer  s3cret-admin", 200),  # RFC 7235: one or more spaces
+        ("bearer s3cret-admin", 200),  # the scheme is case-insensitive
+        ("BEARER s3cret-admin", 200),
+        ("Bearer s3cret-admin2", 401),
+    ],
+)
+async def test_audit_endpoint_bearer_scheme(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    authorization: str,
+    status: int,
+) -> None:
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    resp = await service.client.get("/journal", headers={"Authorization": authorization})
+    assert resp.status == status
+    if status == 401:
+        assert (await resp.json())["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=-1", "limit=0", "limit=10001", "limit=x", "limit=", "since=nan", "since=x"]
+)
+async def test_audit_endpoint_rejects_bad_queries(
+    captured: io.StringIO,
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+) -> None:
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    await publish(service, sender, "www.example.com")
+    resp = await service.client.get(f"/journal?{query}", headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "bad_request" and body["detail"]
+    assert answers_logged(captured)[-1:] == [("request_rejected", 400)]
+    assert answers_logged(captured).count(("request_rejected", 400)) == 1
+
+
+async def test_audit_endpoint_limit_and_domain_are_literal(
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`domain` is a name and the names below it, never a LIKE pattern; limit is a count."""
+    service = await audited_service(start_service, tmp_path, monkeypatch)
+    www = await publish(service, sender, "www.example.com")
+    other = await publish(service, sender, "other.example.com")
+
+    async def values(query: str) -> list[str]:
+        resp = await service.client.get(f"/journal?{query}", headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        return [e["value"] for e in (await resp.json())["entries"]]
+
+    assert len(await values("limit=10000")) == 2
+    assert await values("limit=1") == [other]
+    for pattern in ("%25", "%25example.com", "_", "example.co_", "www.example.co%25", "\\"):
+        assert await values(f"domain={pattern}") == [], pattern
+    assert await values("domain=www.example.com") == [www]
+    assert len(await values("domain=example.com")) == 2
+    assert await values("domain=_acme-challenge.www.example.com") == [www]

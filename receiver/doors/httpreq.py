@@ -9,7 +9,6 @@ keys. HTTP basic auth is checked in constant time before the body is looked at.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -69,14 +68,27 @@ def authenticate(settings: HttpreqSettings, header: str) -> str:
     if scheme.lower() != "basic" or not encoded:
         raise BasicAuthRequired("send HTTP basic credentials", code="credentials_required")
     try:
-        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        user, sep, password = _decode_basic(encoded).partition(":")
+    except ValueError:
         raise BasicAuthRequired("malformed basic credentials", code="invalid_credentials") from None
     user_ok = hmac.compare_digest(user.encode(), settings.username.encode())
     password_ok = hmac.compare_digest(password.encode(), settings.password.reveal().encode())
     if not (sep and user_ok and password_ok):
         raise BasicAuthRequired("wrong user name or password", code="invalid_credentials")
     return user
+
+
+def _decode_basic(encoded: str) -> str:
+    """user:password from the base64 part of the header; `ValueError` if malformed.
+
+    The header arrives as text decoded from arbitrary bytes (aiohttp keeps undecodable
+    bytes as surrogates). `b64decode` raises a bare `ValueError` for non-ASCII text,
+    `binascii.Error` for bad base64 and `.decode()` `UnicodeDecodeError`: all three are
+    `ValueError`s, and the ASCII check says why the first one happens.
+    """
+    if not encoded.isascii():
+        raise ValueError("basic credentials are base64, hence ASCII")
+    return base64.b64decode(encoded, validate=True).decode()
 
 
 def _default(action: Action, message: dict[str, Any]) -> Challenge:
