@@ -7,6 +7,7 @@ from pathlib import Path
 
 from receiver import config
 from receiver.dispatch import ERROR_CODES
+from receiver.http import _STATUS_CODES
 
 from .conftest import INSTANCE
 
@@ -28,6 +29,7 @@ def test_every_error_code_is_documented() -> None:
     codes = set(re.findall(r'code="([a-z_]+)"', source))
     codes |= set(re.findall(r'default_code = "([a-z_]+)"', source))
     codes |= set(ERROR_CODES.values())
+    codes |= set(_STATUS_CODES.values())  # aiohttp's own rejections, as JSON
     prefixes = set(re.findall(r'code_prefix="([a-z_]+)"', source))
     codes |= {f"{p}_{suffix}" for p in prefixes for suffix in ("expired", "not_yet_valid")}
     codes |= {f"invalid_{p}" for p in prefixes}
