@@ -458,3 +458,57 @@ async def test_the_httpreq_door_takes_any_header_bytes(
         assert await service.all_records() == before, "a rejected request changed records"
     else:
         assert authorization == HTTPREQ_AUTH["Authorization"].encode() and declared is None
+
+
+deep_bodies = st.sampled_from(
+    [
+        b"[" * 30_000,
+        b'{"data": ' + b"[" * 30_000 + b"}",
+        b'{"subdomain": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"}",
+        b'{"data": "\xff\xfe.\xc3\x28.\xa0\xa1"}',
+        b"\xef\xbb\xbf{}",
+    ]
+)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(["/callback", "/register", "/update"]),
+    body=st.one_of(deep_bodies, st.binary(max_size=200)),
+    user=header_bytes,
+    key=header_bytes,
+    content_type=st.one_of(st.just(b"application/json"), header_bytes),
+    request_id=header_bytes,
+    declared=st.one_of(st.none(), st.integers(min_value=65537, max_value=10**18)),
+)
+async def test_the_other_doors_take_any_bytes(
+    start_service: ServiceFactory,
+    path: str,
+    body: bytes,
+    user: bytes,
+    key: bytes,
+    content_type: bytes,
+    request_id: bytes,
+    declared: int | None,
+) -> None:
+    """Certificate Manager and acme-dns over a raw socket: deep nesting, invalid UTF-8 in
+    headers and bodies, huge declared lengths: a 4xx with a JSON error, never a 5xx, and
+    nothing written (registration is off here, so nothing may succeed)."""
+    service = await start_service(
+        acme_dns={"enabled": True, "zone": "example.net", "allow_register": False}
+    )
+    before = await service.all_records()
+    headers = [
+        (b"X-Api-User", user),
+        (b"X-Api-Key", key),
+        (b"Content-Type", content_type),
+        (b"X-Request-Id", request_id),
+    ]
+    if declared is not None:
+        headers.append((b"Content-Length", str(declared).encode()))
+        body = b""  # never sent: the answer must not wait for it
+    request = rawhttp.request("POST", path, headers, body)
+    response = await rawhttp.exchange(service.client.host, service.client.port, request)
+    assert 400 <= response.status < 500, response
+    assert set(response.json()) == {"error", "detail"}, response
+    assert await service.all_records() == before
