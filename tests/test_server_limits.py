@@ -518,3 +518,65 @@ async def test_slow_clients_and_a_credential_flood_do_not_starve_valid_requests(
     assert not [line for line in server.lines if "Traceback" in line or "exception" in line]
     assert all(len(counts) <= 2 for counts in tallies.values()), tallies
     assert server.proc.returncode is None
+
+
+@pytest.mark.slow
+async def test_an_acme_dns_wrong_key_flood_costs_one_thread_and_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_server: Callable[..., Any]
+) -> None:
+    """16 clients sending well-formed but wrong acme-dns keys for 4 s (each one a 16 MiB
+    scrypt check): httpreq requests stay answered within the bound, the flood gets 401
+    or 503 `busy`, and memory returns near where it was. Before checks ran on their own
+    bounded thread, 30 such updates grew the process from 56 to 155 MB and a 16-client
+    flood slowed other requests fivefold."""
+    monkeypatch.setenv("HTTPREQ_PASSWORD", PASSWORD)
+    config = flood_config(tmp_path / "r.toml")
+    config.write_text(
+        config.read_text().replace(
+            "[journal]",
+            '[acme_dns]\nenabled = true\nzone = "example.com"\nallow_register = true\n[journal]',
+        )
+    )
+    server = await run_server(config)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    register = rawhttp.request("POST", "/register", [], b"")
+    account = (await rawhttp.exchange("127.0.0.1", port, register)).json()
+    body = json.dumps({"subdomain": account["subdomain"], "txt": "A" * 43}).encode()
+    wrong = rawhttp.request(
+        "POST",
+        "/update",
+        [(b"X-Api-User", account["username"].encode()), (b"X-Api-Key", b"k" * 40)],
+        body,
+    )
+    for _ in range(5):
+        assert (await answered(port, present(PASSWORD)))[0] == 200
+    rss_before = proc_status(server.proc.pid, "VmRSS")
+
+    statuses: list[int] = []
+    probes: list[float] = []
+    ending = time.monotonic() + ATTACK_SECONDS
+
+    async def flood() -> None:
+        while time.monotonic() < ending:
+            statuses.append((await rawhttp.exchange("127.0.0.1", port, wrong)).status)
+
+    async def probe() -> None:
+        while time.monotonic() < ending:
+            status, seconds = await answered(port, present(PASSWORD))
+            assert status == 200
+            probes.append(seconds)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(flood() for _ in range(16)), probe())
+    await asyncio.sleep(0.5)
+    rss_after = proc_status(server.proc.pid, "VmRSS")
+    print(
+        f"\nflood: {len(statuses)} updates, {statuses.count(401)} x 401 (checked),"
+        f" {statuses.count(503)} x 503 busy; probes: {len(probes)}, median"
+        f" {sorted(probes)[len(probes) // 2] * 1000:.0f} ms, slowest {max(probes) * 1000:.0f} ms;"
+        f" RSS {rss_before} -> {rss_after} KiB"
+    )
+    assert set(statuses) <= {401, 503} and statuses.count(401) >= 20
+    assert max(probes) <= ANSWER_WITHIN
+    assert rss_after - rss_before < 40 * 1024, (rss_before, rss_after)
+    assert not [line for line in server.lines if "Traceback" in line]
