@@ -48,3 +48,15 @@ def test_throughput_benchmark_runs_all_three_apps_and_prints_its_ratio() -> None
     )
     assert any(line.startswith("floor/bare (parse, one RS256") for line in lines)
     assert last_ratio(lines, "throughput ratio receiver/bare: ") > 0
+
+
+def test_state_backends_benchmark_runs_and_prints_its_ratios() -> None:
+    lines = run_bench(
+        "state_backends.py",
+        *("--seconds", "0.5", "--connections", "4", "--pairs", "20", "--samples", "3"),
+        *("--generator", "python"),
+        timeout=240,
+    )
+    assert any(line.startswith("write in process A -> served by process B") for line in lines)
+    assert any(line.startswith("responder ratio postgres/sqlite: ") for line in lines)
+    assert last_ratio(lines, "throughput ratio postgres/sqlite: ") > 0
