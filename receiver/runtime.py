@@ -15,7 +15,6 @@ from typing import Any
 
 from providers.base import Provider, RateBudget
 from providers.errors import ProviderError
-from providers.local import LocalProvider
 from providers.registry import load_provider_class
 from receiver.config import Settings
 from receiver.crn import InstanceCrn
@@ -74,6 +73,8 @@ class Runtime:
                     adapter: Provider
                     try:
                         if shared_records is not None:
+                            from providers.local import LocalProvider
+
                             adapter = LocalProvider(zone.options, store=shared_records)
                         else:
                             adapter = await adapter_class.open(zone.options, RateBudget(rate))

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from providers.local import LocalSettings, RecordStore
 from receiver.accounts import AccountStore, SqliteAccountStore
 from receiver.config import Settings
 from receiver.errors import ConfigError, StateMisconfigured, StateUnavailable
@@ -25,6 +24,7 @@ from receiver.journal import Journal, SqliteJournal
 log = structlog.get_logger("receiver.state")
 
 if TYPE_CHECKING:
+    from providers.local import LocalSettings, RecordStore
     from receiver.postgres.database import Database
     from receiver.postgres.records import RecordMirror
 
