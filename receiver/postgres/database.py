@@ -169,9 +169,13 @@ class Database:
                     await connection.execute("SELECT pg_advisory_unlock($1)", LOCKS[name])
 
     async def aclose(self) -> None:
+        """Close gracefully, but never wait on a stuck query for longer than one may run."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.settings.statement_timeout_seconds + 1)
+            except TimeoutError:
+                pool.terminate()
 
 
 async def _current_version(connection: Connection | asyncpg.Connection) -> int:
