@@ -238,8 +238,11 @@ class RecordMirror:
                 listening = connection is not None and not connection.is_closed()
                 self._listening = listening
                 interval = self._safety_interval if listening else self._poll_interval
+                # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow a cancel that
+                # arrives as the event is set, and then aclose() would wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await self._wanted.wait()
                 self._wanted.clear()
                 notices, self._notices = self._notices, []
                 try:
