@@ -8,7 +8,9 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +28,41 @@ KUBERNETES_VERSION = "1.30.0"  # the oldest release still supported upstream whe
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 # Each skip is explained next to it in the file; a new one must be added here knowingly.
 JUSTIFIED_SKIPS = {"CKV_K8S_43", "CKV_DOCKER_7"}
+NAME = "dns-challenge-receiver"
 
 
-def documents() -> dict[str, dict[str, Any]]:
-    """kind -> resource, from every manifest file (the Secret is a template)."""
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(MANIFESTS.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            assert doc["kind"] not in found, f"two {doc['kind']}s"
-            found[doc["kind"]] = doc
+def documents() -> list[dict[str, Any]]:
+    """Every resource in every manifest file (the Secrets' file is a template)."""
+    found = [
+        doc
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    keys = [(doc["kind"], doc["metadata"]["name"]) for doc in found]
+    assert len(keys) == len(set(keys)), keys
     return found
 
 
+def resource(kind: str, name: str = NAME) -> dict[str, Any]:
+    (only,) = [d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return only
+
+
 def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = documents()["Deployment"]["spec"]["template"]["spec"]
+    spec: dict[str, Any] = resource("Deployment")["spec"]["template"]["spec"]
     return spec
 
 
 def container() -> dict[str, Any]:
     (only,) = pod_spec()["containers"]
     return dict(only)
+
+
+def database_url() -> str:
+    """The example Secret's URL: placeholders, but a URL of the right shape."""
+    url: str = resource("Secret", f"{NAME}-database")["stringData"]["url"]
+    return url
 
 
 @pytest.mark.parametrize("path", sorted(MANIFESTS.glob("*.yaml")), ids=lambda p: p.name)
@@ -66,7 +81,7 @@ def test_each_manifest_is_valid_against_the_api_schema(path: Path) -> None:
 
 
 def test_schema_validation_catches_a_wrong_type() -> None:
-    broken = documents()["Deployment"]
+    broken = resource("Deployment")
     broken["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
@@ -87,6 +102,7 @@ def test_kustomize_renders_the_set() -> None:
             "ConfigMap",
             "Deployment",
             "Service",
+            "Service",
             "PodDisruptionBudget",
             "NetworkPolicy",
         ]
@@ -94,7 +110,7 @@ def test_kustomize_renders_the_set() -> None:
 
 
 def test_deployment_is_replicated_probed_limited_and_locked_down() -> None:
-    deployment = documents()["Deployment"]
+    deployment = resource("Deployment")
     assert deployment["spec"]["replicas"] == 2
     pod, box = pod_spec(), container()
     assert box["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -115,64 +131,122 @@ def test_deployment_is_replicated_probed_limited_and_locked_down() -> None:
 
 
 def test_selectors_and_mounts_line_up() -> None:
-    docs = documents()
-    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    for kind, selector in (
-        ("Deployment", docs["Deployment"]["spec"]["selector"]["matchLabels"]),
-        ("Service", docs["Service"]["spec"]["selector"]),
-        ("PodDisruptionBudget", docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]),
-        ("NetworkPolicy", docs["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"]),
+    deployment = resource("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind, name, selector in (
+        ("Deployment", NAME, deployment["spec"]["selector"]["matchLabels"]),
+        ("Service", NAME, resource("Service")["spec"]["selector"]),
+        ("Service", f"{NAME}-dns", resource("Service", f"{NAME}-dns")["spec"]["selector"]),
+        (
+            "PodDisruptionBudget",
+            NAME,
+            resource("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        ),
+        ("NetworkPolicy", NAME, resource("NetworkPolicy")["spec"]["podSelector"]["matchLabels"]),
     ):
-        assert selector.items() <= labels.items(), kind
-    assert (
-        docs["PodDisruptionBudget"]["spec"]["minAvailable"] < docs["Deployment"]["spec"]["replicas"]
-    )
+        assert selector.items() <= labels.items(), (kind, name)
+    assert resource("PodDisruptionBudget")["spec"]["minAvailable"] < deployment["spec"]["replicas"]
     box = container()
-    port = box["ports"][0]
-    assert port["containerPort"] == configmap_settings().server.port
-    assert docs["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    ports = {port["name"]: port for port in box["ports"]}
+    assert ports["http"]["containerPort"] == configmap_settings().server.port
+    assert resource("Service")["spec"]["ports"][0]["targetPort"] == "http"
     mounts = {m["name"]: m for m in box["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec()["volumes"]}
     assert set(mounts) == set(volumes)
     # The image reads /etc/dns-challenge-receiver/receiver.toml; the config map has that key.
+    configmap = resource("ConfigMap")
     assert mounts["config"]["mountPath"] == "/etc/dns-challenge-receiver"
-    assert volumes["config"]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
-    assert "receiver.toml" in docs["ConfigMap"]["data"]
-    # Everything the receiver writes lies on a writable volume.
-    journal = configmap_settings().journal.database
-    assert journal is not None
-    assert journal.parent.as_posix() == mounts["data"]["mountPath"]
-    assert not mounts["data"].get("readOnly", False)
-    # The Secret is mounted as files where AWS_SHARED_CREDENTIALS_FILE points.
-    secret = docs["Secret"]
-    assert volumes["aws-credentials"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "receiver.toml" in configmap["data"]
+    # The database URL is the Secret's key `url`, mounted where [state] url_file points.
+    url_file = Path(tomllib.loads(configmap["data"]["receiver.toml"])["state"]["url_file"])
+    database = resource("Secret", f"{NAME}-database")
+    assert volumes["database-url"]["secret"]["secretName"] == database["metadata"]["name"]
+    assert url_file.parent.as_posix() == mounts["database-url"]["mountPath"]
+    assert url_file.name in database["stringData"]
+    # Nothing the receiver remembers is on the pod: no SQLite file, no data volume; /tmp
+    # is the one writable path.
+    settings = configmap_settings()
+    assert settings.state.shared and settings.journal.database is None
+    writable = {m["mountPath"] for m in mounts.values() if not m.get("readOnly", False)}
+    assert writable == {"/tmp"}
+    assert "emptyDir" in volumes["tmp"]
+    # The AWS Secret is mounted as files where AWS_SHARED_CREDENTIALS_FILE points.
+    aws = resource("Secret", f"{NAME}-aws")
+    assert volumes["aws-credentials"]["secret"]["secretName"] == aws["metadata"]["name"]
     env = {e["name"]: e["value"] for e in box["env"]}
     credentials = Path(env["AWS_SHARED_CREDENTIALS_FILE"])
     assert credentials.parent.as_posix() == mounts["aws-credentials"]["mountPath"]
-    assert credentials.name in secret["stringData"]
+    assert credentials.name in aws["stringData"]
 
 
 def configmap_settings() -> config.Settings:
-    text = documents()["ConfigMap"]["data"]["receiver.toml"]
-    filled = re.sub(r'"crn:v1:[^"]*<account-id>[^"]*"', f'"{INSTANCE}"', text)
-    return config.from_mapping(tomllib.loads(filled), base_dir=Path("/etc/dns-challenge-receiver"))
+    """The ConfigMap's receiver.toml as a pod loads it, with the example Secret's URL in the
+    file that [state] url_file names (a temporary copy: the mount exists only in the pod)."""
+    text = resource("ConfigMap")["data"]["receiver.toml"]
+    data = tomllib.loads(re.sub(r'"crn:v1:[^"]*<account-id>[^"]*"', f'"{INSTANCE}"', text))
+    with tempfile.TemporaryDirectory() as folder:
+        url_file = Path(folder) / "url"
+        url_file.write_text(database_url() + "\n")
+        data["state"]["url_file"] = str(url_file)
+        return config.from_mapping(data, base_dir=Path("/etc/dns-challenge-receiver"))
 
 
-def test_the_configmap_is_a_valid_receiver_config_for_route53() -> None:
+def test_the_configmap_is_a_valid_receiver_config_on_shared_state() -> None:
     settings = configmap_settings()
     assert settings.server.listen == "0.0.0.0:8080"
-    # Several replicas: no zone may use the per-pod `local` store.
-    assert {zone.provider for zone in settings.zones if not zone.cname_to} == {"route53"}
+    assert settings.state.url is not None
+    assert settings.state.url.reveal() == database_url()
+    assert settings.journal.enabled
+    # `local` zones are served by every replica: from the shared database, never a file.
+    assert {zone.provider for zone in settings.zones if not zone.cname_to} == {"local", "route53"}
 
 
-def test_the_secret_is_a_template_with_placeholders_only() -> None:
-    secret = documents()["Secret"]
-    values = "\n".join(secret["stringData"].values())
-    assert "REPLACE_WITH_" in values
-    assert not re.search(r"AKIA[0-9A-Z]{16}", values)  # no access key id
-    for line in values.splitlines():
+def test_the_dns_service_publishes_every_replicas_responder_on_port_53() -> None:
+    service = resource("Service", f"{NAME}-dns")
+    labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    # Public authoritative DNS: the CA's resolvers must reach it from outside the cluster.
+    assert service["spec"]["type"] == "LoadBalancer"
+    (listen,) = {
+        zone.options.dns_listen for zone in configmap_settings().zones if zone.provider == "local"
+    }
+    ports = {port["name"]: port for port in container()["ports"]}
+    published = set()
+    for port in service["spec"]["ports"]:
+        target = ports[port["targetPort"]]
+        assert target["containerPort"] == int(listen.rsplit(":", 1)[1]), port
+        assert target["protocol"] == port["protocol"], port
+        assert port["port"] == 53
+        published.add(port["protocol"])
+    assert published == {"UDP", "TCP"}  # TCP for answers too big for UDP
+
+
+def test_the_network_policy_lets_in_http_and_dns_and_out_to_the_database() -> None:
+    spec = resource("NetworkPolicy")["spec"]
+    allowed_in = {(p["port"], p["protocol"]) for rule in spec["ingress"] for p in rule["ports"]}
+    # A policy sees the pod's ports (after a Service's translation): every container port.
+    assert allowed_in == {(p["containerPort"], p["protocol"]) for p in container()["ports"]}
+    allowed_out = {(p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"]}
+    database_port = urllib.parse.urlsplit(database_url()).port or 5432
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP"), (database_port, "TCP")} == allowed_out
+
+
+def test_the_secrets_are_templates_with_placeholders_only() -> None:
+    secrets = [doc for doc in documents() if doc["kind"] == "Secret"]
+    assert {s["metadata"]["name"] for s in secrets} == {f"{NAME}-aws", f"{NAME}-database"}
+    for secret in secrets:
+        for value in secret["stringData"].values():
+            assert "REPLACE_WITH_" in value
+    credentials = resource("Secret", f"{NAME}-aws")["stringData"]["credentials"]
+    assert not re.search(r"AKIA[0-9A-Z]{16}", credentials)  # no access key id
+    for line in credentials.splitlines():
         if "=" in line:
             assert line.split("=", 1)[1].strip().startswith("REPLACE_WITH_"), line
+    url = urllib.parse.urlsplit(database_url())
+    assert url.password is not None and url.password.startswith("REPLACE_WITH_")
+    assert url.hostname is not None and url.hostname.upper().startswith("REPLACE_WITH_")
+    assert config.url_problem(database_url()) is None  # a real one fits where it stands
 
 
 @pytest.mark.slow
