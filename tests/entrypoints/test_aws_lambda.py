@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,10 @@ from .conftest import WriteConfig
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
 JSON = {"Content-Type": "application/json"}
+# The shipped Lambda config's [state] (its URL variable and pool size), minus the URL.
+DEPLOYED_STATE = tomllib.loads(
+    (Path(__file__).resolve().parents[2] / "deploy" / "aws" / "receiver.toml").read_text()
+)["state"]
 
 
 @dataclass
@@ -302,11 +308,9 @@ async def test_scheduled_sweep_on_lambda_removes_stale_values(
 ) -> None:
     import asyncpg
 
-    monkeypatch.setenv("DCR_DATABASE_URL", postgres_url)
-    write_config(
-        [{"name": "example.com", "provider": "local"}],
-        state={"url_env": "DCR_DATABASE_URL"},
-    )
+    monkeypatch.setenv(DEPLOYED_STATE["url_env"], postgres_url)
+    # The pool of deploy/aws/receiver.toml: the sweep must fit in it (its lock holds one).
+    write_config([{"name": "example.com", "provider": "local"}], state=DEPLOYED_STATE)
     body = sender.body(sender.claims(REQUIRED, "stale.example.com"))
     status, _, _ = await invoke(events.function_url(body, headers=JSON))
     assert status == 200
