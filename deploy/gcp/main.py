@@ -1,8 +1,9 @@
-"""Cloud Functions (2nd gen) entry point: deploy with `--entry-point handler`.
+"""Cloud Functions (2nd gen) entry points: deploy the receiver with `--entry-point handler`
+and its scheduled sweep, as a second function, with `--entry-point sweep`.
 
-Cloud Functions loads `main.py` from the source root; the handler lives in the package.
+Cloud Functions loads `main.py` from the source root; the handlers live in the package.
 """
 
-from receiver.entrypoints.gcp_functions import handler
+from receiver.entrypoints.gcp_functions import handler, sweep
 
-__all__ = ["handler"]
+__all__ = ["handler", "sweep"]

@@ -1,22 +1,26 @@
 """Google Cloud Functions (2nd gen) and Cloud Run functions, under functions-framework --asgi.
 
-Deploy with the `main.py` in deploy/gcp (entry point `handler`). The request is a
-starlette Request served on the framework's (uvicorn's) event loop; the Runtime is opened
-on the first request and kept for the instance's life. The write happens before the
-answer: an instance gets no CPU once it has answered.
+Deploy with the `main.py` in deploy/gcp: entry point `handler` for the receiver, and
+`sweep` as a second function that Cloud Scheduler calls. The request is a starlette
+Request served on the framework's (uvicorn's) event loop; the Runtime is opened on the
+first request and kept for the instance's life. The write happens before the answer: an
+instance gets no CPU once it has answered.
 """
 
 from __future__ import annotations
 
 import functions_framework.aio
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from receiver import core
 from receiver.config import ServerSettings
-from receiver.entrypoints.serverless import RuntimeHolder, request_id, serve
+from receiver.entrypoints.serverless import RuntimeHolder, request_id, serve, sweep_once
+from receiver.errors import ConfigError
 
 _holder = RuntimeHolder()
+log = structlog.get_logger("receiver.gcp_functions")
 
 
 @functions_framework.aio.http
@@ -35,6 +39,23 @@ async def handler(request: Request) -> JSONResponse:
         ),
     )
     return JSONResponse(outcome.body, status_code=outcome.status, headers=dict(outcome.headers))
+
+
+@functions_framework.aio.http
+async def sweep(request: Request) -> JSONResponse:
+    """Cloud Scheduler's call: remove stale values, as `dns-challenge-receiver sweep` does.
+
+    Deploy it without unauthenticated access: the platform admits only callers allowed to
+    invoke it (the scheduler's OIDC token), so nothing here reads the request."""
+    try:
+        counts = await sweep_once(_holder)
+    except Exception as exc:  # a 5xx, so that the scheduler records it and retries
+        if isinstance(exc, ConfigError):
+            log.error("config_invalid", problems=exc.problems)
+        else:
+            log.exception("sweep_failed")
+        return JSONResponse({"error": "sweep_failed"}, status_code=503)
+    return JSONResponse(counts)
 
 
 async def _body(request: Request) -> bytes:

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -161,42 +163,58 @@ async def test_lambda_on_postgres_closes_its_connection_on_sigterm(
     assert "Traceback" not in output, output
 
 
-@pytest.fixture
-async def functions_framework(
-    tmp_path: Path, write_config: WriteConfig
-) -> AsyncIterator[tuple[str, Path]]:
-    """`functions-framework --asgi` serving deploy/gcp/main.py on loopback."""
-    database = tmp_path / "challenges.sqlite3"
-    config = write_config(local_zone(database))
+@dataclass
+class Served:
+    url: str
+    output: str = ""  # the process's log lines, once it has stopped
+
+
+@asynccontextmanager
+async def functions_framework_serving(
+    target: str, config: Path, **env: str
+) -> AsyncIterator[Served]:
+    """`functions-framework --asgi` serving `target` of deploy/gcp/main.py on loopback."""
     port = _free_port()
     binary = Path(sys.executable).with_name("functions-framework")
     proc = await asyncio.create_subprocess_exec(
         str(binary),
-        "--target=handler",
+        f"--target={target}",
         f"--source={REPO / 'deploy' / 'gcp' / 'main.py'}",
         "--asgi",
         "--host=127.0.0.1",
         f"--port={port}",
-        env={**os.environ, CONFIG_ENV: str(config)},
+        env={**os.environ, CONFIG_ENV: str(config), **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its own process group, ended as a whole in _stop
     )
-    url = f"http://127.0.0.1:{port}"
+    served = Served(f"http://127.0.0.1:{port}")
     try:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+        async with asyncio.timeout(30):  # listening: a request to `sweep` would sweep
             while True:
                 if proc.returncode is not None:
                     raise AssertionError("functions-framework exited:\n" + await _stop(proc))
                 try:
-                    async with session.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
                     await asyncio.sleep(0.05)
-        yield url, database
+                else:
+                    writer.close()
+                    await writer.wait_closed()
+                    break
+        yield served
     finally:
-        await _stop(proc)
+        served.output = await _stop(proc)
+
+
+@pytest.fixture
+async def functions_framework(
+    tmp_path: Path, write_config: WriteConfig
+) -> AsyncIterator[tuple[str, Path]]:
+    """The receiver (`handler`) under functions-framework, on a `local` SQLite store."""
+    database = tmp_path / "challenges.sqlite3"
+    async with functions_framework_serving("handler", write_config(local_zone(database))) as served:
+        yield served.url, database
 
 
 async def test_cloud_functions_under_functions_framework(
@@ -224,6 +242,61 @@ async def test_cloud_functions_under_functions_framework(
         async with session.get(f"{url}/readyz") as resp:
             assert resp.status == 200
     assert stored_values(database, FQDN) == {value}
+
+
+async def test_cloud_functions_sweep_under_functions_framework(
+    sender: Sender, write_config: WriteConfig, postgres_url: str
+) -> None:
+    """Two functions on one database, as deployed: `handler` writes, and `sweep` (what Cloud
+    Scheduler calls) removes the values that have gone stale, and only those."""
+    import asyncpg
+
+    config = write_config(
+        [{"name": "example.com", "provider": "local"}], state={"url_env": "DCR_DATABASE_URL"}
+    )
+    values: dict[str, str] = {}
+    async with (
+        functions_framework_serving("handler", config, DCR_DATABASE_URL=postgres_url) as receiver,
+        functions_framework_serving("sweep", config, DCR_DATABASE_URL=postgres_url) as sweeper,
+        aiohttp.ClientSession() as session,
+    ):
+        for name in ("stale", "fresh"):
+            values[name] = signing.challenge_value()
+            body = sender.body(sender.claims(REQUIRED, f"{name}.example.com", values[name]))
+            async with session.post(f"{receiver.url}/callback", data=body, headers=JSON) as resp:
+                assert resp.status == 200, await resp.text()
+        db = await asyncpg.connect(postgres_url)
+        try:
+            await db.execute(  # written three hours ago, as far as the journal knows
+                "UPDATE journal_entries SET created = created - 3 * 3600 WHERE value = $1",
+                values["stale"],
+            )
+            async with session.post(sweeper.url) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.json() == {"removed": 1, "settled": 0, "failed": 0, "skipped": 0}
+            rows = await db.fetch("SELECT value FROM txt_values")
+            assert {row["value"] for row in rows} == {values["fresh"]}
+        finally:
+            await db.close()
+    assert '"event": "sweep"' in sweeper.output
+    assert "Traceback" not in sweeper.output, sweeper.output
+
+
+async def test_cloud_functions_sweep_reports_a_broken_config_as_503(
+    write_config: WriteConfig,
+) -> None:
+    """The scheduler sees a failure (and retries as configured); the log says why."""
+    config = write_config(
+        [{"name": "example.com", "provider": "local"}], state={"url_env": "DCR_UNSET_URL"}
+    )
+    async with (
+        functions_framework_serving("sweep", config) as sweeper,
+        aiohttp.ClientSession() as session,
+        session.post(sweeper.url) as resp,
+    ):
+        assert resp.status == 503
+        assert await resp.json() == {"error": "sweep_failed"}
+    assert "config_invalid" in sweeper.output and "DCR_UNSET_URL" in sweeper.output
 
 
 @pytest.mark.parametrize(
