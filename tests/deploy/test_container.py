@@ -36,7 +36,7 @@ from ..conftest import INSTANCE, FakeIbmCloud, Sender
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
-EXTRAS = "route53"  # the Kubernetes example's provider: proves the extras path
+EXTRAS = "route53,postgres"  # the Kubernetes example's provider and its shared state
 UID = 10001  # the image's user
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 BASE_IMAGE = (
@@ -57,6 +57,103 @@ RUN_FLAGS = (
 CONTEXT_FILES = ("pyproject.toml", "README.md", ".dockerignore", "receiver", "providers")
 REQUIRED = "cert_domain_validation_required"
 COMPLETED = "cert_domain_validation_completed"
+
+
+async def start_replica(
+    image: str, tmp_path: Path, ibm_cloud: FakeIbmCloud, postgres_url: str
+) -> tuple[str, str, int]:
+    """One pod of deploy/kubernetes: read-only, no data volume (the image's VOLUME
+    ignored), the database URL a read-only mounted file, its responder on its own port."""
+    http_port, dns_port = free_port(), free_port()
+    folder = tmp_path / f"replica-{http_port}"
+    etc, secret = folder / "etc", folder / "database"
+    etc.mkdir(parents=True)
+    secret.mkdir()
+    (secret / "url").write_text(postgres_url + "\n")
+    (secret / "url").chmod(0o444)
+    (etc / "receiver.toml").write_text(f"""
+[server]
+listen = "127.0.0.1:{http_port}"
+[log]
+format = "json"
+[propagation]
+check = false
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_url = "{ibm_cloud.public_key_url}"
+[user_token]
+jwks_url = "{ibm_cloud.jwks_url}"
+[state]
+url_file = "/var/run/secrets/dns-challenge-receiver/database/url"
+[local]
+dns_listen = "127.0.0.1:{dns_port}"
+[[zones]]
+name = "example.com"
+provider = "local"
+""")
+    name = f"dcr-test-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:{http_port}"
+    await podman(
+        *RUN_FLAGS,
+        "--detach",
+        "--name",
+        name,
+        "--read-only",
+        "--image-volume=ignore",  # /var/lib/dns-challenge-receiver stays read-only
+        "--network=host",
+        "--env",
+        f"DNS_CHALLENGE_RECEIVER_HEALTHCHECK_URL={base}/healthz",
+        "--volume",
+        f"{etc}:/etc/dns-challenge-receiver:ro",
+        "--volume",
+        f"{secret}:/var/run/secrets/dns-challenge-receiver/database:ro",
+        image,
+    )
+    return name, base, dns_port
+
+
+@pytest.mark.slow
+async def test_two_replicas_of_the_image_share_state_as_the_kubernetes_pods_do(
+    image: str, ibm_cloud: FakeIbmCloud, sender: Sender, tmp_path: Path, postgres_url: str
+) -> None:
+    """A value written through one replica is served by the other's DNS responder and
+    removed through the other: nothing on either container's filesystem is state."""
+    names: list[str] = []
+    try:
+        replicas = []
+        for _ in range(2):
+            name, base, dns_port = await start_replica(image, tmp_path, ibm_cloud, postgres_url)
+            names.append(name)
+            replicas.append((name, base, dns_port))
+        for name, base, _ in replicas:
+            await wait_ready(name, base)
+        (_, first, first_dns), (_, second, second_dns) = replicas
+        value = signing.challenge_value()
+        record = "_acme-challenge.www.example.com"
+
+        status, body = await post(
+            f"{first}/callback", sender.body(sender.claims(REQUIRED, "www.example.com", value))
+        )
+        assert (status, body["status"]) == (200, "published"), body
+        answer = await txt(second_dns, record)  # the other replica, from the database
+        assert [b"".join(r.strings).decode() for r in answer.answer[0]] == [value]
+
+        status, body = await post(
+            f"{second}/callback", sender.body(sender.claims(COMPLETED, "www.example.com", value))
+        )
+        assert (status, body["status"]) == (200, "removed"), body
+        deadline = time.monotonic() + 5  # the first replica hears of it by NOTIFY
+        while (await txt(first_dns, record)).rcode() != dns.rcode.NXDOMAIN:
+            assert time.monotonic() < deadline, "the first replica still serves the value"
+            await asyncio.sleep(0.05)
+        for name in names:
+            _, changed = await podman("diff", name)
+            assert "/var/lib/dns-challenge-receiver" not in changed, changed
+    finally:
+        for name in names:
+            _, logs = await podman("logs", name, check=False)
+            print(logs)
+            await podman("rm", "--force", name, check=False)
 
 
 def tool(name: str) -> str:
