@@ -298,6 +298,32 @@ async def test_the_mirror_polls_when_it_cannot_listen_and_listens_again(
         await writer.aclose()
 
 
+async def test_the_mirror_closes_right_after_it_starts_listening(postgres_url: str) -> None:
+    """A server stopped just after start: aclose ends every time (on Python 3.11,
+    asyncio.wait_for swallowed a cancel that came as the mirror's event was set, and
+    aclose then waited forever: the conformance suite's teardown hung)."""
+    from providers.base import Secret
+    from receiver.config import StateSettings
+    from receiver.postgres.database import Database
+    from receiver.postgres.records import RecordMirror
+
+    database = Database(StateSettings(url=Secret(postgres_url)))
+    try:
+        for attempt in range(24):  # the old loop failed about every second time
+            mirror = RecordMirror(database)
+            await mirror.start()
+            # The moment it begins to listen, or a step or two later: no sleep in between.
+            await eventually(lambda: mirror.listening, every=0)  # noqa: B023 - awaited at once
+            for _ in range(attempt % 3):
+                await asyncio.sleep(0)
+            # Not asyncio.timeout: aclose suppresses the CancelledError that it would send.
+            closing = asyncio.create_task(mirror.aclose())
+            done, _ = await asyncio.wait({closing}, timeout=5)
+            assert done, f"aclose still waiting (attempt {attempt})"
+    finally:
+        await database.aclose()
+
+
 async def test_journal_command_reads_the_shared_journal(
     start_service: ServiceFactory,
     sender: Sender,
