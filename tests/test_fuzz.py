@@ -405,7 +405,7 @@ async def udp_exchange(port: int, datagrams: list[bytes]) -> list[bytes]:
 header_bytes = st.one_of(
     st.binary(max_size=40),
     st.text(max_size=20).map(str.encode),
-    st.text(st.characters(min_codepoint=0x100), max_size=10).map(str.encode),
+    st.text(st.characters(min_codepoint=0x100, codec="utf-8"), max_size=10).map(str.encode),
 ).map(lambda raw: bytes(c for c in raw if c == 0x09 or 0x20 <= c != 0x7F))
 credentials = st.one_of(
     header_bytes,
