@@ -365,3 +365,39 @@ async def test_journal_off_with_shared_state(
         assert await db.fetchval("SELECT value FROM txt_values") == value
     finally:
         await db.close()
+
+
+async def test_a_sweep_runs_with_a_pool_of_one_and_one_sweep_at_a_time(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sweep's lock is held outside the pool (a pool of one still sweeps), and a
+    second process's sweep skips while the first holds it."""
+    from receiver.runtime import Runtime
+    from receiver.sweep import sweep
+
+    monkeypatch.setenv("DCR_DATABASE_URL", postgres_url)
+    settings = config.from_mapping(
+        {
+            "certificate_manager": {"enabled": False},
+            "httpreq": {"enabled": True, "username": "u", "password_env": "DCR_DATABASE_URL"},
+            "state": {"url_env": "DCR_DATABASE_URL", "max_connections": 1},
+            "zones": [{"name": "example.com", "provider": "local"}],
+        },
+        base_dir=tmp_path,
+    )
+    async with Runtime.open(settings) as first, Runtime.open(settings) as second:
+        provider = first.dispatcher.provider_for(settings.zones[0])
+        from providers.base import ChangeContext, ZoneRef
+
+        await provider.add_txt(
+            ZoneRef("example.com", "example.com"), "_acme-challenge.x.example.com", "v", 60,
+            ctx=ChangeContext(request_id="t"),
+        )  # fmt: skip
+        assert (await sweep(first, max_age=0)).as_dict()["failed"] == 0
+        assert second.state.database is not None
+        async with second.state.exclusive("sweep") as held:
+            assert held
+            skipped = await sweep(first, max_age=0)
+            assert skipped.as_dict() == {"removed": 0, "settled": 0, "failed": 0, "skipped": 0}
+        async with second.state.exclusive("sweep") as held:
+            assert held  # released when the first block ended

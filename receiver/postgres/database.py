@@ -10,6 +10,7 @@ anything transient is `StateUnavailable`. Neither message ever holds the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -159,14 +160,30 @@ class Database:
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
-        """Yield True while holding the cluster-wide lock `name`, False if another holds it."""
-        async with self.connection() as connection:
-            held = await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCKS[name])
+        """Yield True while holding the cluster-wide lock `name`, False if another holds it.
+
+        The lock lives in a transaction on a connection of its own: the work it guards
+        (a sweep) needs the pool's connections, even a pool of one, and a transaction
+        keeps the lock on one server connection behind a transaction-pooling proxy."""
+        try:
+            connection = await asyncpg.connect(self.url.reveal(), **self._connect_options())
+        except TRANSIENT as exc:
+            raise classify(exc) from exc
+        try:
             try:
-                yield bool(held)
-            finally:
-                if held:
-                    await connection.execute("SELECT pg_advisory_unlock($1)", LOCKS[name])
+                await connection.execute("BEGIN; SET LOCAL statement_timeout = 0")
+                held = await connection.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1)", LOCKS[name]
+                )
+            except TRANSIENT as exc:
+                raise classify(exc) from exc
+            yield bool(held)
+        finally:  # ending the transaction releases the lock; a dead connection, too
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.settings.connect_timeout_seconds):
+                    await connection.execute("ROLLBACK")
+                    await connection.close()
+            connection.terminate()
 
     async def aclose(self) -> None:
         """Close gracefully, but never wait on a stuck query for longer than one may run."""
