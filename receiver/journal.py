@@ -204,10 +204,7 @@ class SqliteJournal:
             ORDER BY id DESC LIMIT 2"""  # noqa: S608 - column names are ours
         params = (zone, fqdn, value) * 2
         rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
-        entries = [_entry(row) for row in rows]  # the latest entry, then the latest add
-        if not entries or (entries[0].action == "remove" and entries[0].outcome == "done"):
-            return None
-        return next((e for e in entries if e.action == "add"), None)
+        return publisher_of([_entry(row) for row in rows])
 
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
@@ -254,6 +251,14 @@ class SqliteJournal:
 def _like_literal(text: str) -> str:
     """`text` inside a LIKE pattern with ESCAPE '\\': its `%`, `_` and `\\` match themselves."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def publisher_of(latest: Sequence[Entry]) -> Entry | None:
+    """From a value's latest entry and its latest add (newest first, one entry when they
+    are the same): the add, unless a completed removal came after it."""
+    if not latest or (latest[0].action == "remove" and latest[0].outcome == "done"):
+        return None
+    return next((e for e in latest if e.action == "add"), None)
 
 
 def _entry(row: Sequence[Any]) -> Entry:

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from receiver.journal import COLUMNS, Entry, Outcome
+from receiver.journal import COLUMNS, Entry, Outcome, publisher_of
 from receiver.postgres.database import Database
 
 _SELECTED = ", ".join(f'e."{c}"' for c in COLUMNS)
@@ -85,10 +85,7 @@ class PostgresJournal:
             ORDER BY e.id DESC LIMIT 2"""  # noqa: S608 - column names are ours
         async with self._database.connection() as db:
             rows = await db.fetch(query, zone, fqdn, value)
-        entries = [_entry(row) for row in rows]  # the latest entry, then the latest add
-        if not entries or (entries[0].action == "remove" and entries[0].outcome == "done"):
-            return None
-        return next((e for e in entries if e.action == "add"), None)
+        return publisher_of([_entry(row) for row in rows])
 
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
