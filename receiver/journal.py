@@ -14,6 +14,7 @@ the sender is identified by its instance CRN and the user by IAM id or subject.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -134,6 +135,106 @@ class Journal(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Settlement:
+    entry_id: int
+    outcome: Outcome
+    error: str | None
+    settled: float
+
+
+class BatchWriter(Protocol):
+    async def write_batch(
+        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
+    ) -> list[int]:
+        """In one transaction: insert `entries` (their ids, in order) and settle others."""
+        ...
+
+
+class Backend(Journal, BatchWriter, Protocol):
+    """What a journal store implements: the reads, and writes in batches."""
+
+
+class GroupCommit:
+    """The journal every request writes through: concurrent requests share transactions.
+
+    Each `begin` and `settle` still waits for its own commit, so the promise is unchanged
+    (the intent is durable before the provider write); what is shared is the cost. A
+    batch is whatever queued while the previous one was committing: no added delay when
+    the journal is idle, one transaction for many requests when it is busy.
+    """
+
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._entries: list[tuple[Entry, asyncio.Future[int]]] = []
+        self._settlements: list[tuple[Settlement, asyncio.Future[int]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def begin(self, entry: Entry) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._entries.append((entry, future))
+        self._kick()
+        return await asyncio.shield(future)
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._settlements.append((Settlement(entry_id, outcome, error, self._clock()), future))
+        self._kick()
+        await asyncio.shield(future)
+
+    def _kick(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._entries or self._settlements:
+            entries, self._entries = self._entries, []
+            settlements, self._settlements = self._settlements, []
+            try:
+                ids = await self.backend.write_batch(
+                    [entry for entry, _ in entries], [item for item, _ in settlements]
+                )
+            except Exception as exc:  # every waiter of this batch gets the failure
+                for _, future in (*entries, *settlements):
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), entry_id in zip(entries, ids, strict=True):
+                if not future.done():
+                    future.set_result(entry_id)
+            for _, future in settlements:
+                if not future.done():
+                    future.set_result(0)
+
+    async def candidates(
+        self,
+        *,
+        added_before: float | None = None,
+        certificates: Sequence[str] = (),
+        sender: str | None = None,
+    ) -> list[Entry]:
+        return await self.backend.candidates(
+            added_before=added_before, certificates=certificates, sender=sender
+        )
+
+    async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        return await self.backend.publisher(zone=zone, fqdn=fqdn, value=value)
+
+    async def entries(
+        self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
+    ) -> list[Entry]:
+        return await self.backend.entries(since=since, domain=domain, limit=limit)
+
+    async def prune(self, before: float) -> int:
+        return await self.backend.prune(before)
+
+    async def aclose(self) -> None:
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self.backend.aclose()
+
+
 class SqliteJournal:
     """SQLite in WAL mode, shared by processes (`receiver.sqlite.SqliteFile`)."""
 
@@ -143,29 +244,30 @@ class SqliteJournal:
         self._file = SqliteFile(path, _SCHEMA)
 
     async def begin(self, entry: Entry) -> int:
-        values = asdict(entry)
-        values.pop("id")
-        names = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-
-        def insert(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                f"INSERT INTO journal_entries ({names}) VALUES ({marks})",  # noqa: S608 - column names are ours
-                tuple(values.values()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-        return await self._file.run(insert)
+        (entry_id,) = await self.write_batch([entry], [])
+        return entry_id
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        now = self._clock()
-        await self._file.run(
-            lambda db: db.execute(
-                "UPDATE journal_entries SET outcome = ?, settled = ?, error = ? WHERE id = ?",
-                (outcome, now, error, entry_id),
-            )
-        )
+        await self.write_batch([], [Settlement(entry_id, outcome, error, self._clock())])
+
+    async def write_batch(
+        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
+    ) -> list[int]:
+        def write(db: sqlite3.Connection) -> list[int]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [db.execute(_INSERT, _row(entry)).lastrowid or 0 for entry in entries]
+                db.executemany(
+                    "UPDATE journal_entries SET outcome = ?, settled = ?, error = ? WHERE id = ?",
+                    [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return ids
+
+        return await self._file.run(write)
 
     async def candidates(
         self,
@@ -251,6 +353,18 @@ class SqliteJournal:
 def _like_literal(text: str) -> str:
     """`text` inside a LIKE pattern with ESCAPE '\\': its `%`, `_` and `\\` match themselves."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_INSERTED = [c for c in COLUMNS if c != "id"]
+_INSERT = (
+    f"INSERT INTO journal_entries ({', '.join(_INSERTED)})"  # noqa: S608 - column names are ours
+    f" VALUES ({', '.join('?' for _ in _INSERTED)})"
+)
+
+
+def _row(entry: Entry) -> tuple[Any, ...]:
+    values = asdict(entry)
+    return tuple(values[c] for c in _INSERTED)
 
 
 def publisher_of(latest: Sequence[Entry]) -> Entry | None:

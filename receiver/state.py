@@ -19,7 +19,7 @@ import structlog
 from receiver.accounts import AccountStore, SqliteAccountStore
 from receiver.config import Settings
 from receiver.errors import ConfigError, StateMisconfigured, StateUnavailable
-from receiver.journal import Journal, SqliteJournal
+from receiver.journal import GroupCommit, Journal, SqliteJournal
 
 log = structlog.get_logger("receiver.state")
 
@@ -106,7 +106,7 @@ def _sqlite(settings: Settings, stack: AsyncExitStack) -> State:
     assert database is not None  # set by config whenever [state] is not
     journal = None
     if settings.journal.enabled:
-        journal = SqliteJournal(database)
+        journal = GroupCommit(SqliteJournal(database))
         stack.push_async_callback(journal.aclose)
     accounts = None
     if settings.acme_dns.enabled:
@@ -122,8 +122,12 @@ async def _postgres(settings: Settings, stack: AsyncExitStack) -> State:
 
     database = Database(settings.state)
     stack.push_async_callback(database.aclose)
+    journal = None
+    if settings.journal.enabled:  # closed before the database: its last batch goes out
+        journal = GroupCommit(PostgresJournal(database))
+        stack.push_async_callback(journal.aclose)
     return State(
-        journal=PostgresJournal(database) if settings.journal.enabled else None,
+        journal=journal,
         accounts=PostgresAccountStore(database) if settings.acme_dns.enabled else None,
         database=database,
     )

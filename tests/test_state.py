@@ -15,7 +15,7 @@ import pytest
 
 from receiver import config
 from receiver.accounts import Account
-from receiver.journal import Entry
+from receiver.journal import Entry, GroupCommit
 from receiver.state import State
 
 BACKENDS = ["sqlite", "postgres"]
@@ -235,3 +235,62 @@ async def test_the_publisher_of_a_value_still_published(state: State) -> None:
     await journal.settle(removed, "done")
     assert await journal.publisher(**where, value="v") is None
     assert await journal.publisher(**{**where, "zone": "other.com"}, value="v") is None
+
+
+# --- group commit --------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions_and_each_waits_for_its_own(
+    open_state: StateFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_state() as first, open_state() as second:
+        journal = first.journal
+        assert isinstance(journal, GroupCommit)
+        batches: list[tuple[int, int]] = []
+        write_batch = journal.backend.write_batch
+
+        async def counted(entries: Any, settlements: Any) -> list[int]:
+            batches.append((len(entries), len(settlements)))
+            return await write_batch(entries, settlements)
+
+        monkeypatch.setattr(journal.backend, "write_batch", counted)
+
+        async def one(i: int) -> int:
+            entry_id = await journal.begin(entry(f"v{i}"))
+            # Committed before begin returns: another process's journal sees it now.
+            assert second.journal is not None
+            seen = await second.journal.entries(domain="www.example.com", limit=10_000)
+            assert entry_id in {e.id for e in seen}
+            await journal.settle(entry_id, "done")
+            return entry_id
+
+        ids = await asyncio.gather(*(one(i) for i in range(40)))
+        assert len(set(ids)) == 40
+        assert sum(n for n, _ in batches) == 40 and sum(m for _, m in batches) == 40
+        assert len(batches) < 40  # shared
+        stored = {e.value: e for e in await second.journal.entries(limit=10_000)}
+        assert all(stored[f"v{i}"].id == ids[i] for i in range(40))
+        assert {e.outcome for e in stored.values()} == {"done"}
+
+
+async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = state.journal
+    assert isinstance(journal, GroupCommit)
+    write_batch = journal.backend.write_batch
+    failures = iter([RuntimeError("disk full")])
+
+    async def flaky(entries: Any, settlements: Any) -> list[int]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await write_batch(entries, settlements)
+
+    monkeypatch.setattr(journal.backend, "write_batch", flaky)
+    results = await asyncio.gather(
+        *(journal.begin(entry(f"v{i}")) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)  # one batch, all told
+    assert isinstance(await journal.begin(entry("after")), int)  # the next batch commits
+    assert {e.value for e in await journal.entries()} == {"after"}

@@ -10,14 +10,18 @@ from typing import Any
 
 import asyncpg
 
-from receiver.journal import COLUMNS, Entry, Outcome, publisher_of
+from receiver.journal import COLUMNS, Entry, Outcome, Settlement, publisher_of
 from receiver.postgres.database import Database
 
 _SELECTED = ", ".join(f'e."{c}"' for c in COLUMNS)
 _INSERTED = [c for c in COLUMNS if c != "id"]
-_NAMES = ", ".join(f'"{c}"' for c in _INSERTED)  # "user" is a reserved word here
-_MARKS = ", ".join(f"${i}" for i in range(1, len(_INSERTED) + 1))
-_INSERT = f"INSERT INTO journal_entries ({_NAMES}) VALUES ({_MARKS}) RETURNING id"  # noqa: S608
+_NAMES = ", ".join(f'"{c}"' for c in ["id", *_INSERTED])  # "user" is a reserved word here
+_MARKS = ", ".join(f"${i}" for i in range(1, len(_INSERTED) + 2))
+_INSERT = f"INSERT INTO journal_entries ({_NAMES}) VALUES ({_MARKS})"  # noqa: S608
+_NEXT_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
+    " FROM generate_series(1, $1) ORDER BY 1"
+)
 # The latest entry of every value, and the latest add of each (what the sweep reads).
 _LATEST = """
     SELECT DISTINCT ON (zone, fqdn, value) id FROM journal_entries
@@ -31,20 +35,30 @@ class PostgresJournal:
         self._clock = clock
 
     async def begin(self, entry: Entry) -> int:
-        values = asdict(entry)
-        async with self._database.connection() as db:
-            entry_id = await db.fetchval(_INSERT, *(values[c] for c in _INSERTED))
-        return int(entry_id)
+        (entry_id,) = await self.write_batch([entry], [])
+        return entry_id
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        async with self._database.connection() as db:
-            await db.execute(
-                "UPDATE journal_entries SET outcome = $1, settled = $2, error = $3 WHERE id = $4",
-                outcome,
-                self._clock(),
-                error,
-                entry_id,
-            )
+        await self.write_batch([], [Settlement(entry_id, outcome, error, self._clock())])
+
+    async def write_batch(
+        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
+    ) -> list[int]:
+        """One transaction; ids are drawn first so that each entry knows its own."""
+        async with self._database.connection() as db, db.transaction():
+            ids: list[int] = []
+            if entries:
+                rows = await db.fetch(_NEXT_IDS, len(entries))
+                ids = [int(row[0]) for row in rows]
+                rows_in = [(i, *_values(e)) for i, e in zip(ids, entries, strict=True)]
+                await db.executemany(_INSERT, rows_in)
+            if settlements:
+                await db.executemany(
+                    "UPDATE journal_entries SET outcome = $1, settled = $2, error = $3"
+                    " WHERE id = $4",
+                    [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                )
+        return ids
 
     async def candidates(
         self,
@@ -128,6 +142,11 @@ class PostgresJournal:
 
     async def aclose(self) -> None:
         return None  # the Database is closed by its owner
+
+
+def _values(entry: Entry) -> list[object]:
+    fields = asdict(entry)
+    return [fields[c] for c in _INSERTED]
 
 
 def _entry(row: asyncpg.Record) -> Entry:
