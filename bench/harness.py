@@ -101,7 +101,9 @@ class Keys:
         return found
 
 
-def receiver_config(folder: Path, keys: Keys, jwks_url: str, port: int, *, journal: bool) -> Path:
+def receiver_config(
+    folder: Path, keys: Keys, jwks_url: str, port: int, *, journal: bool, propagation: bool = False
+) -> Path:
     config = folder / f"receiver-{port}.toml"
     config.write_text(f"""
 [server]
@@ -119,7 +121,7 @@ jwks_url = "{jwks_url}"
 enabled = {str(journal).lower()}
 database = "{folder}/journal-{port}.sqlite3"
 [propagation]
-check = false
+check = {str(propagation).lower()}
 [[zones]]
 name = "example.com"
 provider = "memory"
@@ -184,8 +186,9 @@ def bare(port: int) -> list[str]:
     return [sys.executable, str(HERE / "bare_app.py"), str(port)]
 
 
-def floor(port: int, sender_public: Path) -> list[str]:
-    return [sys.executable, str(HERE / "floor_app.py"), str(port), str(sender_public)]
+def floor(port: int, sender_public: Path, commits: Path | None = None) -> list[str]:
+    extra = [str(commits)] if commits is not None else []
+    return [sys.executable, str(HERE / "floor_app.py"), str(port), str(sender_public), *extra]
 
 
 def rss_mib(pid: int) -> float:

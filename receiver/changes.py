@@ -103,10 +103,15 @@ async def published_by(
 async def _settle(
     runtime: Runtime, entry_id: int, outcome: Outcome, error: str | None = None
 ) -> None:
-    """A settle that fails leaves the entry pending; the sweep settles it from the
-    provider's actual state. The write itself stands either way."""
-    assert runtime.journal is not None
+    """The long-running server answers without waiting for it; a settle lost in a crash
+    leaves the entry pending, and the sweep settles it from the provider's actual state.
+    A serverless invocation waits: its platform freezes it once it has answered."""
+    journal = runtime.journal
+    assert journal is not None
+    if runtime.long_running:
+        journal.settle_soon(entry_id, outcome, error)
+        return
     try:
-        await asyncio.shield(runtime.journal.settle(entry_id, outcome, error))
+        await asyncio.shield(journal.settle(entry_id, outcome, error))
     except Exception as exc:
         log.warning("journal_settle_failed", entry=entry_id, error=str(exc))

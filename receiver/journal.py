@@ -22,8 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import structlog
+
 from receiver.sqlite import SqliteFile
 
+log = structlog.get_logger("receiver.journal")
 Outcome = Literal["pending", "done", "failed"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_entries (
@@ -102,13 +105,7 @@ class Entry:
         return asdict(self)
 
 
-class Journal(Protocol):
-    async def begin(self, entry: Entry) -> int:
-        """Record the intent; return its id. Raise if it cannot be recorded."""
-        ...
-
-    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None: ...
-
+class Reads(Protocol):
     async def candidates(
         self,
         *,
@@ -135,6 +132,23 @@ class Journal(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Journal(Reads, Protocol):
+    """What the rest of the receiver writes through (`GroupCommit`)."""
+
+    async def begin(self, entry: Entry) -> int:
+        """Record the intent; return its id once committed. Raise if it cannot be."""
+        ...
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        """Record the outcome; return once committed."""
+        ...
+
+    def settle_soon(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        """Record the outcome without waiting for it. Safe for the request path: if it is
+        lost, the entry stays pending and the sweep settles it from the provider's state."""
+        ...
+
+
 @dataclass(frozen=True)
 class Settlement:
     entry_id: int
@@ -143,16 +157,14 @@ class Settlement:
     settled: float
 
 
-class BatchWriter(Protocol):
+class Store(Reads, Protocol):
+    """What a journal store implements (`SqliteJournal`, `PostgresJournal`)."""
+
     async def write_batch(
         self, entries: Sequence[Entry], settlements: Sequence[Settlement]
     ) -> list[int]:
         """In one transaction: insert `entries` (their ids, in order) and settle others."""
         ...
-
-
-class Backend(Journal, BatchWriter, Protocol):
-    """What a journal store implements: the reads, and writes in batches."""
 
 
 class GroupCommit:
@@ -164,7 +176,7 @@ class GroupCommit:
     the journal is idle, one transaction for many requests when it is busy.
     """
 
-    def __init__(self, backend: Backend, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self._clock = clock
         self._entries: list[tuple[Entry, asyncio.Future[int]]] = []
@@ -178,10 +190,23 @@ class GroupCommit:
         return await asyncio.shield(future)
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        await asyncio.shield(self._queue_settlement(entry_id, outcome, error))
+
+    def settle_soon(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        self._queue_settlement(entry_id, outcome, error).add_done_callback(_log_failed_settle)
+
+    def _queue_settlement(
+        self, entry_id: int, outcome: Outcome, error: str | None
+    ) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._settlements.append((Settlement(entry_id, outcome, error, self._clock()), future))
         self._kick()
-        await asyncio.shield(future)
+        return future
+
+    async def _caught_up(self) -> None:
+        """Reads see this process's own writes, settlements not waited for included."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
 
     def _kick(self) -> None:
         if self._flushing is None or self._flushing.done():
@@ -214,25 +239,34 @@ class GroupCommit:
         certificates: Sequence[str] = (),
         sender: str | None = None,
     ) -> list[Entry]:
+        await self._caught_up()
         return await self.backend.candidates(
             added_before=added_before, certificates=certificates, sender=sender
         )
 
     async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        await self._caught_up()
         return await self.backend.publisher(zone=zone, fqdn=fqdn, value=value)
 
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
     ) -> list[Entry]:
+        await self._caught_up()
         return await self.backend.entries(since=since, domain=domain, limit=limit)
 
     async def prune(self, before: float) -> int:
+        await self._caught_up()
         return await self.backend.prune(before)
 
     async def aclose(self) -> None:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self.backend.aclose()
+
+
+def _log_failed_settle(future: asyncio.Future[int]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("journal_settle_failed", error=str(future.exception()))
 
 
 class SqliteJournal:

@@ -241,6 +241,7 @@ async def test_two_processes_share_one_journal(
     values = await asyncio.gather(
         *(publish((first, second)[i % 2], sender, f"h{i}.example.com") for i in range(30))
     )
+    await second.runtime.journal.entries()  # its settles go out after its answers
     entries = await first.runtime.journal.entries()
     assert len(entries) == 30 and {e.value for e in entries} == set(values)
     assert {e.outcome for e in entries} == {"done"}
@@ -547,3 +548,31 @@ async def test_audit_endpoint_limit_and_domain_are_literal(
     assert await values("domain=www.example.com") == [www]
     assert len(await values("domain=example.com")) == 2
     assert await values("domain=_acme-challenge.www.example.com") == [www]
+
+
+async def test_the_server_answers_before_the_settle_commits(
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The intent is committed before the write; the outcome need not be before the
+    answer (a lost settle leaves the entry pending for the sweep). Serverless waits."""
+    service = await start_service(**local_sections(tmp_path))
+    journal = service.runtime.journal
+    release = asyncio.Event()
+    write_batch = journal.backend.write_batch
+
+    async def slow_settles(entries: Any, settlements: Any) -> list[int]:
+        if settlements:
+            await release.wait()
+        return await write_batch(entries, settlements)
+
+    monkeypatch.setattr(journal.backend, "write_batch", slow_settles)
+    async with asyncio.timeout(5):
+        value = await publish(service, sender, "fast.example.com")  # answered meanwhile
+    (pending,) = await journal.backend.entries()
+    assert (pending.value, pending.outcome) == (value, "pending")
+    release.set()
+    (settled,) = await journal.entries()  # a process reads its own settles
+    assert settled.outcome == "done"
