@@ -27,7 +27,11 @@ class Metrics(Protocol):
         """A provider call retried, or a change given up on (answered 502/503)."""
 
     def propagation(self, outcome: str, seconds: float | None = None) -> None:
-        """A propagation check: live (with its duration), timeout, lagging or error."""
+        """A propagation check: live (with its duration), timeout, lagging, error, skipped
+        (no DNS to ask) or dropped (over `max_pending`)."""
+
+    def propagation_pending(self, count: int) -> None:
+        """Propagation checks pending now (background and waited for)."""
 
     def throttled(self, limit: str) -> None:
         """A request refused by a limit on unauthenticated work (`limit` names which)."""
@@ -52,6 +56,9 @@ class Uncounted:
         return None
 
     def propagation(self, outcome: str, seconds: float | None = None) -> None:
+        return None
+
+    def propagation_pending(self, count: int) -> None:
         return None
 
     def throttled(self, limit: str) -> None:

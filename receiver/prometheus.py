@@ -26,6 +26,7 @@ class PrometheusMetrics:
     provider_failures: Counter
     propagation_checks: Counter
     propagation_seconds: Histogram
+    pending_propagation_checks: Gauge
     throttles: Counter
     pending_password_checks: Gauge
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False)
@@ -60,6 +61,9 @@ class PrometheusMetrics:
         self.propagation_checks.labels(outcome).inc()
         if seconds is not None:
             self.propagation_seconds.observe(seconds)
+
+    def propagation_pending(self, count: int) -> None:
+        self.pending_propagation_checks.set(count)
 
     def throttled(self, limit: str) -> None:
         self.throttles.labels(limit).inc()
@@ -108,7 +112,7 @@ class PrometheusMetrics:
             ),
             propagation_checks=counter(
                 "dcr_propagation_checks",
-                "Propagation checks, by outcome (live, timeout, lagging).",
+                "Propagation checks by outcome: live, timeout, lagging, error, skipped, dropped.",
                 ["outcome"],
             ),
             propagation_seconds=histogram(
@@ -116,6 +120,11 @@ class PrometheusMetrics:
                 "Time until every nameserver served a value.",
                 [],
                 _PROPAGATION_BUCKETS,
+            ),
+            pending_propagation_checks=Gauge(
+                "dcr_propagation_checks_pending",
+                "Propagation checks pending (background and waited for).",
+                registry=registry,
             ),
             throttles=counter(
                 "dcr_throttled",
