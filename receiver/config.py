@@ -121,6 +121,8 @@ class PropagationSettings:
     resolvers: tuple[str, ...] = ()  # host[:port] for NS lookups (default: the system's)
     nameserver_port: int = 53  # port of nameservers found by NS lookup
     rewrite_lagging: bool = True  # write a value once more if it is still missing
+    # Background checks pending at most; over it, the oldest is dropped (logged, counted).
+    max_pending: int = 1000
 
 
 @dataclass(frozen=True)
@@ -705,6 +707,8 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         reader.problem("journal.retention_days", "must be between 1 and 3650")
     if not 0 < propagation.nameserver_port <= 65535:
         reader.problem("propagation.nameserver_port", "must be a port number")
+    if not 1 <= propagation.max_pending <= 1_000_000:
+        reader.problem("propagation.max_pending", "must be between 1 and 1000000")
     if not 0 <= settings.dispatch.batch_window_seconds <= 5:
         reader.problem("dispatch.batch_window_seconds", "must be between 0 and 5")
     for provider, rate in settings.dispatch.rate_limits.items():

@@ -109,6 +109,9 @@ def test_all_problems_reported_together_with_their_keys() -> None:
         ({**MINIMAL, "user_token": {"jwks_url": "ftp://x"}}, "user_token.jwks_url"),
         ({**MINIMAL, "user_token": {"algorithms": ["HS512"]}}, "user_token.algorithms"),
         ({**MINIMAL, "dispatch": {"deadline_seconds": 0}}, "dispatch.deadline_seconds"),
+        ({**MINIMAL, "propagation": {"max_pending": 0}}, "propagation.max_pending"),
+        ({**MINIMAL, "propagation": {"max_pending": 10.5}}, "propagation.max_pending"),
+        ({**MINIMAL, "propagation": {"max_pending": 2_000_000}}, "propagation.max_pending"),
         (
             {
                 **MINIMAL,
