@@ -169,7 +169,6 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
             dnsserver.running([z.name for z in local], local[0].options, view=view, records=records)
         )
         app[DNS_ADDRESS] = responder.address
-        runtime.propagation.checker.local_responder = responder.address
         host, port = responder.address
         log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
         yield
