@@ -237,13 +237,20 @@ async def _challenge(
         else dataclasses.replace(challenge, fqdn=route.fqdn)
     )
 
+    # A pending propagation check keeps `write` for its rewrite, so `write` keeps only what
+    # a write needs: the request's id, not the request (body and headers), and the user
+    # token only for an adapter that uses it (the dispatcher drops it for the others).
+    request_id = request.request_id
+    if not runtime.dispatcher.provider_for(route.zone).wants_user_token:
+        user_token = None
+
     async def write(door: str = origin.door) -> None:
         await apply_change(
             runtime,
             written,
             route.zone,
             origin if door == origin.door else dataclasses.replace(origin, door=door),
-            request_id=request.request_id,
+            request_id=request_id,
             user_token=user_token,
         )
 
