@@ -73,8 +73,20 @@ class Keys:
         self._sender = load_pem_private_key((folder / "sender.pem").read_bytes(), None)
         self._user = load_pem_private_key(user_private, None)
 
-    def bodies(self, pairs: int, start: int = 0) -> list[bytes]:
-        """`pairs` required/completed pairs, each for its own name, each with a user token."""
+    def bodies(
+        self,
+        pairs: int,
+        start: int = 0,
+        events: tuple[str, ...] = (
+            "cert_domain_validation_required",
+            "cert_domain_validation_completed",
+        ),
+    ) -> list[bytes]:
+        """For each of `pairs` names, one notification per event (default: required, then
+        completed), each with a user token.
+
+        `events=("cert_domain_validation_required",)`: one new value per name, nothing
+        removed (what a burst of orders looks like before any of them completes)."""
         import jwt
 
         account = CRN.split(":")[6].removeprefix("a/")
@@ -87,7 +99,7 @@ class Keys:
         found = []
         for index in range(start, start + pairs):
             value = signing.challenge_value()
-            for event in ("cert_domain_validation_required", "cert_domain_validation_completed"):
+            for event in events:
                 claims = signing.notification_claims(
                     instance_crn=CRN,
                     event_type=event,
@@ -130,8 +142,11 @@ provider = "memory"
 
 
 @contextmanager
-def process(argv: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def process(
+    argv: list[str], url: str, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`cwd`: where `python -m receiver` finds its package first (another checkout)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     try:
         deadline = time.monotonic() + 30
         while True:

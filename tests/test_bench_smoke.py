@@ -61,3 +61,14 @@ def test_state_backends_benchmark_runs_and_prints_its_ratios() -> None:
     assert any(line.startswith("write in process A -> served by process B") for line in lines)
     assert any(line.startswith("responder ratio postgres/sqlite: ") for line in lines)
     assert last_ratio(lines, "throughput ratio postgres/sqlite: ") > 0
+
+
+def test_burst_benchmark_runs_both_cases_and_prints_its_verdicts() -> None:
+    lines = run_bench(
+        "burst.py",
+        *("--notifications", "200", "--warm-up", "10", "--after", "1", "--settle", "2"),
+    )
+    assert any(line.startswith("(a) local zone: 200 notifications") for line in lines)
+    silent = next(line for line in lines if line.startswith("(b) memory zone"))
+    assert "max pending checks n/a" not in silent  # read from /metrics
+    assert lines[-1].startswith("goals met: ")
