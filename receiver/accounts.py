@@ -119,7 +119,7 @@ class SqliteAccountStore:
         )
 
     async def find(self, username: str) -> StoredAccount | None:
-        row = await self._file.run(
+        row = await self._file.read(
             lambda db: db.execute(
                 "SELECT password_hash, subdomain, allow_from FROM acme_dns_accounts"
                 " WHERE username = ?",
@@ -131,7 +131,7 @@ class SqliteAccountStore:
         return StoredAccount(Account(username, row[1], tuple(json.loads(row[2]))), row[0])
 
     async def count(self) -> int:
-        row = await self._file.run(
+        row = await self._file.read(
             lambda db: db.execute("SELECT count(*) FROM acme_dns_accounts").fetchone()
         )
         return int(row[0])

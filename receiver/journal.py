@@ -329,7 +329,7 @@ class SqliteJournal:
                 SELECT MAX(id) FROM journal_entries a WHERE a.zone = e.zone
                 AND a.fqdn = e.fqdn AND a.value = e.value AND a.action = 'add')
             WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
-        rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
+        rows = await self._file.read(lambda db: db.execute(query, params).fetchall())
         return [_entry(row) for row in rows]
 
     async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
@@ -339,7 +339,7 @@ class SqliteJournal:
                 SELECT MAX(id) FROM journal_entries WHERE zone = ? AND fqdn = ? AND value = ?))
             ORDER BY id DESC LIMIT 2"""  # noqa: S608 - column names are ours
         params = (zone, fqdn, value) * 2
-        rows = await self._file.run(lambda db: db.execute(query, params).fetchall())
+        rows = await self._file.read(lambda db: db.execute(query, params).fetchall())
         return publisher_of([_entry(row) for row in rows])
 
     async def entries(
@@ -360,7 +360,7 @@ class SqliteJournal:
             f"SELECT {', '.join(COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
             f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
         )
-        rows = await self._file.run(lambda db: db.execute(query, (*params, limit)).fetchall())
+        rows = await self._file.read(lambda db: db.execute(query, (*params, limit)).fetchall())
         return [_entry(row) for row in reversed(rows)]
 
     async def prune(self, before: float) -> int:
@@ -397,8 +397,7 @@ _INSERT = (
 
 
 def _row(entry: Entry) -> tuple[Any, ...]:
-    values = asdict(entry)
-    return tuple(values[c] for c in _INSERTED)
+    return tuple(getattr(entry, c) for c in _INSERTED)  # asdict would deep-copy each one
 
 
 def publisher_of(latest: Sequence[Entry]) -> Entry | None:

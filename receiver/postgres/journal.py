@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import asyncpg
@@ -145,8 +144,7 @@ class PostgresJournal:
 
 
 def _values(entry: Entry) -> list[object]:
-    fields = asdict(entry)
-    return [fields[c] for c in _INSERTED]
+    return [getattr(entry, c) for c in _INSERTED]
 
 
 def _entry(row: asyncpg.Record) -> Entry:
