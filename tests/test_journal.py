@@ -372,7 +372,7 @@ async def test_kill_9_mid_burst_then_sweep_restores_the_zone(
     before = store_values(tmp_path)
     config = shared_store_config(tmp_path, public_key_file)
     server = await run_server(config)
-    bodies = [sender.body(sender.claims(REQUIRED, f"b{i}.example.com")) for i in range(60)]
+    bodies = [sender.body(sender.claims(REQUIRED, f"b{i}.example.com")) for i in range(300)]
     answered = 0
     enough = asyncio.Event()
 
@@ -395,7 +395,7 @@ async def test_kill_9_mid_burst_then_sweep_restores_the_zone(
         os.kill(server.proc.pid, signal.SIGKILL)
         await asyncio.gather(*burst)
     await server.proc.wait()
-    assert 15 <= answered < 60  # killed in the middle
+    assert 15 <= answered < 300  # killed in the middle
     assert store_values(tmp_path) != before
 
     proc = await asyncio.create_subprocess_exec(
