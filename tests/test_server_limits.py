@@ -508,9 +508,13 @@ async def test_slow_clients_and_a_credential_flood_do_not_starve_valid_requests(
     assert slowest_probe <= ANSWER_WITHIN, probes
     assert set(flooded) <= {401, 0} and flooded.count(401) > 100
     # Closed by the server: a head within its 1 s; a body within its 1 s, then at most
-    # 1 s of lingering for the 408 to be read; over the cap, at once.
-    assert all(seconds is not None and seconds <= 1.5 and sent == b"" for seconds, sent in heads)
-    assert all(seconds is not None and seconds <= 2.5 for seconds, _ in bodies), bodies
+    # 1 s of lingering for the 408 to be read; over the cap, at once. The client's clock
+    # starts at connect(), so it also counts the wait in the listen backlog while the
+    # accept loop works through the flood, and this process's own loop, busy with the
+    # flood, noticing the close: up to a second more on two loaded cores (CI saw 2.02 s
+    # and 3.03 s). Without the timeouts these connections were never closed (None).
+    assert all(seconds is not None and seconds <= 3.0 and sent == b"" for seconds, sent in heads)
+    assert all(seconds is not None and seconds <= 4.0 for seconds, _ in bodies), bodies
     assert all(sent in (b"", *(r[1] for r in answered_408)) for _, sent in bodies)
     assert len(answered_408) >= 10  # some bodies did get a slot and were cut off
     assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
