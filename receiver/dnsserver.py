@@ -306,11 +306,13 @@ class _UdpServer:
         self._sock.close()
 
 
-def _udp_socket(host: str, port: int) -> socket.socket:
+def _udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -319,12 +321,18 @@ def _udp_socket(host: str, port: int) -> socket.socket:
 
 
 class Responder:
-    """UDP and TCP on one port. `address` is known once started (port 0 picks one)."""
+    """UDP and TCP on one port. `address` is known once started (port 0 picks one).
 
-    def __init__(self, answerer: Answerer, host: str, port: int) -> None:
+    `reuse_port`: SO_REUSEPORT on both, for workers that share the port
+    (`receiver.workers`): the kernel spreads datagrams and connections over them."""
+
+    def __init__(
+        self, answerer: Answerer, host: str, port: int, *, reuse_port: bool = False
+    ) -> None:
         self._answerer = answerer
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self._udp: _UdpServer | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -334,10 +342,14 @@ class Responder:
         # With port 0, the TCP listener picks first: the kernel avoids every TCP port in
         # use (client connections included), and UDP is then rarely taken on that port.
         for _ in range(10):
-            tcp = await asyncio.start_server(self._serve_tcp, self._host, self._port)
+            tcp = await asyncio.start_server(
+                self._serve_tcp, self._host, self._port, reuse_port=self._reuse_port
+            )
             port = int(tcp.sockets[0].getsockname()[1])
             try:
-                udp = _UdpServer(self._answerer, _udp_socket(self._host, port))
+                udp = _UdpServer(
+                    self._answerer, _udp_socket(self._host, port, reuse_port=self._reuse_port)
+                )
             except OSError:
                 tcp.close()
                 await tcp.wait_closed()
@@ -402,11 +414,14 @@ async def running(
     *,
     view: RecordView | None = None,
     records: RecordStore | None = None,
+    reuse_port: bool = False,
+    purge: bool = True,
 ) -> AsyncIterator[Responder]:
     """Serve `zones` until the block exits, purging expired values meanwhile.
 
     `view` is what answers are read from and `records` what is purged; by default both
-    are the zones' own SQLite file (`settings.database`)."""
+    are the zones' own SQLite file (`settings.database`). Workers sharing the port pass
+    `reuse_port`, and all but one pass `purge=False`: one purge clears the shared store."""
     host, port = _host_port(settings.dns_listen)
     with contextlib.ExitStack() as closing:
         if view is None:
@@ -417,17 +432,22 @@ async def running(
         if records is None:
             owned = records = SqliteRecords(settings)
         responder = Responder(
-            Answerer(view, zones, settings, glue_addresses(settings, host)), host, port
+            Answerer(view, zones, settings, glue_addresses(settings, host)),
+            host,
+            port,
+            reuse_port=reuse_port,
         )
-        purge = asyncio.create_task(_purge_periodically(records))
+        purging = asyncio.create_task(_purge_periodically(records)) if purge else None
         try:
             await responder.start()
             yield responder
         finally:
-            purge.cancel()
+            if purging is not None:
+                purging.cancel()
             await responder.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purge
+            if purging is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purging
             if owned is not None:
                 await owned.aclose()
 

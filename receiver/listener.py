@@ -179,9 +179,11 @@ class GuardedSite(web.BaseSite):
         max_connections: int,
         header_timeout: float,
         tally: Tally,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=BACKLOG)
         self.host, self.port = host, port
+        self.reuse_port = reuse_port
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.tally = tally
@@ -204,7 +206,9 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        self._sockets = await _listening_sockets(self.host, self.port, BACKLOG)
+        self._sockets = await _listening_sockets(
+            self.host, self.port, BACKLOG, reuse_port=self.reuse_port
+        )
         self._accepting = [asyncio.create_task(self._accept(s)) for s in self._sockets]
 
     async def stop(self) -> None:
@@ -252,8 +256,13 @@ class GuardedSite(web.BaseSite):
         return Connection(server(), self)
 
 
-async def _listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """One non-blocking listening socket per address of `host`, as asyncio binds them."""
+async def _listening_sockets(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
+    """One non-blocking listening socket per address of `host`, as asyncio binds them.
+
+    `reuse_port`: SO_REUSEPORT, for workers that share the port (`receiver.workers`);
+    the kernel then spreads new connections over their sockets."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -262,6 +271,8 @@ async def _listening_sockets(host: str, port: int, backlog: int) -> list[socket.
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
