@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from providers.errors import ProviderError
-from receiver import __version__, config, logs, signing
+from receiver import __version__, config, logs, signing, workers
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
 from receiver.errors import ConfigError, ReceiverError, StateUnavailable
 from receiver.http import serving
@@ -40,15 +40,19 @@ class _CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return _status(lambda: int(args.run(args)))
+
+
+def _status(run: Callable[[], int]) -> int:
+    """`run`'s exit status, or the status of the error that stopped it, said in one line."""
     try:
-        result: int = args.run(args)
+        return run()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     except StateUnavailable as exc:  # the shared database: say why, never a traceback
         print(f"state: {exc.reason}", file=sys.stderr)
         return 1
-    return result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
     serve.add_argument("--listen", help="host:port, overriding server.listen")
     serve.add_argument("--dns-listen", help="host:port, overriding local.dns_listen")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="server processes sharing the ports (auto: one per usable CPU), overriding "
+        "server.workers (default 1: this process serves)",
+    )
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
@@ -224,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = config.with_listen(settings, args.listen)
     if args.dns_listen:
         settings = config.with_dns_listen(settings, args.dns_listen)
+    count = args.workers or workers.resolve(settings.server.workers)
     logs.configure(settings.log)
     if args.demo:
         log.info(
@@ -233,25 +245,61 @@ def _serve(args: argparse.Namespace) -> int:
             sign=f"dns-challenge-receiver sign-notification --demo --demo-dir {args.demo_dir}"
             " --domain www.example.test",
         )
+    if count > 1:
+        try:
+            return workers.supervise(settings, count, _work)
+        except workers.CannotListen as exc:
+            print(f"serve: cannot listen on {exc}", file=sys.stderr)
+            return 1
     asyncio.run(serve(settings))
     return 0
 
 
-async def serve(settings: config.Settings) -> None:
-    """Run until SIGTERM/SIGINT, then finish in-flight notifications before exiting."""
-    async with serving(settings) as site:
+def _workers(text: str) -> int:
+    try:
+        return workers.worker_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _work(settings: config.Settings, slot: workers.Slot, listening: Callable[[], None]) -> int:
+    """One worker of `serve --workers` (a forked child of the supervisor)."""
+    logs.configure(settings.log, worker=slot.index)
+
+    def run() -> int:
+        asyncio.run(serve(settings, slot, listening))
+        return 0
+
+    return _status(run)
+
+
+def _nothing() -> None:
+    pass
+
+
+async def serve(
+    settings: config.Settings,
+    slot: workers.Slot = workers.ALONE,
+    listening: Callable[[], None] = _nothing,
+) -> None:
+    """Run until SIGTERM/SIGINT, then finish in-flight notifications before exiting.
+
+    A worker (`slot`) says `worker_listening` rather than `listening` (its supervisor
+    says that once all of them listen), then calls `listening`."""
+    async with serving(settings, slot) as site:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before saying so: a stop is graceful
+            loop.add_signal_handler(sig, stop.set)
         host, port = site.addresses[0]
         log.info(
-            "listening",
+            "listening" if slot.alone else "worker_listening",
             url=f"http://{host}:{port}{settings.server.callback_path}",
             version=__version__,
             zones=[z.name for z in settings.zones],
             max_connections=site.max_connections,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        listening()
         await stop.wait()
         log.info("shutting_down", grace_seconds=settings.server.shutdown_timeout_seconds)
     log.info("stopped")

@@ -34,6 +34,7 @@ DEFAULT_PUBLIC_KEY_URL = (
     "{instance_crn}/notifications/publicKey?keyFormat=pem"
 )
 RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
+MAX_WORKERS = 256  # `serve --workers`: a bound on processes forked, far above any core count
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,17 @@ class ServerSettings:
     # Open connections; beyond this, new ones are closed at once. Lowered at start to fit
     # the process's descriptor limit (RLIMIT_NOFILE).
     max_connections: int = 512
+    # Server processes sharing the ports (`receiver.workers`); "auto": one per usable CPU.
+    # `serve --workers` wins over it.
+    workers: int | Literal["auto"] = 1
 
     @property
     def host(self) -> str:
-        return _split_host_port(self.listen)[0]
+        return split_host_port(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return _split_host_port(self.listen)[1]
+        return split_host_port(self.listen)[1]
 
 
 @dataclass(frozen=True)
@@ -361,7 +365,7 @@ def _with_journal_database(settings: Settings, base_dir: Path) -> Settings:
 def with_listen(settings: Settings, listen: str) -> Settings:
     """`settings` listening elsewhere (the `serve --listen` override)."""
     try:
-        _split_host_port(listen)
+        split_host_port(listen)
     except ValueError as exc:
         raise ConfigError([f"--listen: {exc}"]) from None
     return dataclasses.replace(settings, server=dataclasses.replace(settings.server, listen=listen))
@@ -370,7 +374,7 @@ def with_listen(settings: Settings, listen: str) -> Settings:
 def with_dns_listen(settings: Settings, listen: str) -> Settings:
     """`settings` with the built-in responder elsewhere (the `serve --dns-listen` override)."""
     try:
-        _split_host_port(listen)
+        split_host_port(listen)
     except ValueError as exc:
         raise ConfigError([f"--dns-listen: {exc}"]) from None
     zones = tuple(
@@ -486,6 +490,8 @@ class _Reader:
         if origin in (typing.Union, types.UnionType) and type(None) in args:
             inner = next(a for a in args if a is not type(None))
             return self.convert(value, inner, key)
+        if origin in (typing.Union, types.UnionType):
+            return self._either(value, args, key)
         if origin is Literal:
             if value not in args:
                 self.problem(key, f"must be one of {', '.join(map(repr, args))}, not {value!r}")
@@ -530,6 +536,20 @@ class _Reader:
             path = Path(value).expanduser()
             return path if path.is_absolute() else self.base_dir / path
         raise TypeError(f"unsupported setting type {hint!r} for {key}")  # programming error
+
+    def _either(self, value: Any, hints: tuple[Any, ...], key: str) -> Any:
+        """The first of `hints` that `value` converts to; else one problem naming them all
+        (`must be an integer or one of 'auto', not 'x'`)."""
+        wanted = []
+        for hint in hints:
+            trial = _Reader(self.base_dir, self.environ)
+            converted = trial.convert(value, hint, key)
+            if converted is not _INVALID and not trial.problems:
+                return converted
+            for problem in trial.problems:
+                wanted.append(problem.removeprefix(f"{key}: must be ").split(", not ")[0])
+        self.problem(key, f"must be {' or '.join(wanted)}, not {value!r}")
+        return _INVALID
 
     def zones(self, raw: Any) -> tuple[ZoneSettings, ...]:
         if not isinstance(raw, list):
@@ -595,7 +615,7 @@ class _Reader:
                 canonical = canonical_name(name)
                 if not isinstance(address, str):
                     raise ValueError(f"{address!r} is not a string")
-                _split_host_port(address if ":" in address else f"{address}:53")
+                split_host_port(address if ":" in address else f"{address}:53")
             except (InvalidName, ValueError) as exc:
                 self.problem(f"{key}.{name}", getattr(exc, "detail", str(exc)))
                 continue
@@ -621,18 +641,24 @@ class _Reader:
 _INVALID: Any = object()
 
 
-def _split_host_port(listen: str) -> tuple[str, int]:
+def split_host_port(listen: str) -> tuple[str, int]:
+    """`"[::1]:8053"` -> `("::1", 8053)`; ValueError unless it is host:port."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
         raise ValueError(f"{listen!r} is not host:port")
     return host.strip("[]"), int(port)
 
 
+def join_host_port(host: str, port: int) -> str:
+    """The inverse of `split_host_port`: IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     """Rules that span fields: ranges, cross-references, fail-closed requirements."""
     server = settings.server
     try:
-        _split_host_port(server.listen)
+        split_host_port(server.listen)
     except ValueError as exc:
         reader.problem("server.listen", str(exc))
     path = server.callback_path
@@ -649,6 +675,8 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
             reader.problem(name, f"must be greater than 0 and at most {most}")
     if not 1 <= server.max_connections <= 1_000_000:
         reader.problem("server.max_connections", "must be between 1 and 1000000")
+    if server.workers != "auto" and not 1 <= server.workers <= MAX_WORKERS:
+        reader.problem("server.workers", f'must be between 1 and {MAX_WORKERS}, or "auto"')
 
     cm = settings.certificate_manager
     if cm.enabled and not cm.allowed_instances:
@@ -695,7 +723,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         reader.problem("propagation", "need 0 < interval_seconds <= timeout_seconds <= 3600")
     for index, resolver in enumerate(propagation.resolvers):
         try:
-            _split_host_port(resolver if ":" in resolver else f"{resolver}:53")
+            split_host_port(resolver if ":" in resolver else f"{resolver}:53")
         except ValueError as exc:
             reader.problem(f"propagation.resolvers[{index}]", str(exc))
     journal = settings.journal
@@ -803,7 +831,7 @@ def _check_local(settings: Settings, reader: _Reader) -> None:
                 "local zones share one store and DNS responder: set their options in [local]",
             )
     try:
-        _split_host_port(first.dns_listen)
+        split_host_port(first.dns_listen)
     except ValueError as exc:
         reader.problem("local.dns_listen", str(exc))
     for index, name in enumerate(first.nameservers):

@@ -43,9 +43,11 @@ from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
 from receiver.runtime import Runtime, passed
 from receiver.sweep import sweep_periodically
+from receiver.workers import ALONE, Slot
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
+SLOT = web.AppKey("slot", Slot)
 DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
 FILEAUTH = web.AppKey("fileauth", FileAuth)
@@ -66,9 +68,10 @@ log = structlog.get_logger("receiver.http")
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[GuardedSite]:
+async def serving(settings: Settings, slot: Slot = ALONE) -> AsyncIterator[GuardedSite]:
     """The app listening on `server.listen` until the block exits, then shut down
-    gracefully (in-flight requests get `shutdown_timeout_seconds`).
+    gracefully (in-flight requests get `shutdown_timeout_seconds`). A worker's `slot`
+    shares the port with the other workers (`receiver.workers`).
 
     aiohttp's own limits are used where it has them: `keepalive_timeout` for idle
     connections, `lingering_time` for unread bodies, `client_max_size` (in
@@ -81,7 +84,7 @@ async def serving(settings: Settings) -> AsyncIterator[GuardedSite]:
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(quiet_accept_errors(tally))
     runner = web.AppRunner(
-        create_app(settings),
+        create_app(settings, slot),
         access_log=None,
         shutdown_timeout=server.shutdown_timeout_seconds,
         keepalive_timeout=server.keepalive_timeout_seconds,
@@ -96,6 +99,7 @@ async def serving(settings: Settings) -> AsyncIterator[GuardedSite]:
             max_connections=_connection_budget(server.max_connections),
             header_timeout=server.header_timeout_seconds,
             tally=tally,
+            reuse_port=not slot.alone,
         )
         await site.start()
         yield site
@@ -117,12 +121,14 @@ def _connection_budget(configured: int) -> int:
     return budget
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
+    """The app; `slot` says whether it shares its ports and runs the periodic sweep."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[head_received, request_context, json_errors, declared_length],
     )
     app[SETTINGS] = settings
+    app[SLOT] = slot
     app.cleanup_ctx.append(_runtime_context)
     if any(zone.provider == "local" for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
@@ -141,7 +147,8 @@ def create_app(settings: Settings) -> web.Application:
         app[FILEAUTH] = FileAuth(settings.digicert)
         app.router.add_get(FILEAUTH_PATH, fileauth)
     if settings.journal.enabled:
-        app.cleanup_ctx.append(_sweep_context)
+        if slot.sweeps:
+            app.cleanup_ctx.append(_sweep_context)
         if settings.journal.admin_token is not None:
             app.router.add_get("/journal", journal_entries)
     return app
@@ -158,7 +165,7 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
     """The built-in responder: only in the long-running server, never in serverless doors."""
     from receiver import dnsserver  # dnspython is imported only when a zone is `local`
 
-    settings, runtime = app[SETTINGS], app[RUNTIME]
+    settings, runtime, slot = app[SETTINGS], app[RUNTIME], app[SLOT]
     local = [zone for zone in settings.zones if zone.provider == "local"]
     async with contextlib.AsyncExitStack() as stack:
         view, records = None, None
@@ -166,7 +173,14 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
             view = await runtime.state.mirror(stack)
             records = runtime.state.local_records(local[0].options)
         responder = await stack.enter_async_context(
-            dnsserver.running([z.name for z in local], local[0].options, view=view, records=records)
+            dnsserver.running(
+                [z.name for z in local],
+                local[0].options,
+                view=view,
+                records=records,
+                reuse_port=not slot.alone,
+                purge=slot.sweeps,
+            )
         )
         app[DNS_ADDRESS] = responder.address
         host, port = responder.address

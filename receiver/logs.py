@@ -79,7 +79,11 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return redacted
 
 
-def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
+def configure(
+    settings: LogSettings, stream: TextIO | None = None, *, worker: int | None = None
+) -> None:
+    """`worker`: every line carries `"worker": <index>` (`serve --workers`), so that the
+    lines of processes sharing one output can be told apart."""
     stream = stream or sys.stdout
     as_json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
     renderer: Processor = (
@@ -92,6 +96,8 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if worker is not None:
+        shared.insert(1, _worker_field(worker))
     # Tracebacks without frame locals: a local may hold a token or a key.
     exceptions: Processor = (
         structlog.processors.ExceptionRenderer(
@@ -121,6 +127,16 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO))  # third-party debug chatter stays out
+
+
+def _worker_field(index: int) -> Processor:
+    """A fixed field rather than a context variable: `bind_request` clears those."""
+
+    def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["worker"] = index
+        return event_dict
+
+    return add
 
 
 def bind_request(request_id: str, **fields: Any) -> None:
