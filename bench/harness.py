@@ -217,6 +217,40 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def machine_busy() -> float:
+    """CPU seconds that all CPUs have spent busy since boot (/proc/stat: all but idle and
+    iowait): what else ran during a measurement, once its own processes are taken off."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every process below it: a
+    `serve --workers` supervisor and its workers, say. Read from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, total = {pid}, 0.0
+    while True:
+        grown = tree | {child for child, parent in parents.items() if parent in tree}
+        if grown == tree:
+            break
+        tree = grown
+    for member in tree:
+        total += used.get(member, 0.0)
+    return total
+
+
 def send_pairs(url: str, bodies: list[bytes], connections: int) -> tuple[int, list[float]]:
     """Send required/completed pairs in order within a pair, `connections` pairs at once.
 

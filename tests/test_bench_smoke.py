@@ -72,3 +72,16 @@ def test_burst_benchmark_runs_both_cases_and_prints_its_verdicts() -> None:
     silent = next(line for line in lines if line.startswith("(b) memory zone"))
     assert "max pending checks n/a" not in silent  # read from /metrics
     assert lines[-1].startswith("goals met: ")
+
+
+def test_workers_benchmark_runs_one_and_two_workers_and_prints_its_ratio() -> None:
+    lines = run_bench(
+        "workers.py",
+        *("--seconds", "0.5", "--connections", "4", "--pairs", "20", "--generator", "python"),
+        timeout=180,
+    )
+    assert [line.split()[:2] for line in lines if line.startswith("  --workers")] == [
+        ["--workers", "1"],
+        ["--workers", "2"],
+    ]
+    assert last_ratio(lines, "throughput ratio workers 2/1: ") > 0

@@ -1,0 +1,109 @@
+"""`serve --workers 2` vs `serve --workers 1`: throughput under the same load, same run.
+
+The receiver runs as in bench/throughput.py (envelope and user token verified, a JWKS
+served locally, the `memory` provider), once with one worker (the plain single process)
+and once with two (a supervisor and two workers sharing the port). Both get the same
+load: wrk (Debian package `wrk`) when installed, cycling through distinct signed
+notifications, else the asyncio client in this process; one load thread, same
+concurrency.
+
+The load generator runs on the same cores as the receiver, so its CPU is measured, not
+assumed away: wrk's from getrusage(RUSAGE_CHILDREN) around its run (it is the only child
+that ends meanwhile), the asyncio client's from getrusage(RUSAGE_SELF); the receiver's,
+all its processes together, from /proc/<pid>/stat. Both are printed in cores (CPU seconds
+per second of load), with what the rest of the machine used meanwhile (/proc/stat): on a
+shared machine, the figures mean something only when that is near 0.
+
+    python bench/workers.py [--seconds 10] [--connections 32] [--journal]
+
+Prints requests/s, p50, p99 and CPU for each, then, last, the throughput ratio
+workers 2 / workers 1 (goal >= 1.6 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from harness import (
+    Keys,
+    cpus,
+    free_port,
+    jwks_server,
+    machine_busy,
+    process,
+    receiver,
+    receiver_config,
+    tree_cpu,
+)
+from throughput import with_python, with_wrk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
+    parser.add_argument("--journal", action="store_true", help="keep the journal on")
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    args = parser.parse_args()
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "python"
+    who = resource.RUSAGE_CHILDREN if generator == "wrk" else resource.RUSAGE_SELF
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        keys = Keys(folder)
+        bodies = keys.bodies(args.pairs)
+        bodies_file = folder / "bodies.txt"
+        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+
+        def load(url: str) -> tuple[float, float, float]:
+            if generator == "wrk":
+                return with_wrk(url, bodies_file, args.seconds, args.connections)
+            return with_python(url, bodies, args.seconds, args.connections)
+
+        results = {}
+        with jwks_server(keys.user_public) as jwks_url:
+            for count in (1, 2):
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/callback"
+                config = receiver_config(folder, keys, jwks_url, port, journal=args.journal)
+                argv = [*receiver(config), "--workers", str(count)]
+                with process(argv, url) as proc:
+                    load(url)  # warm-up: every worker fetches keys, fills its caches
+                    began, served = time.perf_counter(), tree_cpu(proc.pid)
+                    generated, busy = _used(who), machine_busy()
+                    rps, p50, p99 = load(url)
+                    wall = time.perf_counter() - began
+                    serving = (tree_cpu(proc.pid) - served) / wall
+                    generating = (_used(who) - generated) / wall
+                    others = (machine_busy() - busy) / wall - serving - generating
+                results[count] = (rps, p50, p99, serving, generating, max(0.0, others))
+    print(
+        f"load: {generator}, {args.connections} connections, {args.seconds:g} s, "
+        f"{len(bodies)} distinct signed notifications (with user tokens), "
+        f"journal {'on' if args.journal else 'off'}, {cpus()} CPUs"
+    )
+    for count, (rps, p50, p99, serving, generating, others) in results.items():
+        print(
+            f"  --workers {count}  {rps:>8.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   "
+            f"CPU in cores: receiver {serving:.2f}, {generator} {generating:.2f}, "
+            f"everything else {others:.2f}"
+        )
+    one, two = results[1], results[2]
+    print(f"receiver CPU per request ratio 2/1: {(two[3] / two[0]) / (one[3] / one[0]):.2f}")
+    print(f"throughput ratio workers 2/1: {two[0] / one[0]:.2f}")
+
+
+def _used(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+if __name__ == "__main__":
+    main()
