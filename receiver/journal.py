@@ -182,11 +182,12 @@ class GroupCommit:
         self._entries: list[tuple[Entry, asyncio.Future[int]]] = []
         self._settlements: list[tuple[Settlement, asyncio.Future[int]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._last_queued: asyncio.Future[int] | None = None  # batches commit in order
 
     async def begin(self, entry: Entry) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._entries.append((entry, future))
-        self._kick()
+        self._kick(future)
         return await asyncio.shield(future)
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
@@ -200,15 +201,20 @@ class GroupCommit:
     ) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._settlements.append((Settlement(entry_id, outcome, error, self._clock()), future))
-        self._kick()
+        self._kick(future)
         return future
 
     async def _caught_up(self) -> None:
-        """Reads see this process's own writes, settlements not waited for included."""
-        while self._flushing is not None and not self._flushing.done():
-            await asyncio.shield(self._flushing)
+        """Reads see this process's own writes, settlements not waited for included.
 
-    def _kick(self) -> None:
+        A read waits for what was queued before it, not for the journal to fall idle:
+        under steady load it never does, and waiting for that starved every read."""
+        last = self._last_queued
+        if last is not None and not last.done():
+            await asyncio.wait([last])
+
+    def _kick(self, queued: asyncio.Future[int]) -> None:
+        self._last_queued = queued
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
 
