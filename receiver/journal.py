@@ -167,6 +167,11 @@ class Store(Reads, Protocol):
         ...
 
 
+SETTLE_SOON_SECONDS = 0.05
+BATCH_INTERVAL_SECONDS = 0.002
+BATCH_YIELDS = 2
+
+
 class GroupCommit:
     """The journal every request writes through: concurrent requests share transactions.
 
@@ -174,6 +179,11 @@ class GroupCommit:
     (the intent is durable before the provider write); what is shared is the cost. A
     batch is whatever queued while the previous one was committing: no added delay when
     the journal is idle, one transaction for many requests when it is busy.
+
+    `settle_soon` (the long-running server's outcomes, which nobody waits for) starts no
+    transaction of its own: it rides with the next `begin`, a read, or at the latest
+    SETTLE_SOON_SECONDS later. Under load that halves the commits per change; a crash
+    loses at most that window of outcomes, which the sweep settles from the provider.
     """
 
     def __init__(self, backend: Store, *, clock: Callable[[], float] = time.time) -> None:
@@ -183,6 +193,9 @@ class GroupCommit:
         self._settlements: list[tuple[Settlement, asyncio.Future[int]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._last_queued: asyncio.Future[int] | None = None  # batches commit in order
+        self._deferred: asyncio.TimerHandle | None = None  # settle_soon's own flush
+        self._due = False  # queued settlements are to be committed now, not deferred
+        self._last_batch = -BATCH_INTERVAL_SECONDS
 
     async def begin(self, entry: Entry) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -194,14 +207,20 @@ class GroupCommit:
         await asyncio.shield(self._queue_settlement(entry_id, outcome, error))
 
     def settle_soon(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        self._queue_settlement(entry_id, outcome, error).add_done_callback(_log_failed_settle)
+        future = self._queue_settlement(entry_id, outcome, error, at_once=False)
+        future.add_done_callback(_log_failed_settle)
+        if self._deferred is None and not self._is_flushing():
+            loop = asyncio.get_running_loop()
+            self._deferred = loop.call_later(SETTLE_SOON_SECONDS, self._flush_now)
 
     def _queue_settlement(
-        self, entry_id: int, outcome: Outcome, error: str | None
+        self, entry_id: int, outcome: Outcome, error: str | None, *, at_once: bool = True
     ) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._settlements.append((Settlement(entry_id, outcome, error, self._clock()), future))
-        self._kick(future)
+        self._last_queued = future
+        if at_once:
+            self._flush_now()
         return future
 
     async def _caught_up(self) -> None:
@@ -211,15 +230,31 @@ class GroupCommit:
         under steady load it never does, and waiting for that starved every read."""
         last = self._last_queued
         if last is not None and not last.done():
+            self._flush_now()
             await asyncio.wait([last])
 
     def _kick(self, queued: asyncio.Future[int]) -> None:
         self._last_queued = queued
-        if self._flushing is None or self._flushing.done():
+        self._flush_now()
+
+    def _is_flushing(self) -> bool:
+        return self._flushing is not None and not self._flushing.done()
+
+    def _flush_now(self) -> None:
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        self._due = True
+        if not self._is_flushing():
             self._flushing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._entries or self._settlements:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_batch < BATCH_INTERVAL_SECONDS:
+            for _ in range(BATCH_YIELDS):  # busy: let the requests ready now join
+                await asyncio.sleep(0)
+        while self._entries or (self._settlements and self._due):
+            self._due = False
             entries, self._entries = self._entries, []
             settlements, self._settlements = self._settlements, []
             try:
@@ -237,6 +272,10 @@ class GroupCommit:
             for _, future in settlements:
                 if not future.done():
                     future.set_result(0)
+            self._last_batch = loop.time()
+        if self._settlements and self._deferred is None:  # came in during the last batch
+            loop = asyncio.get_running_loop()
+            self._deferred = loop.call_later(SETTLE_SOON_SECONDS, self._flush_now)
 
     async def candidates(
         self,
@@ -265,6 +304,8 @@ class GroupCommit:
         return await self.backend.prune(before)
 
     async def aclose(self) -> None:
+        if self._settlements:
+            self._flush_now()
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self.backend.aclose()
@@ -297,17 +338,19 @@ class SqliteJournal:
             db.execute("BEGIN IMMEDIATE")
             try:
                 ids = [db.execute(_INSERT, _row(entry)).lastrowid or 0 for entry in entries]
-                db.executemany(
-                    "UPDATE journal_entries SET outcome = ?, settled = ?, error = ? WHERE id = ?",
-                    [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
-                )
+                if settlements:
+                    db.executemany(
+                        "UPDATE journal_entries SET outcome = ?, settled = ?, error = ?"
+                        " WHERE id = ?",
+                        [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                    )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
             return ids
 
-        return await self._file.run(write)
+        return await self._file.write_now(write)
 
     async def candidates(
         self,
@@ -345,7 +388,7 @@ class SqliteJournal:
                 SELECT MAX(id) FROM journal_entries WHERE zone = ? AND fqdn = ? AND value = ?))
             ORDER BY id DESC LIMIT 2"""  # noqa: S608 - column names are ours
         params = (zone, fqdn, value) * 2
-        rows = await self._file.read(lambda db: db.execute(query, params).fetchall())
+        rows = await self._file.read_now(lambda db: db.execute(query, params).fetchall())
         return publisher_of([_entry(row) for row in rows])
 
     async def entries(

@@ -1,11 +1,18 @@
-"""Two stores opening one new SQLite file at once (the journal and the account store)."""
+"""SQLite files from asyncio: two stores opening one new file at once (the journal and
+the account store); short writes and reads on the event loop that never wait there."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from receiver import sqlite
 from receiver.sqlite import SqliteFile
 
 
@@ -22,3 +29,73 @@ async def test_opening_waits_for_another_connection_setting_up_the_file(tmp_path
     assert mode == "wal"
     await second.aclose()
     holder.close()
+
+
+def _insert(value: int) -> Callable[[sqlite3.Connection], int]:
+    def write(db: sqlite3.Connection) -> int:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row_id = db.execute("INSERT INTO t (v) VALUES (?)", (value,)).lastrowid or 0
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return row_id
+
+    return write
+
+
+async def test_a_write_on_the_loop_never_waits_there_for_another_processs_lock(
+    tmp_path: Path,
+) -> None:
+    """`write_now` runs on the event loop; when another connection holds the write lock it
+    must not wait there (its busy timeout would freeze every request), but in a thread."""
+    file = SqliteFile(tmp_path / "f.sqlite3", "CREATE TABLE IF NOT EXISTS t (v);")
+    await file.run(_insert(0))  # opened
+    holder = sqlite3.connect(tmp_path / "f.sqlite3", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, for 0.5 s
+    threading.Timer(0.5, lambda: holder.execute("COMMIT")).start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    row_id = await file.write_now(_insert(1))
+    waited = time.monotonic() - started
+    ticking.cancel()
+    assert row_id == 2 and waited >= 0.4  # it did wait for the lock, and then wrote
+    assert ticks >= 20, ticks  # ... while the loop went on (blocked, it ticks ~once)
+    assert await file.read_now(lambda db: db.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 2
+    await file.aclose()
+    holder.close()
+
+
+async def test_writes_on_the_loop_are_checkpointed_off_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer never checkpoints itself (that is where WAL mode syncs to disk): a
+    checkpoint runs in a thread every CHECKPOINT_EVERY writes, so the WAL stays small."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 50)
+    path = tmp_path / "f.sqlite3"
+    file = SqliteFile(path, "CREATE TABLE IF NOT EXISTS t (v);")
+    await file.run(_insert(0))
+    assert file._db is not None
+    assert file._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    wal = path.with_name("f.sqlite3-wal")
+    largest = 0
+    for i in range(2000):
+        await file.write_now(_insert(i))
+        if i % 100 == 0:
+            await asyncio.sleep(0.01)  # let a checkpoint thread run now and then
+            largest = max(largest, wal.stat().st_size)
+    await file.aclose()
+    # Without checkpoints the WAL holds every commit: 2,000 x (header + 4 KiB page), 8 MB.
+    assert 0 < largest < 1_000_000, largest
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 2001
+    check.close()

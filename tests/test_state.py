@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from receiver import config
+from receiver import journal as journal_module
 from receiver.accounts import Account
 from receiver.journal import Entry, GroupCommit
 from receiver.state import State
@@ -309,6 +310,50 @@ async def test_a_read_waits_for_earlier_writes_not_for_the_journal_to_fall_idle(
     await asyncio.gather(*writers)
     assert mine in {e.id for e in seen}  # its own write is visible
     assert waited <= 2, waited  # the batch in flight and the one queued before the read
+
+
+async def test_an_outcome_nobody_waits_for_rides_with_the_next_change_or_commits_soon(
+    open_state: StateFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`settle_soon` starts no transaction of its own while another is coming: under load
+    that halves the commits per change. Alone, it is committed within SETTLE_SOON_SECONDS;
+    a read of this process waits for it; closing commits what is left."""
+    async with open_state() as first, open_state() as second:
+        journal, other = first.journal, second.journal
+        assert isinstance(journal, GroupCommit) and other is not None
+        batches: list[tuple[int, int]] = []
+        write_batch = journal.backend.write_batch
+
+        async def counted(entries: Any, settlements: Any) -> list[int]:
+            batches.append((len(entries), len(settlements)))
+            return await write_batch(entries, settlements)
+
+        monkeypatch.setattr(journal.backend, "write_batch", counted)
+
+        async def outcome(entry_id: int) -> str:
+            (found,) = [e for e in await other.entries(limit=100) if e.id == entry_id]
+            return found.outcome
+
+        one = await journal.begin(entry("one"))
+        journal.settle_soon(one, "done")
+        two = await journal.begin(entry("two"))  # the first outcome rides along
+        assert batches == [(1, 0), (1, 1)]
+        assert await outcome(one) == "done"
+
+        journal.settle_soon(two, "done")
+        await asyncio.sleep(0)
+        assert await outcome(two) == "pending"  # not yet: nothing else came
+        await asyncio.sleep(journal_module.SETTLE_SOON_SECONDS * 3)
+        assert batches[-1] == (0, 1) and await outcome(two) == "done"
+
+        three = await journal.begin(entry("three"))
+        journal.settle_soon(three, "failed")
+        assert {e.id: e.outcome for e in await journal.entries()}[three] == "failed"  # own read
+
+        four = await journal.begin(entry("four"))
+        journal.settle_soon(four, "done")
+        await journal.aclose()
+        assert await outcome(four) == "done"
 
 
 async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
