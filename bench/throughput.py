@@ -14,9 +14,11 @@ process; one load thread; same concurrency.
 
     python bench/throughput.py [--seconds 10] [--connections 32]
 
-Prints requests/s, p50 and p99 for each, then the ratios; the last three lines are the
-issue's goals: default/bookkeeping-off throughput (>= 0.8), default/floor-with-journal
-p99 (<= 2) and throughput (>= 0.6).
+Prints requests/s, p50, p99 and the server's CPU per request for each, then the ratios;
+the last three lines are the issue's goals: default/bookkeeping-off throughput (>= 0.8),
+default/floor-with-journal p99 (<= 2) and throughput (>= 0.6). CPU per request (from
+/proc, the server process alone) is the steadier figure on a machine that is doing other
+work: requests/s moves with whatever else runs, CPU per request much less.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from harness import (
     process,
     receiver,
     receiver_config,
+    tree_cpu,
 )
 
 LUA = """
@@ -140,14 +143,18 @@ def main() -> None:
             return with_python(url, bodies, args.seconds, args.connections)
 
         results = {}
+        cpu_per_request: dict[str, float] = {}
         with jwks_server(keys.user_public) as jwks_url:
 
             def measure(name: str, argv: list[str], port: int, *, warm: bool = True) -> None:
                 url = f"http://127.0.0.1:{port}/callback"
-                with process(argv, url):
+                with process(argv, url) as server:
                     if warm:
                         load(url)  # warm-up: key and JWKS fetches, imports, caches
+                    used = tree_cpu(server.pid)
                     results[name] = load(url)
+                    used = tree_cpu(server.pid) - used
+                    cpu_per_request[name] = used / (results[name][0] * args.seconds)
 
             port = free_port()
             measure("bare", bare(port), port, warm=False)
@@ -167,7 +174,10 @@ def main() -> None:
         f"{len(bodies)} distinct signed notifications (with user tokens), {cpus()} CPUs"
     )
     for name, (rps, p50, p99) in results.items():
-        print(f"  {name:<16} {rps:>8.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+        print(
+            f"  {name:<16} {rps:>8.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms"
+            f"   CPU {cpu_per_request[name] * 1e6:5.0f} µs/request"
+        )
     bare_, floor_, committed = results["bare"], results["floor"], results["floor+journal"]
     off, default = results["bookkeeping off"], results["default"]
     print(
@@ -176,6 +186,10 @@ def main() -> None:
     )
     print(f"floor+journal/floor: throughput {committed[0] / floor_[0]:.2f}")
     print(f"receiver default/bare: throughput {default[0] / bare_[0]:.2f}")
+    print(
+        "CPU per request bookkeeping-off/default (as a throughput ratio): "
+        f"{cpu_per_request['bookkeeping off'] / cpu_per_request['default']:.2f}"
+    )
     print(f"throughput ratio default/bookkeeping-off: {default[0] / off[0]:.2f}")
     print(f"p99 ratio default/floor-with-journal: {default[2] / committed[2]:.2f}")
     print(f"throughput ratio default/floor-with-journal: {default[0] / committed[0]:.2f}")

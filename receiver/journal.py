@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import structlog
 
@@ -149,8 +149,7 @@ class Journal(Reads, Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Settlement:
+class Settlement(NamedTuple):  # one per change on the request path: a tuple is cheapest
     entry_id: int
     outcome: Outcome
     error: str | None
@@ -201,7 +200,7 @@ class GroupCommit:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._entries.append((entry, future))
         self._kick(future)
-        return await asyncio.shield(future)
+        return await future  # a cancelled request's entry still commits: the sweep settles it
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
         await asyncio.shield(self._queue_settlement(entry_id, outcome, error))
