@@ -94,6 +94,17 @@ class GcloudSettings:
         " request fails and is retried). Keep below dispatch.deadline_seconds.",
     )
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(option, why) for options that can never work: reported when the config is read."""
+        found = []
+        if self.anonymous and not self.endpoint:
+            found.append(
+                ("anonymous", "anonymous = true is for a local emulator or fake: set endpoint too")
+            )
+        if self.anonymous and self.credentials_file:
+            found.append(("anonymous", "set only one of anonymous and credentials_file"))
+        return found
+
 
 @dataclass(frozen=True)
 class _RrsetChange:
@@ -127,12 +138,8 @@ class GoogleCloudDnsProvider:
 
     @classmethod
     async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
-        if settings.anonymous and not settings.endpoint:
-            raise ProviderRejected(
-                NAME, "anonymous = true is for a local emulator or fake: set endpoint too"
-            )
-        if settings.anonymous and settings.credentials_file:
-            raise ProviderRejected(NAME, "set only one of anonymous and credentials_file")
+        for _, problem in settings.problems():
+            raise ProviderRejected(NAME, problem)
         return cls(settings, budget)
 
     # --- the contract -------------------------------------------------------------------
