@@ -10,7 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from receiver import cli, signing
+from receiver import cli, config, signing
 from receiver.config import CONFIG_ENV
 
 from .conftest import INSTANCE, KeyPair
@@ -174,3 +174,21 @@ def test_demo_settings_generate_a_key_once(tmp_path: Path) -> None:
     assert first == second
     assert first.certificate_manager.allowed_instances == (signing.DEMO_CRN,)
     assert [z.name for z in first.zones] == ["example.test"]
+
+
+def test_the_demo_writes_a_config_that_other_commands_read(tmp_path: Path) -> None:
+    """`journal`, `sweep` and `check-config` reach the demo's state with --demo."""
+    demo = tmp_path / "demo"
+    settings = cli.demo_settings(demo)
+    written = demo / cli.DEMO_CONFIG
+    assert config.load_file(written) == settings
+    result = run("check-config", "--demo", "--demo-dir", str(demo))
+    assert result.returncode == 0, result.stderr
+    assert str(demo.resolve() / "challenges.sqlite3") in result.stdout
+    assert run("journal", "--demo", "--demo-dir", str(demo)).returncode == 0
+
+
+def test_demo_commands_without_a_demo_say_how_to_start_one(tmp_path: Path) -> None:
+    result = run("journal", "--demo", "--demo-dir", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "start `serve --demo` once" in result.stderr
