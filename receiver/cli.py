@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the built-in demo: a generated key in --demo-dir and the zone "
         "example.test served by the built-in DNS responder; no config file needed",
     )
-    serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     serve.add_argument("--listen", help="host:port, overriding server.listen")
     serve.add_argument("--dns-listen", help="host:port, overriding local.dns_listen")
     serve.add_argument(
@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         "delegation", help="print the CNAME records that delegate domains' challenges to us"
     )
     _config_option(delegation)
-    delegation.add_argument("domains", nargs="+", metavar="DOMAIN")
+    delegation.add_argument(
+        "domains", nargs="+", metavar="DOMAIN", help="a domain whose challenges to delegate"
+    )
     delegation.set_defaults(run=_delegation)
 
     sweep = commands.add_parser(
@@ -110,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(journal, demo=True)
     journal.add_argument("--since", type=_since, help="a duration (2h, 7d) or an ISO time")
     journal.add_argument("--domain", help="this name and the names below it")
-    journal.add_argument("--limit", type=int, default=1000)
+    journal.add_argument("--limit", type=int, default=1000, help="at most this many entries")
     journal.add_argument("--json", action="store_true", help="one JSON object per line")
     journal.set_defaults(run=_journal)
 
@@ -141,14 +143,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--acme-directory", required=True, help="the CA's directory URL")
     simulate.add_argument("--callback", required=True, help="the receiver's callback URL")
-    simulate.add_argument("--domain", action="append", required=True, dest="domains")
+    simulate.add_argument(
+        "--domain", action="append", required=True, dest="domains", help=_DOMAINS_HELP
+    )
     simulate.add_argument(
         "--demo", action="store_true", help="sign as the demo instance (see serve --demo)"
     )
-    simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     simulate.add_argument("--key", type=Path, help="private key PEM of the sender")
     simulate.add_argument("--instance-crn", help="the sending instance's CRN")
-    simulate.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    simulate.add_argument(
+        "--alg",
+        default="RS256",
+        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
+        help="the sender key's signature algorithm",
+    )
     simulate.add_argument(
         "--ca-bundle", help="CA certificates for the ACME CA and the callback (PEM file)"
     )
@@ -160,7 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
     )
-    keygen.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    keygen.add_argument(
+        "--alg",
+        default="RS256",
+        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
+        help="the key's signature algorithm",
+    )
     keygen.set_defaults(run=_keygen)
 
     sign = commands.add_parser(
@@ -170,28 +184,43 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument(
         "--demo", action="store_true", help="sign with the demo key and instance (see serve --demo)"
     )
-    sign.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    sign.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     sign.add_argument("--key", type=Path, help="private key PEM of the sender")
     sign.add_argument("--instance-crn", help="the sending instance's CRN")
-    sign.add_argument("--domain", required=True)
+    sign.add_argument("--domain", required=True, help="the domain, e.g. *.www.example.test")
     sign.add_argument(
         "--event",
         default="required",
         help="required, completed, or any event_type (default: required)",
     )
     sign.add_argument("--value", help="TXT value (default: a random 43-character value)")
-    sign.add_argument("--record-name", default="_acme-challenge")
-    sign.add_argument("--certificate-crn")
-    sign.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    sign.add_argument(
+        "--record-name", default="_acme-challenge", help="txt_record_name in the challenge"
+    )
+    sign.add_argument(
+        "--certificate-crn", help="the certificate's CRN (default: <instance CRN>:certificate:demo)"
+    )
+    sign.add_argument(
+        "--alg",
+        default="RS256",
+        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
+        help="the signature algorithm of --key",
+    )
     sign.add_argument("--lifetime", type=int, default=300, help="seconds until exp (0: no exp)")
     sign.add_argument(
         "--user-token-key", type=Path, help="also embed a userToken signed with this private key"
     )
-    sign.add_argument("--user-token-kid", default="local-1")
-    sign.add_argument("--user-token-issuer", default=signing.IAM_ISSUER)
+    sign.add_argument("--user-token-kid", default="local-1", help="the userToken's key id")
+    sign.add_argument(
+        "--user-token-issuer", default=signing.IAM_ISSUER, help="the userToken's iss claim"
+    )
     sign.add_argument("--account", help="user token account (default: the instance's)")
     sign.set_defaults(run=_sign_notification)
     return parser
+
+
+_DEMO_DIR_HELP = "where the demo keeps its key, config and records"
+_DOMAINS_HELP = "a domain (repeat for several)"
 
 
 def _digicert_parser(commands: Any) -> None:
@@ -221,7 +250,9 @@ def _digicert_parser(commands: Any) -> None:
         parser.add_argument("--auth-key-file", type=Path, help="file holding the AuthKey")
     for parser in (place, remove):
         _config_option(parser)
-        parser.add_argument("--domain", action="append", required=True, dest="domains")
+        parser.add_argument(
+            "--domain", action="append", required=True, dest="domains", help=_DOMAINS_HELP
+        )
         parser.add_argument(
             "--dnsauth", action="store_true", help="use _dnsauth.<domain> as the record name"
         )
@@ -243,7 +274,7 @@ def _config_option(parser: argparse.ArgumentParser, *, demo: bool = False) -> No
             action="store_true",
             help=f"use the demo's configuration, <demo-dir>/{DEMO_CONFIG} (see serve --demo)",
         )
-        parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+        parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
 
 
 def _load(args: argparse.Namespace) -> config.Settings:
