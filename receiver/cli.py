@@ -437,7 +437,8 @@ async def _probe(settings: config.Settings) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    """`dig +short @server TXT name`, for machines without dig: one record per line."""
+    """`dig +short @server TXT name`, for machines without dig: one record per line.
+    Exit status 1 only when no answer came."""
     import dns.exception
     import dns.message
     import dns.query
@@ -459,12 +460,11 @@ def _query(args: argparse.Namespace) -> int:
     records = [rdata.to_text() for rrset in answer.answer for rdata in rrset]
     for record in records:
         print(record)
+    # Like dig, an answer is a success whatever it says: the status goes to stderr.
     if answer.rcode() != dns.rcode.NOERROR:
-        print(f"query: {dns.rcode.to_text(answer.rcode())}", file=sys.stderr)
-        return 1
-    if not records:
-        print(f"query: no {args.type.upper()} record at {args.name}", file=sys.stderr)
-        return 1
+        print(f"status: {dns.rcode.to_text(answer.rcode())}", file=sys.stderr)
+    elif not records:
+        print(f"status: NOERROR, no {args.type.upper()} record", file=sys.stderr)
     return 0
 
 
