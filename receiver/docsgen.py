@@ -181,7 +181,7 @@ def _commands(
         for name, sub in action.choices.items():
             full = f"{path} {name}".strip()
             children = list(_commands(sub, full))
-            if not children or any(a.option_strings for a in sub._actions[1:]):
+            if not children:  # a group (`digicert`) is documented by its actions
                 yield full, sub, helps.get(name, "")
             yield from children
 
