@@ -152,12 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     simulate.add_argument("--key", type=Path, help="private key PEM of the sender")
     simulate.add_argument("--instance-crn", help="the sending instance's CRN")
-    simulate.add_argument(
-        "--alg",
-        default="RS256",
-        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
-        help="the sender key's signature algorithm",
-    )
+    _algorithm_option(simulate, "the sender key's signature algorithm")
     simulate.add_argument(
         "--ca-bundle", help="CA certificates for the ACME CA and the callback (PEM file)"
     )
@@ -169,12 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
     )
-    keygen.add_argument(
-        "--alg",
-        default="RS256",
-        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
-        help="the key's signature algorithm",
-    )
+    _algorithm_option(keygen, "the key's signature algorithm")
     keygen.set_defaults(run=_keygen)
 
     sign = commands.add_parser(
@@ -200,12 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument(
         "--certificate-crn", help="the certificate's CRN (default: <instance CRN>:certificate:demo)"
     )
-    sign.add_argument(
-        "--alg",
-        default="RS256",
-        choices=sorted(config.ASYMMETRIC_ALGORITHMS),
-        help="the signature algorithm of --key",
-    )
+    _algorithm_option(sign, "the signature algorithm of --key")
     sign.add_argument("--lifetime", type=int, default=300, help="seconds until exp (0: no exp)")
     sign.add_argument(
         "--user-token-key", type=Path, help="also embed a userToken signed with this private key"
@@ -264,6 +249,11 @@ def _digicert_parser(commands: Any) -> None:
     token.set_defaults(run=_digicert_token)
     place.set_defaults(run=_digicert_place)
     remove.set_defaults(run=_digicert_remove)
+
+
+def _algorithm_option(parser: argparse.ArgumentParser, what: str) -> None:
+    choices = sorted(config.ASYMMETRIC_ALGORITHMS)
+    parser.add_argument("--alg", default="RS256", choices=choices, help=what)
 
 
 def _config_option(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
