@@ -12,6 +12,10 @@ Semantics (the conformance suite in `tests/providers` is the executable definiti
   record set when the last value goes.
 * Stateless: a fresh process can remove what another one added (no remembered record ids).
 * Errors only from `providers.errors`.
+
+A Settings class may define `problems() -> list[tuple[str, str]]`: (option, why) for
+values that can never work. The config reader reports them with every other problem, so
+`check-config` catches what would otherwise fail only when `open` refuses it at start.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class Secret:
 
 
 def setting(*, default: Any = dataclasses.MISSING, help: str, secret: bool = False) -> Any:
-    """Declare a provider setting: its help text feeds `check-config` and the README.
+    """Declare a setting: its help text and default feed the generated docs (scripts/gen_docs.py).
 
     A field typed `Secret` is never written in the config file: the file names where it
     lives, with `<field>_env` (an environment variable) or `<field>_file` (a path).

@@ -85,6 +85,19 @@ class CisSettings:
     )
     timeout_seconds: float = setting(default=15.0, help="Timeout of one HTTP call.")
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(option, why) for options that can never work: reported when the config is read."""
+        found = []
+        if not self.instance_crn.startswith("crn:"):
+            found.append(("instance_crn", "instance_crn must be a CRN (crn:v1:...)"))
+        if self.auth == "api_key" and self.api_key is None:
+            found.append(("api_key", 'auth = "api_key" needs api_key_env or api_key_file'))
+        if self.auth == "user_token" and self.api_key is not None:
+            found.append(
+                ("api_key", 'api_key is set but auth = "user_token" would never use it: remove one')
+            )
+        return found
+
 
 @dataclass(frozen=True)
 class _Response:
@@ -183,14 +196,8 @@ class CisProvider:
 
     @classmethod
     async def open(cls, settings: CisSettings, budget: RateBudget) -> Self:
-        if not settings.instance_crn.startswith("crn:"):
-            raise ProviderRejected(NAME, "instance_crn must be a CRN (crn:v1:...)")
-        if settings.auth == "api_key" and settings.api_key is None:
-            raise ProviderAuthError(NAME, 'auth = "api_key" needs api_key_env or api_key_file')
-        if settings.auth == "user_token" and settings.api_key is not None:
-            raise ProviderAuthError(
-                NAME, 'api_key is set but auth = "user_token" would never use it: remove one'
-            )
+        for option, problem in settings.problems():
+            raise (ProviderAuthError if option == "api_key" else ProviderRejected)(NAME, problem)
         return cls(settings, budget)
 
     # --- the contract -------------------------------------------------------------------

@@ -61,16 +61,22 @@ _CHANGE_ENTRY = re.compile(r"entity\.change\.(additions|deletions)\[(\d+)\]")
 
 @dataclass(frozen=True)
 class GcloudSettings:
-    project: str = setting(help="Google Cloud project id that owns the managed zones.")
+    project: str = setting(
+        help="Google Cloud project id that owns the managed zones. Always passed to the"
+        " client, never guessed from the environment."
+    )
     managed_zone: str | None = setting(
         default=None,
-        help="Use this managed zone (its name, e.g. example-com) instead of finding the"
-        " public zone by DNS name.",
+        help="The managed zone's name (e.g. example-com). Unset: the longest public managed"
+        " zone whose DNS name contains the configured zone; if two public zones share that"
+        " name, set this.",
     )
     credentials_file: Path | None = setting(
         default=None,
-        help="A credentials JSON file (service account key or workload identity federation"
-        " config). Unset: Application Default Credentials.",
+        help="A credentials JSON file: a service-account key, a workload identity federation"
+        " config (external_account) or authorized_user; other kinds are refused. Unset:"
+        " Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata"
+        " server on GCE/GKE/Cloud Run, or gcloud auth application-default login).",
     )
     endpoint: str | None = setting(
         default=None,
@@ -79,11 +85,13 @@ class GcloudSettings:
     )
     anonymous: bool = setting(
         default=False,
-        help="Send no credentials at all. Only for a local emulator or test fake: needs endpoint.",
+        help="Send no credentials at all. Only for a local emulator or test fake, and only"
+        " with endpoint (refused otherwise); never switched on implicitly.",
     )
     wait_for_done: bool = setting(
         default=False,
-        help="Answer only once Cloud DNS reports the change done (usually seconds).",
+        help="Poll the Change until Cloud DNS reports it done (usually seconds); still"
+        " pending after done_timeout_seconds: provider_unavailable, and the retry waits again.",
     )
     done_poll_seconds: float = setting(
         default=1.0, help="How often to ask whether a change is done."
@@ -93,6 +101,17 @@ class GcloudSettings:
         help="Give up waiting for done after this long (the change stays applied; the"
         " request fails and is retried). Keep below dispatch.deadline_seconds.",
     )
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(option, why) for options that can never work: reported when the config is read."""
+        found = []
+        if self.anonymous and not self.endpoint:
+            found.append(
+                ("anonymous", "anonymous = true is for a local emulator or fake: set endpoint too")
+            )
+        if self.anonymous and self.credentials_file:
+            found.append(("anonymous", "set only one of anonymous and credentials_file"))
+        return found
 
 
 @dataclass(frozen=True)
@@ -127,12 +146,8 @@ class GoogleCloudDnsProvider:
 
     @classmethod
     async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
-        if settings.anonymous and not settings.endpoint:
-            raise ProviderRejected(
-                NAME, "anonymous = true is for a local emulator or fake: set endpoint too"
-            )
-        if settings.anonymous and settings.credentials_file:
-            raise ProviderRejected(NAME, "set only one of anonymous and credentials_file")
+        for _, problem in settings.problems():
+            raise ProviderRejected(NAME, problem)
         return cls(settings, budget)
 
     # --- the contract -------------------------------------------------------------------

@@ -49,6 +49,18 @@ class Rfc2136Settings:
         default=None, help="The zone apex to update (default: found by an SOA query)."
     )
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(option, why) for options that can never work: reported when the config is read."""
+        found = []
+        host, _, port = self.server.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+            found.append(("server", f"{self.server!r} is not host:port"))
+        try:
+            base64.b64decode(self.tsig_secret.reveal(), validate=True)
+        except (binascii.Error, ValueError):
+            found.append(("tsig_secret", "tsig_secret is not valid base64"))
+        return found
+
 
 class Rfc2136Provider:
     name: ClassVar[str] = NAME
@@ -69,6 +81,10 @@ class Rfc2136Provider:
 
     @classmethod
     async def open(cls, settings: Rfc2136Settings, budget: RateBudget) -> Self:
+        for option, problem in settings.problems():
+            raise (ProviderAuthError if option == "tsig_secret" else ProviderRejected)(
+                NAME, problem
+            )
         return cls(settings, budget)
 
     async def zone_handle(self, zone_name: str) -> str:

@@ -28,6 +28,7 @@ log = structlog.get_logger("receiver")
 DEMO_DIR = Path(".demo")
 DIGICERT_AUTH_KEY_ENV = "DIGICERT_AUTH_KEY"
 DEMO_KEY = "notification-key.pem"
+DEMO_CONFIG = "receiver.toml"  # written by `serve --demo`, so every command can use the demo
 EVENT_ALIASES = {
     "required": "cert_domain_validation_required",
     "completed": "cert_domain_validation_completed",
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the built-in demo: a generated key in --demo-dir and the zone "
         "example.test served by the built-in DNS responder; no config file needed",
     )
-    serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    serve.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     serve.add_argument("--listen", help="host:port, overriding server.listen")
     serve.add_argument("--dns-listen", help="host:port, overriding local.dns_listen")
     serve.add_argument(
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check-config", help="validate the config, print zone routes")
-    _config_option(check)
+    _config_option(check, demo=True)
     check.add_argument(
         "--probe",
         action="store_true",
@@ -94,22 +95,24 @@ def _parser() -> argparse.ArgumentParser:
         "delegation", help="print the CNAME records that delegate domains' challenges to us"
     )
     _config_option(delegation)
-    delegation.add_argument("domains", nargs="+", metavar="DOMAIN")
+    delegation.add_argument(
+        "domains", nargs="+", metavar="DOMAIN", help="a domain whose challenges to delegate"
+    )
     delegation.set_defaults(run=_delegation)
 
     sweep = commands.add_parser(
         "sweep", help="remove values of ours older than journal.max_age_seconds (for cron)"
     )
-    _config_option(sweep)
+    _config_option(sweep, demo=True)
     sweep.add_argument("--max-age", type=_duration, help="e.g. 2h, 30m, 90s (default: config)")
     sweep.add_argument("--dry-run", action="store_true", help="only list what would go")
     sweep.set_defaults(run=_sweep)
 
     journal = commands.add_parser("journal", help="list what was written and removed")
-    _config_option(journal)
+    _config_option(journal, demo=True)
     journal.add_argument("--since", type=_since, help="a duration (2h, 7d) or an ISO time")
     journal.add_argument("--domain", help="this name and the names below it")
-    journal.add_argument("--limit", type=int, default=1000)
+    journal.add_argument("--limit", type=int, default=1000, help="at most this many entries")
     journal.add_argument("--json", action="store_true", help="one JSON object per line")
     journal.set_defaults(run=_journal)
 
@@ -119,6 +122,19 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(migrate)
     migrate.set_defaults(run=_migrate)
 
+    query = commands.add_parser(
+        "query", help="ask a DNS server for a record, directly, as a CA would (no dig needed)"
+    )
+    query.add_argument("name", help="e.g. _acme-challenge.www.example.test")
+    query.add_argument("--type", default="TXT", help="record type (default: TXT)")
+    query.add_argument(
+        "--server",
+        default=DEMO_DNS,
+        help=f"host:port of the nameserver to ask (default: the demo's responder, {DEMO_DNS})",
+    )
+    query.add_argument("--timeout", type=float, default=5, help="seconds to wait for an answer")
+    query.set_defaults(run=_query)
+
     _digicert_parser(commands)
 
     simulate = commands.add_parser(
@@ -127,14 +143,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--acme-directory", required=True, help="the CA's directory URL")
     simulate.add_argument("--callback", required=True, help="the receiver's callback URL")
-    simulate.add_argument("--domain", action="append", required=True, dest="domains")
+    simulate.add_argument(
+        "--domain", action="append", required=True, dest="domains", help=_DOMAINS_HELP
+    )
     simulate.add_argument(
         "--demo", action="store_true", help="sign as the demo instance (see serve --demo)"
     )
-    simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    simulate.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     simulate.add_argument("--key", type=Path, help="private key PEM of the sender")
     simulate.add_argument("--instance-crn", help="the sending instance's CRN")
-    simulate.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    _algorithm_option(simulate, "the sender key's signature algorithm")
     simulate.add_argument(
         "--ca-bundle", help="CA certificates for the ACME CA and the callback (PEM file)"
     )
@@ -146,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "path", type=Path, help="private key file; the public half goes to <name>.pub.pem beside it"
     )
-    keygen.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    _algorithm_option(keygen, "the key's signature algorithm")
     keygen.set_defaults(run=_keygen)
 
     sign = commands.add_parser(
@@ -156,28 +174,38 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument(
         "--demo", action="store_true", help="sign with the demo key and instance (see serve --demo)"
     )
-    sign.add_argument("--demo-dir", type=Path, default=DEMO_DIR)
+    sign.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
     sign.add_argument("--key", type=Path, help="private key PEM of the sender")
     sign.add_argument("--instance-crn", help="the sending instance's CRN")
-    sign.add_argument("--domain", required=True)
+    sign.add_argument("--domain", required=True, help="the domain, e.g. *.www.example.test")
     sign.add_argument(
         "--event",
         default="required",
         help="required, completed, or any event_type (default: required)",
     )
     sign.add_argument("--value", help="TXT value (default: a random 43-character value)")
-    sign.add_argument("--record-name", default="_acme-challenge")
-    sign.add_argument("--certificate-crn")
-    sign.add_argument("--alg", default="RS256", choices=sorted(config.ASYMMETRIC_ALGORITHMS))
+    sign.add_argument(
+        "--record-name", default="_acme-challenge", help="txt_record_name in the challenge"
+    )
+    sign.add_argument(
+        "--certificate-crn", help="the certificate's CRN (default: <instance CRN>:certificate:demo)"
+    )
+    _algorithm_option(sign, "the signature algorithm of --key")
     sign.add_argument("--lifetime", type=int, default=300, help="seconds until exp (0: no exp)")
     sign.add_argument(
         "--user-token-key", type=Path, help="also embed a userToken signed with this private key"
     )
-    sign.add_argument("--user-token-kid", default="local-1")
-    sign.add_argument("--user-token-issuer", default=signing.IAM_ISSUER)
+    sign.add_argument("--user-token-kid", default="local-1", help="the userToken's key id")
+    sign.add_argument(
+        "--user-token-issuer", default=signing.IAM_ISSUER, help="the userToken's iss claim"
+    )
     sign.add_argument("--account", help="user token account (default: the instance's)")
     sign.set_defaults(run=_sign_notification)
     return parser
+
+
+_DEMO_DIR_HELP = "where the demo keeps its key, config and records"
+_DOMAINS_HELP = "a domain (repeat for several)"
 
 
 def _digicert_parser(commands: Any) -> None:
@@ -207,7 +235,9 @@ def _digicert_parser(commands: Any) -> None:
         parser.add_argument("--auth-key-file", type=Path, help="file holding the AuthKey")
     for parser in (place, remove):
         _config_option(parser)
-        parser.add_argument("--domain", action="append", required=True, dest="domains")
+        parser.add_argument(
+            "--domain", action="append", required=True, dest="domains", help=_DOMAINS_HELP
+        )
         parser.add_argument(
             "--dnsauth", action="store_true", help="use _dnsauth.<domain> as the record name"
         )
@@ -221,11 +251,28 @@ def _digicert_parser(commands: Any) -> None:
     remove.set_defaults(run=_digicert_remove)
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
+def _algorithm_option(parser: argparse.ArgumentParser, what: str) -> None:
+    choices = sorted(config.ASYMMETRIC_ALGORITHMS)
+    parser.add_argument("--alg", default="RS256", choices=choices, help=what)
+
+
+def _config_option(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
     parser.add_argument("--config", help=f"TOML file (default: ${config.CONFIG_ENV})")
+    if demo:
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help=f"use the demo's configuration, <demo-dir>/{DEMO_CONFIG} (see serve --demo)",
+        )
+        parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help=_DEMO_DIR_HELP)
 
 
 def _load(args: argparse.Namespace) -> config.Settings:
+    if getattr(args, "demo", False):
+        path = args.demo_dir / DEMO_CONFIG
+        if not path.is_file():
+            raise ConfigError([f"{path}: no demo there yet: start `serve --demo` once"])
+        return config.load_file(path.resolve())
     return config.load_file(config.config_path(args.config, os.environ))
 
 
@@ -306,25 +353,41 @@ async def serve(
 
 
 def demo_settings(directory: Path) -> config.Settings:
+    """The demo's settings, from the config file it writes beside its key: `journal`,
+    `sweep` and `check-config` then read the demo's state like any other."""
     key = directory / DEMO_KEY
     public = key.with_name(key.stem + ".pub.pem")
     if not key.exists() or not public.exists():
         signing.write_key_pair(key)
-    return config.from_mapping(
-        {
-            "server": {"listen": "127.0.0.1:8080"},
-            "certificate_manager": {
-                "allowed_instances": [signing.DEMO_CRN],
-                "public_key_file": str(public.resolve()),
-            },
-            "user_token": {"verify": False},
-            "local": {
-                "database": str((directory / "challenges.sqlite3").resolve()),
-                "dns_listen": "127.0.0.1:8053",
-            },
-            "zones": [{"name": "example.test", "provider": "local"}],
-        }
-    )
+    path = directory / DEMO_CONFIG
+    path.write_text(_DEMO_TOML.format(crn=signing.DEMO_CRN, public_key=public.name))
+    return config.load_file(path.resolve())
+
+
+DEMO_DNS = "127.0.0.1:8053"
+_DEMO_TOML = f"""\
+# Written by `dns-challenge-receiver serve --demo` at every start: edits are overwritten.
+# Other commands read it with --demo (or --config <this file>): journal, sweep, check-config.
+# Paths are relative to this file.
+
+[server]
+listen = "127.0.0.1:8080"
+
+[certificate_manager]
+allowed_instances = ["{{crn}}"]
+public_key_file = "{{public_key}}"
+
+[user_token]
+verify = false  # the demo's notifications carry no IAM token
+
+[local]
+database = "challenges.sqlite3"
+dns_listen = "{DEMO_DNS}"
+
+[[zones]]
+name = "example.test"
+provider = "local"
+"""
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -361,6 +424,38 @@ async def _probe(settings: config.Settings) -> int:
             f"{result.seconds:5.1f}s  {result.detail}"
         )
     return 0 if all(r.ok for r in results) else 1
+
+
+def _query(args: argparse.Namespace) -> int:
+    """`dig +short @server TXT name`, for machines without dig: one record per line.
+    Exit status 1 only when no answer came."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    try:
+        host, port = config.split_host_port(args.server)
+        rdtype = dns.rdatatype.from_text(args.type)
+    except (ValueError, dns.exception.DNSException) as exc:
+        print(f"query: {exc}", file=sys.stderr)
+        return 2
+    question = dns.message.make_query(args.name, rdtype)
+    try:
+        answer, _ = dns.query.udp_with_fallback(question, host, port=port, timeout=args.timeout)
+    except (OSError, dns.exception.DNSException) as exc:
+        print(f"query: no answer from {args.server} ({exc or type(exc).__name__})", file=sys.stderr)
+        return 1
+    records = [rdata.to_text() for rrset in answer.answer for rdata in rrset]
+    for record in records:
+        print(record)
+    # Like dig, an answer is a success whatever it says: the status goes to stderr.
+    if answer.rcode() != dns.rcode.NOERROR:
+        print(f"status: {dns.rcode.to_text(answer.rcode())}", file=sys.stderr)
+    elif not records:
+        print(f"status: NOERROR, no {args.type.upper()} record", file=sys.stderr)
+    return 0
 
 
 def _delegation(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from providers.base import Secret
+from providers.base import Secret, setting
 from providers.registry import UnknownProvider, is_provider, load_provider_class, provider_names
 from receiver.challenge import canonical_name, longest_zone
 from receiver.crn import InstanceCrn, InvalidCrn
@@ -45,23 +45,43 @@ class ServerSettings:
     head, a body or the next request costs a descriptor and memory, so each wait ends.
     """
 
-    listen: str = "127.0.0.1:8080"
-    callback_path: str = "/callback"
-    max_body_bytes: int = 64 * 1024
-    shutdown_timeout_seconds: float = 30.0
-    # A request head (line and headers, a few hundred bytes) must be complete this long
-    # after its first byte, or after the connection opened.
-    header_timeout_seconds: float = 10.0
-    # A body (at most max_body_bytes) must be complete this long after its head.
-    body_timeout_seconds: float = 30.0
-    # An idle connection is closed this long after its last answer.
-    keepalive_timeout_seconds: float = 15.0
-    # Open connections; beyond this, new ones are closed at once. Lowered at start to fit
-    # the process's descriptor limit (RLIMIT_NOFILE).
-    max_connections: int = 512
-    # Server processes sharing the ports (`receiver.workers`); "auto": one per usable CPU.
-    # `serve --workers` wins over it.
-    workers: int | Literal["auto"] = 1
+    listen: str = setting(default="127.0.0.1:8080", help="host:port of the HTTP server.")
+    callback_path: str = setting(
+        default="/callback",
+        help="Path of Certificate Manager's notifications: register https://<host><path>.",
+    )
+    max_body_bytes: int = setting(
+        default=64 * 1024,
+        help="Largest request body (1024 to 16777216); a larger declared Content-Length"
+        " gets 413 before any of the body is read.",
+    )
+    shutdown_timeout_seconds: float = setting(
+        default=30.0, help="On SIGTERM, in-flight notifications get this long to finish."
+    )
+    header_timeout_seconds: float = setting(
+        default=10.0,
+        help="A request head must be complete this long after its first byte, or after"
+        " the connection opened (at most 300).",
+    )
+    body_timeout_seconds: float = setting(
+        default=30.0,
+        help="A body must be complete this long after its head, else 408 (at most 300).",
+    )
+    keepalive_timeout_seconds: float = setting(
+        default=15.0,
+        help="An idle connection is closed this long after its last answer (at most 3600);"
+        " set it above a proxy's upstream idle timeout.",
+    )
+    max_connections: int = setting(
+        default=512,
+        help="Open connections (1 to 1000000); beyond this, new ones are closed at once."
+        " Lowered at start to fit the descriptor limit (RLIMIT_NOFILE).",
+    )
+    workers: int | Literal["auto"] = setting(
+        default=1,
+        help='Server processes sharing the ports (1 to 256); "auto": one per usable CPU.'
+        " `serve --workers` wins over it.",
+    )
 
     @property
     def host(self) -> str:
@@ -74,70 +94,176 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    format: Literal["auto", "json", "console"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Structured logs on stdout."""
+
+    format: Literal["auto", "json", "console"] = setting(
+        default="auto", help="auto: JSON lines unless stdout is a terminal."
+    )
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        default="info", help="The least severe level logged."
+    )
 
 
 @dataclass(frozen=True)
 class CertificateManagerSettings:
-    enabled: bool = True
-    allowed_instances: tuple[str, ...] = ()
-    public_key_file: Path | None = None
-    public_key_url: str = DEFAULT_PUBLIC_KEY_URL
-    algorithms: tuple[str, ...] = ("RS256",)
-    clock_skew_seconds: float = 300.0
-    key_refetch_interval_seconds: float = 60.0
-    key_fetch_timeout_seconds: float = 5.0
-    # Answer only once every authoritative nameserver serves the value (504 otherwise).
-    wait_for_propagation: bool = False
+    """The IBM Cloud Certificate Manager door: signed notifications on `callback_path`."""
+
+    enabled: bool = setting(default=True, help="Accept Certificate Manager notifications.")
+    allowed_instances: tuple[str, ...] = setting(
+        default=(),
+        help="CRNs of the instances allowed to call (required when enabled); any other"
+        " gets 403 before a key is fetched.",
+    )
+    public_key_file: Path | None = setting(
+        default=None,
+        help="The instance's public key (PEM), downloaded from the console; unset: fetched"
+        " from public_key_url.",
+    )
+    public_key_url: str = setting(
+        default=DEFAULT_PUBLIC_KEY_URL,
+        help="Where sender keys are fetched; may use {region} and {instance_crn}, taken"
+        " from the allow-listed CRN.",
+    )
+    algorithms: tuple[str, ...] = setting(
+        default=("RS256",),
+        help="JWS algorithms accepted; asymmetric only (none and HMAC cannot be configured).",
+    )
+    clock_skew_seconds: float = setting(
+        default=300.0, help="Skew allowed on exp, nbf and iat (0 to 3600)."
+    )
+    key_refetch_interval_seconds: float = setting(
+        default=60.0,
+        help="After a signature failure, the key is refetched at most this often (rotation"
+        " works, forged traffic cannot hammer the endpoint).",
+    )
+    key_fetch_timeout_seconds: float = setting(
+        default=5.0, help="Timeout of one key fetch; then 503 sender_key_unavailable."
+    )
+    wait_for_propagation: bool = setting(
+        default=False,
+        help="Answer only once every authoritative nameserver serves the value (504"
+        " propagation_timeout otherwise).",
+    )
 
 
 @dataclass(frozen=True)
 class UserTokenSettings:
-    verify: bool = True
-    required: bool = False
-    jwks_url: str = "https://iam.cloud.ibm.com/identity/keys"
-    issuer: str = "https://iam.cloud.ibm.com/identity"
-    allowed_accounts: tuple[str, ...] = ()
-    algorithms: tuple[str, ...] = ("RS256",)
-    clock_skew_seconds: float = 30.0
-    jwks_cache_seconds: float = 3600.0
-    jwks_refetch_interval_seconds: float = 60.0
-    jwks_fetch_timeout_seconds: float = 5.0
+    """The ordering user's IAM access token that a notification may carry (`userToken`)."""
+
+    verify: bool = setting(default=True, help="Verify a userToken when a notification carries one.")
+    required: bool = setting(
+        default=False,
+        help="A notification that publishes must carry a token (401 user_token_required).",
+    )
+    jwks_url: str = setting(
+        default="https://iam.cloud.ibm.com/identity/keys", help="IAM's signing keys (JWKS)."
+    )
+    issuer: str = setting(
+        default="https://iam.cloud.ibm.com/identity", help="The iss claim a token must carry."
+    )
+    allowed_accounts: tuple[str, ...] = setting(
+        default=(),
+        help="Accounts (account.bss) accepted besides the one in the sending instance's CRN.",
+    )
+    algorithms: tuple[str, ...] = setting(
+        default=("RS256",), help="JWS algorithms accepted for tokens; asymmetric only."
+    )
+    clock_skew_seconds: float = setting(
+        default=30.0, help="Skew allowed on exp, nbf and iat (0 to 3600)."
+    )
+    jwks_cache_seconds: float = setting(
+        default=3600.0, help="How long fetched keys are used before they are refetched."
+    )
+    jwks_refetch_interval_seconds: float = setting(
+        default=60.0, help="An unknown key id refetches the JWKS at most this often."
+    )
+    jwks_fetch_timeout_seconds: float = setting(
+        default=5.0, help="Timeout of one JWKS fetch; then 503 jwks_unavailable."
+    )
 
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    deadline_seconds: float = 10.0
-    retry_initial_seconds: float = 0.2
-    retry_max_seconds: float = 3.0
-    # Changes for one zone arriving within this window go out as one batch (0: never).
-    batch_window_seconds: float = 0.2
-    # Requests per second per provider account, overriding each adapter's default.
-    rate_limits: dict[str, float] = field(default_factory=dict)
+    """How changes reach a provider: deadline, retries, batching, rate budgets."""
+
+    deadline_seconds: float = setting(
+        default=10.0,
+        help="Provider retries stop here; the caller then gets 503 with Retry-After.",
+    )
+    retry_initial_seconds: float = setting(
+        default=0.2, help="First retry delay (exponential backoff with full jitter)."
+    )
+    retry_max_seconds: float = setting(default=3.0, help="Longest retry delay.")
+    batch_window_seconds: float = setting(
+        default=0.2,
+        help="Changes for one zone arriving within this window go out as one batch, for"
+        " adapters that batch (0 to 5; 0: never).",
+    )
+    rate_limits: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Requests per second per provider account, e.g. { route53 = 5 },"
+            " overriding each adapter's documented default."
+        },
+    )
 
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    check: bool = True  # in the long-running server, check every new value in the background
-    timeout_seconds: float = 60.0
-    interval_seconds: float = 2.0
-    resolvers: tuple[str, ...] = ()  # host[:port] for NS lookups (default: the system's)
-    nameserver_port: int = 53  # port of nameservers found by NS lookup
-    rewrite_lagging: bool = True  # write a value once more if it is still missing
-    # Background checks pending at most; over it, the oldest is dropped (logged, counted).
-    max_pending: int = 1000
+    """Checks that every authoritative nameserver serves a new value."""
+
+    check: bool = setting(
+        default=True,
+        help="In the long-running server, check every new value in the background.",
+    )
+    timeout_seconds: float = setting(
+        default=60.0, help="A value still missing after this long is a timeout (at most 3600)."
+    )
+    interval_seconds: float = setting(
+        default=2.0, help="Each zone's nameservers are asked this often."
+    )
+    resolvers: tuple[str, ...] = setting(
+        default=(), help="host[:port] of resolvers for NS lookups (default: the system's)."
+    )
+    nameserver_port: int = setting(default=53, help="Port of nameservers found by NS lookup.")
+    rewrite_lagging: bool = setting(
+        default=True, help="Write a value once more if it is still missing at the timeout."
+    )
+    max_pending: int = setting(
+        default=1000,
+        help="Background checks pending at most (1 to 1000000); over it, the oldest is"
+        " dropped (logged, counted).",
+    )
 
 
 @dataclass(frozen=True)
 class JournalSettings:
-    enabled: bool = True
-    # Default: the `local` store's file when a zone uses it, else this name beside the config.
-    database: Path | None = None
-    max_age_seconds: float = 7200.0  # the sweep removes values of ours older than this
-    sweep_interval_seconds: float = 300.0
-    retention_days: float = 90.0  # settled history older than this is pruned
-    admin_token: Secret | None = None  # enables GET /journal (Bearer token)
+    """The durable record of every provider write; the sweep removes stale values."""
+
+    enabled: bool = setting(
+        default=True,
+        help="Record every write; sweep stale values; clean up after failed orders.",
+    )
+    database: Path | None = setting(
+        default=None,
+        help="SQLite file; default: the `local` store's file when a zone uses it, else"
+        " dns-challenge-receiver.sqlite3 beside the config. Not with [state].",
+    )
+    max_age_seconds: float = setting(
+        default=7200.0,
+        help="The sweep removes values of ours older than this (60 to 2592000).",
+    )
+    sweep_interval_seconds: float = setting(
+        default=300.0, help="The server sweeps at start and this often (10 to 86400)."
+    )
+    retention_days: float = setting(
+        default=90.0, help="Settled history older than this is pruned by the sweep."
+    )
+    admin_token: Secret | None = setting(
+        default=None,
+        help="Enables GET /journal for callers sending Authorization: Bearer <token>.",
+        secret=True,
+    )
 
 
 DEFAULT_DATABASE = "dns-challenge-receiver.sqlite3"
@@ -148,10 +274,21 @@ class StateSettings:
     """Where the journal, acme-dns accounts and `local` records live: unset, SQLite files
     on this host; `url_env`/`url_file`, one PostgreSQL database shared by every process."""
 
-    url: Secret | None = None  # postgresql://user:password@host:port/database[?sslmode=...]
-    max_connections: int = 5  # per process
-    statement_timeout_seconds: float = 5.0
-    connect_timeout_seconds: float = 5.0
+    url: Secret | None = setting(
+        default=None,
+        help="postgresql://user:password@host:port/database[?sslmode=...]; unset: SQLite"
+        " files on this host.",
+        secret=True,
+    )
+    max_connections: int = setting(
+        default=5, help="Connections per process (1 to 100); serverless: 1-2."
+    )
+    statement_timeout_seconds: float = setting(
+        default=5.0, help="A statement running longer is cancelled (0.1 to 600)."
+    )
+    connect_timeout_seconds: float = setting(
+        default=5.0, help="Timeout of opening a connection (0.1 to 600)."
+    )
 
     @property
     def shared(self) -> bool:
@@ -162,35 +299,59 @@ class StateSettings:
 class HttpreqSettings:
     """lego's `httpreq` protocol: POST /present and /cleanup with HTTP basic auth."""
 
-    enabled: bool = False
-    username: str = ""
-    password: Secret | None = None
+    enabled: bool = setting(default=False, help="Serve POST /present and POST /cleanup.")
+    username: str = setting(default="", help="Basic-auth user name (required when enabled).")
+    password: Secret | None = setting(
+        default=None, help="Basic-auth password (required when enabled).", secret=True
+    )
 
 
 @dataclass(frozen=True)
 class AcmeDnsSettings:
     """The acme-dns API: POST /update (and /register when allowed) for one served zone."""
 
-    enabled: bool = False
-    zone: str = ""  # registrations live at <subdomain>.<zone>; a zone with a provider
-    allow_register: bool = False
+    enabled: bool = setting(default=False, help="Serve POST /update (and /register).")
+    zone: str = setting(
+        default="",
+        help="Registrations live at <subdomain>.<zone>; a [[zones]] entry with a provider,"
+        " typically local.",
+    )
+    allow_register: bool = setting(
+        default=False, help="Serve POST /register, which needs no credentials."
+    )
     # What an unauthenticated caller can cost: registrations per source address (a
     # burst, then a steady rate), accounts in all, and password checks waiting.
-    register_burst: int = 10
-    register_per_hour: float = 30
-    max_accounts: int = 10_000
-    max_pending_password_checks: int = 16
+    register_burst: int = setting(
+        default=10, help="Registrations at once per source address (an IPv6 /64 is one)."
+    )
+    register_per_hour: float = setting(
+        default=30, help="Rate at which the burst refills; beyond it, 429."
+    )
+    max_accounts: int = setting(
+        default=10_000, help="Accounts in all; then 403 account_limit_reached."
+    )
+    max_pending_password_checks: int = setting(
+        default=16, help="Password checks running or waiting; beyond: 503 busy."
+    )
 
 
 @dataclass(frozen=True)
 class DigicertSettings:
     """DigiCert AuthKey request tokens (`dcv_method = http-token` needs `fileauth`)."""
 
-    auth_key: Secret | None = None
-    # Serve GET /.well-known/pki-validation/fileauth.txt for these hosts.
-    fileauth: bool = False
-    # host -> the PEM CSR file (used byte for byte) whose token that host serves
-    fileauth_csr_files: dict[str, Path] = field(default_factory=dict)
+    auth_key: Secret | None = setting(
+        default=None, help="The DigiCert AuthKey (required with fileauth).", secret=True
+    )
+    fileauth: bool = setting(
+        default=False,
+        help="Serve GET /.well-known/pki-validation/fileauth.txt for the hosts below.",
+    )
+    fileauth_csr_files: dict[str, Path] = field(
+        default_factory=dict,
+        metadata={
+            "help": "host -> the PEM CSR file (hashed byte for byte) whose token that host serves."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -198,13 +359,23 @@ class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
 
-    name: str
-    provider: str = ""
-    ttl: int = 60
-    options: Any = None  # the provider's own frozen Settings dataclass
-    cname_to: str | None = None
-    # (name, "host:port") of the zone's authoritative servers, instead of an NS lookup.
-    nameservers: tuple[tuple[str, str], ...] = ()
+    name: str = setting(help="The zone's name; the longest configured match wins.")
+    provider: str = setting(default="", help="The DNS provider that writes it (or cname_to).")
+    ttl: int = setting(default=60, help="TTL of the TXT records written (1 to 86400).")
+    options: Any = setting(
+        default=None,
+        help="The provider's options ([zones.options]), over the [<provider>] table's.",
+    )
+    cname_to: str | None = setting(
+        default=None,
+        help="A delegated domain: its challenge names are CNAMEs into this zone, which"
+        " has a provider.",
+    )
+    nameservers: tuple[tuple[str, str], ...] = setting(
+        default=(),
+        help='{ "ns1.example.com" = "192.0.2.1:53" }: ask these for propagation checks,'
+        " instead of an NS lookup (split-horizon DNS).",
+    )
 
     @property
     def provider_key(self) -> tuple[str, Any]:
@@ -599,6 +770,8 @@ class _Reader:
                     defaults = self.provider_defaults.get(provider, {})
                     prefix = f"{key}.options" if raw else provider
                     options = self.build(cls.Settings, {**defaults, **raw}, prefix)
+                    for option, problem in _option_problems(options):
+                        self.problem(f"{prefix}.{option}", problem)
         if name is None or not isinstance(provider, str) or options is None:
             return None
         return ZoneSettings(
@@ -639,6 +812,12 @@ class _Reader:
 
 
 _INVALID: Any = object()
+
+
+def _option_problems(options: Any) -> list[tuple[str, str]]:
+    """What an adapter's own `Settings.problems()` finds (see providers/base.py)."""
+    problems = getattr(options, "problems", None)
+    return list(problems()) if callable(problems) else []
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

@@ -91,6 +91,8 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
         summary.get("outcome", "rejected"),
         elapsed,
     )
+    if outcome.status >= 400:
+        runtime.metrics.count_error(str(outcome.body.get("error")))
     level = log.info if outcome.status < 500 else log.error
     level("notification", **summary)
     return outcome

@@ -20,6 +20,9 @@ class Metrics(Protocol):
     def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
         """One answered request."""
 
+    def count_error(self, code: str) -> None:
+        """One error answer, by its code (`receiver.errors.CODES`: a bounded set)."""
+
     def provider_call(self, provider: str, result: str, seconds: float) -> None:
         """One attempt at a provider change (or batch); `result` is "ok" or an error code."""
 
@@ -47,6 +50,9 @@ class Uncounted:
     """Counts nothing: for doors that are never scraped."""
 
     def count_request(self, door: str, event_type: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def count_error(self, code: str) -> None:
         return None
 
     def provider_call(self, provider: str, result: str, seconds: float) -> None:

@@ -21,6 +21,7 @@ class PrometheusMetrics:
     registry: CollectorRegistry
     requests: Counter
     request_seconds: Histogram
+    errors: Counter
     provider_seconds: Histogram
     provider_retries: Counter
     provider_failures: Counter
@@ -44,6 +45,9 @@ class PrometheusMetrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_error(self, code: str) -> None:
+        self.errors.labels(code).inc()
 
     def provider_call(self, provider: str, result: str, seconds: float) -> None:
         """Per provider call: the label lookup cached, as for requests."""
@@ -95,6 +99,11 @@ class PrometheusMetrics:
                 "Time to answer a request.",
                 ["door"],
                 _LATENCY_BUCKETS,
+            ),
+            errors=counter(
+                "dcr_errors",
+                "Error answers by error code (the HTTP API's `error`), 4xx and 5xx.",
+                ["error"],
             ),
             provider_seconds=histogram(
                 "dcr_provider_call_duration_seconds",

@@ -10,7 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from receiver import cli, signing
+from receiver import cli, config, signing
 from receiver.config import CONFIG_ENV
 
 from .conftest import INSTANCE, KeyPair
@@ -73,6 +73,47 @@ def test_check_config_from_environment_and_bad_key_file(tmp_path: Path) -> None:
     assert "not a PEM public key" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("provider", "options", "expected"),
+    [
+        # Cloud DNS: anonymous is only for a fake, which needs an endpoint.
+        ("gcloud", 'project = "p"\nanonymous = true', "zones[0].options.anonymous: anonymous"),
+        # CIS: an API key login without the key, and an instance that is not a CRN.
+        ("cis", 'instance_crn = "crn:v1:x"\nauth = "api_key"', "zones[0].options.api_key:"),
+        ("cis", 'instance_crn = "my-cis"\nauth = "user_token"', "must be a CRN"),
+        # RFC 2136: a server without a port, a secret that is not base64.
+        (
+            "rfc2136",
+            'server = "ns1.example.com"\ntsig_key_name = "k"\ntsig_secret_env = "TSIG"',
+            "zones[0].options.server: 'ns1.example.com' is not host:port",
+        ),
+        (
+            "rfc2136",
+            'server = "ns1.example.com:53"\ntsig_key_name = "k"\ntsig_secret_env = "TSIG"',
+            "zones[0].options.tsig_secret: tsig_secret is not valid base64",
+        ),
+    ],
+)
+def test_check_config_refuses_adapter_options_that_would_fail_at_start(
+    tmp_path: Path, public_key_file: Path, provider: str, options: str, expected: str
+) -> None:
+    """What an adapter would refuse on opening is found by check-config, not at start."""
+    config = tmp_path / "r.toml"
+    config.write_text(f"""
+[certificate_manager]
+allowed_instances = ["{INSTANCE}"]
+public_key_file = "{public_key_file}"
+[[zones]]
+name = "example.com"
+provider = "{provider}"
+[zones.options]
+{options}
+""")
+    result = run("check-config", "--config", str(config), env={"TSIG": "not base64!", "PATH": ""})
+    assert result.returncode == 2, result.stdout
+    assert expected in result.stderr, result.stderr
+
+
 def test_check_config_without_a_file() -> None:
     import os
 
@@ -133,3 +174,21 @@ def test_demo_settings_generate_a_key_once(tmp_path: Path) -> None:
     assert first == second
     assert first.certificate_manager.allowed_instances == (signing.DEMO_CRN,)
     assert [z.name for z in first.zones] == ["example.test"]
+
+
+def test_the_demo_writes_a_config_that_other_commands_read(tmp_path: Path) -> None:
+    """`journal`, `sweep` and `check-config` reach the demo's state with --demo."""
+    demo = tmp_path / "demo"
+    settings = cli.demo_settings(demo)
+    written = demo / cli.DEMO_CONFIG
+    assert config.load_file(written) == settings
+    result = run("check-config", "--demo", "--demo-dir", str(demo))
+    assert result.returncode == 0, result.stderr
+    assert str(demo.resolve() / "challenges.sqlite3") in result.stdout
+    assert run("journal", "--demo", "--demo-dir", str(demo)).returncode == 0
+
+
+def test_demo_commands_without_a_demo_say_how_to_start_one(tmp_path: Path) -> None:
+    result = run("journal", "--demo", "--demo-dir", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "start `serve --demo` once" in result.stderr

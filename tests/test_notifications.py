@@ -248,4 +248,5 @@ async def test_metrics_count_requests_by_door_and_outcome(
     assert 'event_type="none",outcome="rejected"} 1.0' in text  # rejected before parsing
     assert 'dcr_provider_call_duration_seconds_count{provider="memory",result="ok"} 1.0' in text
     assert "dcr_request_duration_seconds_bucket" in text
+    assert 'dcr_errors_total{error="invalid_signature"} 1.0' in text  # answers by code
     assert "example.com" not in text  # names are never labels
