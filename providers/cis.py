@@ -37,6 +37,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.retry_after import retry_after_seconds
 
 NAME = "cis"
 DEFAULT_ENDPOINT = "https://api.cis.cloud.ibm.com"
@@ -148,7 +149,7 @@ class IamTokens:
         if status in (400, 401, 403):
             raise ProviderAuthError(NAME, what)
         if status == 429:
-            raise ProviderRateLimited(NAME, what, retry_after=_seconds(retry_after))
+            raise ProviderRateLimited(NAME, what, retry_after=retry_after_seconds(retry_after))
         if status >= 500:
             raise ProviderUnavailable(NAME, what)
         token = payload.get("access_token")
@@ -345,7 +346,9 @@ def _translate(response: _Response, what: str) -> ProviderError:
     if status == 404:
         return ZoneNotFound(NAME, text)
     if status == 429:
-        return ProviderRateLimited(NAME, text, retry_after=_seconds(response.retry_after))
+        return ProviderRateLimited(
+            NAME, text, retry_after=retry_after_seconds(response.retry_after)
+        )
     if status >= 500:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
@@ -377,13 +380,6 @@ async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 
 def _segment(text: str) -> str:
     return quote(text, safe="")
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return max(0.0, float(retry_after)) if retry_after is not None else None
-    except ValueError:
-        return None  # an HTTP date: let the core back off on its own
 
 
 def _lifetime(payload: Mapping[str, Any], now: float) -> float:

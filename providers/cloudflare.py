@@ -16,10 +16,8 @@ List calls read exactly one page: the SDK's auto-pagination always fetches one m
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import re
-import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -33,6 +31,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.retry_after import retry_after_seconds
 
 if TYPE_CHECKING:
     from cloudflare import AsyncCloudflare
@@ -255,21 +254,6 @@ def _translate_status(status: int, headers: Any, body: object) -> ProviderError:
     if status == 404 or codes & _NO_SUCH_ZONE:
         return ZoneNotFound(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def retry_after_seconds(header: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Retry-After as delay-seconds or an HTTP date; None when absent or unreadable."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
 
 
 def _quote(value: str) -> str:

@@ -41,6 +41,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.retry_after import retry_after_seconds
 from providers.txtsets import Hints, RecordSet
 
 DnsClient = Any  # google-cloud-dns ships no type information
@@ -444,7 +445,13 @@ def _translate(exc: Exception) -> ProviderError:
     if status in (409, 412) or (status == 404 and _CHANGE_ENTRY.search(message)):
         return ProviderConflict(NAME, text)  # a stale deletion or a racing addition
     if status == 429 or (status == 403 and _THROTTLED_REASONS.intersection(reasons)):
-        return ProviderRateLimited(NAME, text, retry_after=_retry_after(exc.response))
+        return ProviderRateLimited(
+            NAME,
+            text,
+            retry_after=retry_after_seconds(
+                getattr(exc.response, "headers", {}).get("Retry-After")
+            ),
+        )
     if status in (401, 403):
         return ProviderAuthError(NAME, text)
     if status == 404:
@@ -452,11 +459,3 @@ def _translate(exc: Exception) -> ProviderError:
     if status >= 500:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def _retry_after(response: Any) -> float | None:
-    header = getattr(response, "headers", {}).get("Retry-After")
-    try:
-        return max(0.0, float(header)) if header is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare for Google APIs; back off as usual

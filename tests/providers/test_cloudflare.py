@@ -9,8 +9,6 @@ import io
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from providers import errors
 from providers.base import UNLIMITED, ChangeContext, RateBudget, Secret, ZoneRef
-from providers.cloudflare import CloudflareProvider, CloudflareSettings, retry_after_seconds
+from providers.cloudflare import CloudflareProvider, CloudflareSettings
 from receiver import config, signing
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
@@ -218,17 +216,6 @@ async def test_rate_limited_carries_retry_after(fake: CloudflareFake) -> None:
         await provider.zone_handle(ZONE)
     assert caught.value.retry_after == 7.0
     assert "971" in str(caught.value)
-
-
-def test_retry_after_forms() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert retry_after_seconds(later, now=now.timestamp) == 30.0
-    assert retry_after_seconds("12") == 12.0
-    assert retry_after_seconds("0.5") == 0.5
-    assert retry_after_seconds("-3") == 0.0
-    assert retry_after_seconds(None) is None
-    assert retry_after_seconds("soon") is None
 
 
 # --- errors ------------------------------------------------------------------------------
