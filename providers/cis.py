@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import quote
+from urllib.parse import quote as percent_encoded
 
 import aiohttp
 import yarl
@@ -38,6 +38,7 @@ from providers.errors import (
     ZoneNotFound,
 )
 from providers.retry_after import retry_after_seconds
+from providers.txt import unquote
 
 NAME = "cis"
 DEFAULT_ENDPOINT = "https://api.cis.cloud.ibm.com"
@@ -173,7 +174,9 @@ class CisProvider:
     ) -> None:
         self.settings = settings
         self._budget = budget
-        self._base = settings.endpoint.rstrip("/") + "/v1/" + quote(settings.instance_crn, safe="")
+        self._base = (
+            settings.endpoint.rstrip("/") + "/v1/" + percent_encoded(settings.instance_crn, safe="")
+        )
         self._iam = (
             IamTokens(settings.iam_endpoint, settings.api_key, clock)
             if settings.auth == "api_key" and settings.api_key is not None
@@ -207,7 +210,7 @@ class CisProvider:
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
         token = await self._token(None)
         zone_id = await self._zone_id(zone, token)
-        return frozenset(_unquote(r["content"]) for r in await self._records(zone_id, fqdn, token))
+        return frozenset(unquote(r["content"]) for r in await self._records(zone_id, fqdn, token))
 
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
@@ -224,7 +227,7 @@ class CisProvider:
         token = await self._token(ctx)
         zone_id = await self._zone_id(zone, token)
         for record in await self._records(zone_id, fqdn, token):
-            if _unquote(record["content"]) != value:
+            if unquote(record["content"]) != value:
                 continue  # another value at the name: never ours to touch
             path = f"/zones/{_segment(zone_id)}/dns_records/{_segment(str(record['id']))}"
             response = await self._call("DELETE", path, token)
@@ -379,7 +382,7 @@ async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 
 
 def _segment(text: str) -> str:
-    return quote(text, safe="")
+    return percent_encoded(text, safe="")
 
 
 def _lifetime(payload: Mapping[str, Any], now: float) -> float:
@@ -390,10 +393,3 @@ def _lifetime(payload: Mapping[str, Any], now: float) -> float:
     if isinstance(expiration, int | float) and expiration > now:
         return float(expiration) - now
     return 0.0  # unknown: use it for this call, exchange again next time
-
-
-def _unquote(content: str) -> str:
-    """CIS may hand TXT content back quoted; the contract speaks unquoted values."""
-    if len(content) >= 2 and content[0] == content[-1] == '"':
-        return content[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return content

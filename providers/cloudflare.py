@@ -17,7 +17,6 @@ List calls read exactly one page: the SDK's auto-pagination always fetches one m
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -32,6 +31,7 @@ from providers.errors import (
     ZoneNotFound,
 )
 from providers.retry_after import retry_after_seconds
+from providers.txt import quote, unquote
 
 if TYPE_CHECKING:
     from cloudflare import AsyncCloudflare
@@ -47,8 +47,6 @@ _ALREADY_THERE = frozenset({81057, 81058})  # record exists / identical record e
 _RECORD_GONE = frozenset({81044})  # record does not exist
 _NO_SUCH_ZONE = frozenset({7003})  # "Could not route to /zones/<id>/...": no such zone id
 _AUTH = frozenset({6003, 6111, 9106, 9109, 10000})  # bad header, bad token, no permission
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class CloudflareProvider:
     ) -> None:
         await self._call(
             lambda: self._cf().dns.records.create(
-                zone_id=zone.handle, type="TXT", name=fqdn, content=_quote(value), ttl=ttl
+                zone_id=zone.handle, type="TXT", name=fqdn, content=quote(value), ttl=ttl
             ),
             success_codes=_ALREADY_THERE,
         )
@@ -165,7 +163,7 @@ class CloudflareProvider:
             for record in page.result:
                 record_any: Any = record  # a union of record types; all TXT here
                 if record_any.type == "TXT" and record_any.name.lower() == fqdn:
-                    found.append((str(record_any.id), _unquote(record_any.content or "")))
+                    found.append((str(record_any.id), unquote(record_any.content or "")))
             if len(page.result) < RECORDS_PER_PAGE:
                 return found
             page_number += 1
@@ -254,28 +252,3 @@ def _translate_status(status: int, headers: Any, body: object) -> ProviderError:
     if status == 404 or codes & _NO_SUCH_ZONE:
         return ZoneNotFound(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _unquote(content: str) -> str:
-    """TXT content as Cloudflare returns it -> its text.
-
-    Quoted (one or more RFC 1035 character strings, `\\DDD` escapes in decimal) or, for
-    records written without quotes, the content as it is.
-    """
-    stripped = content.strip()
-    if not stripped.startswith('"'):
-        return content
-    strings = _TXT_STRING.findall(stripped)
-    if not strings:
-        return content
-    return "".join(_ESCAPE.sub(_unescape, s) for s in strings)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code)) if code.isdigit() else code

@@ -33,6 +33,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.txt import quote
 
 NAME = "rfc2136"
 
@@ -103,12 +104,12 @@ class Rfc2136Provider:
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
     ) -> None:
         update = self._update(zone)
-        update.add(fqdn + ".", ttl, dns.rdatatype.TXT, _quoted(value))
+        update.add(fqdn + ".", ttl, dns.rdatatype.TXT, quote(value))
         self._check(await self._send(update), f"add at {fqdn}")
 
     async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
         update = self._update(zone)
-        update.delete(fqdn + ".", dns.rdatatype.TXT, _quoted(value))
+        update.delete(fqdn + ".", dns.rdatatype.TXT, quote(value))
         self._check(await self._send(update), f"delete at {fqdn}")
 
     async def aclose(self) -> None:
@@ -168,8 +169,3 @@ def _error_for(rcode: int, text: str) -> ProviderError:
     if rcode == dns.rcode.SERVFAIL:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def _quoted(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

@@ -33,7 +33,8 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
-from providers.txtsets import Hints, RecordSet, unescape
+from providers.txt import unescape
+from providers.txtsets import Hints, RecordSet
 
 Route53Client = Any  # boto3 ships no type information
 T = TypeVar("T")

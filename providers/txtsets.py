@@ -12,38 +12,11 @@ deletion must name them verbatim.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from providers.base import TxtChange, ZoneRef
-
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
-
-
-def quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def unescape(text: str, *, base: int) -> str:
-    """Resolve `\\X` and `\\DDD` escapes; DDD is decimal in RFC 1035 (Cloud DNS), octal in
-    Route 53's names and values."""
-
-    def one(match: re.Match[str]) -> str:
-        code = match.group(1)
-        return chr(int(code, base)) if code.isdigit() else code
-
-    return _ESCAPE.sub(one, text)
-
-
-def unquote(rrdata: str, *, base: int) -> str:
-    """A TXT rrdata as the API returns it (one or more quoted strings) -> its text."""
-    strings = _TXT_STRING.findall(rrdata)
-    if not strings:
-        return rrdata
-    return "".join(unescape(s, base=base) for s in strings)
+from providers.txt import quote, unquote
 
 
 @dataclass(frozen=True)

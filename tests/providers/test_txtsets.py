@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 from providers.base import TxtChange, ZoneRef
-from providers.txtsets import Hints, RecordSet, apply_changes, quote, unescape, unquote
+from providers.txtsets import Hints, RecordSet, apply_changes
 
 ZONE = ZoneRef("Z1", "example.com")
 NAME = "_acme-challenge.example.com"
-
-
-def test_quote_and_unquote_round_trip() -> None:
-    for value in ["plain", 'with "quotes"', "back\\slash", ""]:
-        assert unquote(quote(value), base=10) == value
-    assert quote('a"b\\c') == '"a\\"b\\\\c"'
-    assert unquote('"abc" "def"', base=10) == "abcdef"  # long values come in pieces
-    assert unquote("unquoted", base=10) == "unquoted"
-
-
-def test_numeric_escapes_in_the_providers_base() -> None:
-    assert unescape("\\052.example.com", base=8) == "*.example.com"  # Route 53: octal
-    assert unescape("\\042", base=10) == "*"  # Cloud DNS: RFC 1035 decimal
-    assert unquote('"a\\059b"', base=10) == "a;b"
-    assert unquote('"a\\073b"', base=8) == "a;b"
 
 
 def test_a_decoded_set_maps_values_to_rrdatas_and_compares_by_rrdatas() -> None:
