@@ -13,14 +13,15 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, ParamSpec, Protocol, Self, TypeVar
 
 from providers.base import ChangeContext, RateBudget, ZoneRef, setting
 from providers.errors import ProviderUnavailable
+from providers.sqlite import write_transaction
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -117,7 +118,7 @@ class ChallengeStore:
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _immediate(self._db)
+        return write_transaction(self._db)
 
     @_serialised
     def add(self, fqdn: str, value: str, ttl: int) -> bool:
@@ -214,19 +215,6 @@ class ChallengeStore:
             " ON CONFLICT (key) DO UPDATE SET value = max(store_meta.value + 1, excluded.value)",
             (int(now),),
         )
-
-
-@contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """`BEGIN IMMEDIATE ... COMMIT`: take the write lock up front, so a read-then-write
-    transaction cannot fail half-way when another process writes."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 class RecordStore(Protocol):
