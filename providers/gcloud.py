@@ -51,8 +51,6 @@ SCOPES = ("https://www.googleapis.com/auth/ndev.clouddns.readwrite",)
 # Cloud DNS's documented limits per Change.
 MAX_RRSETS_PER_CHANGE = 1000  # additions, and separately deletions
 MAX_RRDATA_BYTES_PER_CHANGE = 100_000
-# A read counts as fresh for a retried apply() this long at most (beyond any deadline).
-FRESH_READ_SECONDS = 60.0
 # Google APIs report some throttling as 403 with one of these reasons.
 _THROTTLED_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
 # "The 'entity.change.deletions[3]' resource named ... does not exist", "Precondition not
@@ -122,9 +120,6 @@ class GoogleCloudDnsProvider:
         self._client_lock = threading.Lock()
         self._hints = Hints()
         self._undone: dict[tuple[str, str], str] = {}  # name -> our change not yet done
-        # name -> when apply() last read it: reads outlive a failed attempt, so a retry
-        # builds on them instead of starting over (see `apply`).
-        self._fresh: dict[tuple[str, str], float] = {}
 
     @classmethod
     async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
@@ -172,16 +167,7 @@ class GoogleCloudDnsProvider:
     async def apply(
         self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
     ) -> None:
-        # A name read by an earlier attempt at the same changes (the core retries after
-        # any failure) need not be read again to confirm "nothing to do": with one read
-        # per name, a 100-name batch whose answer was lost would otherwise need 100 reads
-        # in a row without one failing.
-        plan = await self._hints.plan(
-            zone,
-            changes,
-            lambda fqdn: self._read(zone, fqdn, fresh=True),
-            fresh=lambda fqdn: self._is_fresh(zone, fqdn),
-        )
+        plan = await self._hints.plan(zone, changes, lambda fqdn: self._read(zone, fqdn))
         rrset_changes = [
             _RrsetChange(fqdn, plan.current[fqdn], plan.wanted[fqdn]) for fqdn in plan.changed()
         ]
@@ -192,17 +178,16 @@ class GoogleCloudDnsProvider:
                     functools.partial(self._create, zone.handle, batch)
                 )
             except ProviderConflict as exc:
-                self._forget(zone, _names_in(exc.message, batch))
+                self._hints.forget(zone, _names_in(exc.message, batch))
                 raise
             except ProviderError:
-                self._forget(zone, batch_names)  # the outcome is unknown
+                self._hints.forget(zone, batch_names)  # the outcome is unknown
                 raise
             for fqdn in batch_names:
                 self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
                 if not done and self.settings.wait_for_done:
                     self._undone[(zone.handle, fqdn)] = change_id
-        for fqdn in plan.names:  # done: the next changes to these names start afresh
-            self._fresh.pop((zone.handle, fqdn), None)
+        self._hints.settled(zone, plan.names)
         if self.settings.wait_for_done:
             # Also changes an earlier, timed-out attempt made for these names: a retry
             # that finds nothing left to write must still wait for them.
@@ -212,15 +197,9 @@ class GoogleCloudDnsProvider:
             for change_id in sorted(pending):
                 await self._wait_done(zone, change_id)
 
-    def _forget(self, zone: ZoneRef, names: list[str]) -> None:
-        self._hints.forget(zone, names)
-        for fqdn in names:
-            self._fresh.pop((zone.handle, fqdn), None)
-
     async def aclose(self) -> None:
         self._hints.clear()
         self._undone.clear()
-        self._fresh.clear()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -292,11 +271,7 @@ class GoogleCloudDnsProvider:
             and zone.get("visibility", "public") == "public"
         ]
 
-    def _is_fresh(self, zone: ZoneRef, fqdn: str) -> bool:
-        read_at = self._fresh.get((zone.handle, fqdn))
-        return read_at is not None and time.monotonic() - read_at < FRESH_READ_SECONDS
-
-    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> RecordSet | None:
+    async def _read(self, zone: ZoneRef, fqdn: str) -> RecordSet | None:
         def read() -> RecordSet | None:
             rrsets = self._dns().zone(zone.handle).list_resource_record_sets()
             rrsets.extra_params = {"name": fqdn + ".", "type": "TXT"}
@@ -308,8 +283,6 @@ class GoogleCloudDnsProvider:
 
         current = await self._call(read)
         self._hints.saw(zone, fqdn, current)
-        if fresh:
-            self._fresh[(zone.handle, fqdn)] = time.monotonic()
         return current
 
     def _create(self, managed_zone: str, batch: list[_RrsetChange]) -> tuple[str, bool]:

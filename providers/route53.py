@@ -155,6 +155,7 @@ class Route53Provider:
                 self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
             if self.settings.wait_insync:
                 await self._wait_insync(change_id)
+        self._hints.settled(zone, plan.names)
 
     async def aclose(self) -> None:
         self._hints.clear()

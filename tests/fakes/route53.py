@@ -5,13 +5,15 @@ hard-coded change id and is always INSYNC. This aiohttp app forwards every reque
 real moto_server, but first checks change batches against moto's current state with
 Route 53's rules (answering `InvalidChangeBatch` exactly as Route 53 words it), gives
 every change its own id that stays PENDING for `pending_polls` GetChange calls, and can
-inject Route 53's throttling and server errors. It counts every call by operation.
+inject Route 53's throttling and server errors (once, N times, after the change took
+effect, or at a seeded rate). It counts every call by operation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +38,15 @@ class Fault:
     message: str
     operation: str  # "write", "read", "zones", "change" or "any"
     remaining: int
+    after_applying: bool = False  # the change takes effect, its answer is lost
+
+
+@dataclass
+class FlakyRate:
+    rate: float
+    rng: random.Random
+    operations: tuple[str, ...]
+    injected: int = 0
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Route53Stub:
     pending_polls: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     faults: list[Fault] = field(default_factory=list)
+    flaky: FlakyRate | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _polls: dict[str, int] = field(default_factory=dict)
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -57,8 +69,23 @@ class Route53Stub:
         operation: str = "any",
         status: int = 400,
         message: str | None = None,
+        after_applying: bool = False,
     ) -> None:
-        self.faults.append(Fault(status, code, message or f"{code} (injected)", operation, times))
+        text = message or f"{code} (injected)"
+        self.faults.append(Fault(status, code, text, operation, times, after_applying))
+
+    def fail_at_rate(self, rate: float, seed: int, operations: tuple[str, ...] = ("read",)) -> None:
+        """Throttling or a 503 on `rate` of the calls for `operations`, seeded."""
+        self.flaky = FlakyRate(rate, random.Random(seed), operations)
+
+    def _flaky_now(self, operation: str) -> bool:
+        flaky = self.flaky
+        if flaky is None or operation not in flaky.operations:
+            return False
+        if flaky.rng.random() >= flaky.rate:
+            return False
+        flaky.injected += 1
+        return True
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=10 * 1024 * 1024)
@@ -73,7 +100,12 @@ class Route53Stub:
         )
         if fault is not None:
             fault.remaining -= 1
-            return _error(fault.status, fault.code, fault.message)
+            if not (fault.after_applying and operation == "write"):
+                return _error(fault.status, fault.code, fault.message)
+        elif self._flaky_now(operation):
+            assert self.flaky is not None
+            code, status = self.flaky.rng.choice([("Throttling", 400), ("InternalError", 500)])
+            return _error(status, code, f"{code} (injected at random)")
         body = await request.read()
         if operation == "change":
             return self._get_change(request.match_info["tail"].rsplit("/", 1)[-1])
@@ -85,6 +117,8 @@ class Route53Stub:
                 status, headers, payload = await self._forward(request, net_effect)
             if status == 200:
                 payload = self._new_change(payload)
+            if fault is not None:  # applied; the answer is lost
+                return _error(fault.status, fault.code, fault.message)
             return web.Response(status=status, body=payload, headers=headers)
         status, headers, payload = await self._forward(request, body)
         return web.Response(status=status, body=payload, headers=headers)

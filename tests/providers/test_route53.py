@@ -360,3 +360,24 @@ provider = "local"
     stub.inject("AccessDenied", status=403, times=10)
     code, out = await run()
     assert code == 1 and "FAIL example.com" in out and "AccessDenied" in out
+
+
+async def test_a_retried_batch_builds_on_the_reads_of_failed_attempts(stub: Route53Stub) -> None:
+    """A batch whose answer was lost must re-read every name before deciding "nothing to
+    do"; with a fifth of the reads failing, each name is still read successfully once
+    (re-reading every name on every attempt needs 30 good reads in a row: ~0.1 %)."""
+    provider = await adapter(stub)
+    zone = ZoneRef(ZONE, await provider.zone_handle(ZONE))
+    names = [f"_acme-challenge.h{i}.{ZONE}" for i in range(30)]
+    changes = [TxtChange("add", fqdn, "y" * 43, 60) for fqdn in names]
+    stub.inject("ServiceUnavailable", status=503, operation="write", after_applying=True)
+    stub.fail_at_rate(0.2, seed=20260101, operations=("read",))
+    for attempt in range(100):  # what the core's retries do
+        try:
+            await provider.apply(zone, changes, ctx=CTX)
+            break
+        except (errors.ProviderUnavailable, errors.ProviderRateLimited):
+            assert attempt < 99, f"{stub.calls['read']} reads and still not done"
+    assert stub.flaky is not None and stub.flaky.injected >= 1
+    assert stub.calls["write"] == 1  # found applied: nothing written twice
+    assert stub.calls["read"] == len(names) + stub.flaky.injected
