@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, Secret, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderError,
@@ -30,7 +30,9 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
 from providers.retry_after import retry_after_seconds
+from providers.secret import Secret
 from providers.txt import quote, unquote
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ class CloudflareSettings:
 class CloudflareProvider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[CloudflareSettings]] = CloudflareSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Cloudflare allows 1,200 requests per 5 minutes per token (4/s). A little under, so
     # that the bucket's burst cannot carry a busy 5 minutes over the limit.
@@ -89,7 +92,7 @@ class CloudflareProvider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.zone_id:
             return self.settings.zone_id
         labels = zone_name.split(".")

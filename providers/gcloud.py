@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, TxtChange, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, TxtChange, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -41,6 +41,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
 from providers.retry_after import retry_after_seconds
 from providers.txtsets import Hints, RecordSet
 
@@ -108,6 +109,7 @@ class _RrsetChange:
 class GoogleCloudDnsProvider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[GcloudSettings]] = GcloudSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Cloud DNS meters API requests per user per minute (the default quota is in the
     # thousands); a challenge burst needs few calls, so stay well below it.
@@ -133,7 +135,7 @@ class GoogleCloudDnsProvider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.managed_zone:
             return self.settings.managed_zone
         labels = zone_name.split(".")

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, ParamSpec, Protocol, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import ProviderUnavailable
+from providers.rate_budget import RateBudget
 from providers.sqlite import write_transaction
 
 T = TypeVar("T")
@@ -281,6 +282,7 @@ class LocalProvider:
 
     name: ClassVar[str] = "local"
     Settings: ClassVar[type[LocalSettings]] = LocalSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(serves_dns=True, local_store=True)
     wants_user_token: ClassVar[bool] = False
     default_rate_per_second: ClassVar[float | None] = None
 
@@ -292,7 +294,12 @@ class LocalProvider:
     async def open(cls, settings: LocalSettings, budget: RateBudget) -> Self:
         return cls(settings)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    @classmethod
+    def on_store(cls, settings: LocalSettings, store: RecordStore) -> Self:
+        """On the shared database's store (`[state]`) instead of the SQLite file."""
+        return cls(settings, store=store)
+
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         return zone_name
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:

@@ -25,7 +25,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from providers.base import ChangeContext, RateBudget, Secret, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderError,
@@ -33,6 +33,8 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
+from providers.secret import Secret
 from providers.txt import quote
 
 NAME = "rfc2136"
@@ -54,6 +56,7 @@ class Rfc2136Settings:
 class Rfc2136Provider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[Rfc2136Settings]] = Rfc2136Settings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     default_rate_per_second: ClassVar[float | None] = None  # your own server
 
@@ -72,7 +75,7 @@ class Rfc2136Provider:
     async def open(cls, settings: Rfc2136Settings, budget: RateBudget) -> Self:
         return cls(settings, budget)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         """The apex of the zone holding `zone_name`, from the server's own SOA answer."""
         if self.settings.zone:
             return self.settings.zone.rstrip(".").lower()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, TxtChange, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, TxtChange, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -33,6 +33,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
 from providers.txt import unescape
 from providers.txtsets import Hints, RecordSet
 
@@ -89,6 +90,7 @@ class Route53Settings:
 class Route53Provider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[Route53Settings]] = Route53Settings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Route 53 documents 5 requests per second per account.
     default_rate_per_second: ClassVar[float | None] = 5.0
@@ -106,7 +108,7 @@ class Route53Provider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.hosted_zone_id:
             return self.settings.hosted_zone_id.removeprefix("/hostedzone/")
         labels = zone_name.split(".")

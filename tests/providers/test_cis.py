@@ -22,9 +22,13 @@ from providers.base import UNLIMITED, ChangeContext, RateBudget, Secret, ZoneRef
 from providers.cis import CisProvider, CisSettings
 from providers.memory import MemoryProvider, MemorySettings
 from receiver import signing
+from receiver.challenge import Action, Challenge
+from receiver.config import DispatchSettings, ZoneSettings
+from receiver.dispatch import Dispatcher
+from receiver.errors import ConfigError, UpstreamFailed
 from receiver.sweep import sweep
 
-from ..conftest import INSTANCE, Sender, ServiceFactory
+from ..conftest import INSTANCE, Sender, ServiceFactory, SettingsFactory
 from ..fakes.cis import FakeCis, FakeIam
 
 CRN = "crn:v1:bluemix:public:internet-svcs:global:a/0123456789abcdef:7777-8888::"
@@ -96,8 +100,8 @@ def fqdn(label: str) -> str:
     return f"_acme-challenge.{label}.{ZONE}"
 
 
-async def zone(provider: CisProvider) -> ZoneRef:
-    return ZoneRef(ZONE, await provider.zone_handle(ZONE))
+async def zone(provider: CisProvider, token: str | None = None) -> ZoneRef:
+    return ZoneRef(ZONE, await provider.zone_handle(ZONE, ctx=ctx(token)))
 
 
 # --- auth = user_token -----------------------------------------------------------------
@@ -107,8 +111,8 @@ async def test_user_token_is_the_only_identity_used(fakes: Fakes) -> None:
     fakes.cis.valid_tokens.add("the-users-token")
     provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
     try:
-        ref = await zone(provider)
-        assert sum(fakes.cis.calls.values()) == 0  # no token yet: resolved at the write
+        ref = await zone(provider, "the-users-token")  # looked up as the user, too
+        assert fakes.cis.calls == {"zones": 1}
         value = signing.challenge_value()
         await provider.add_txt(ref, fqdn("u"), value, 60, ctx=ctx("the-users-token"))
         assert fakes.cis.values(fqdn("u")) == [value]
@@ -123,8 +127,10 @@ async def test_user_token_is_the_only_identity_used(fakes: Fakes) -> None:
 async def test_without_a_user_token_nothing_is_sent(fakes: Fakes) -> None:
     provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
     try:
-        ref = await zone(provider)
+        ref = ZoneRef(ZONE, fakes.cis.zone_id(ZONE))
         calls = [
+            provider.zone_handle(ZONE, ctx=ctx()),
+            provider.zone_handle(ZONE),
             provider.add_txt(ref, fqdn("n"), "v", 60, ctx=ctx()),
             provider.remove_txt(ref, fqdn("n"), "v", ctx=ctx()),
             provider.list_txt(ref, fqdn("n")),
@@ -210,6 +216,25 @@ async def test_bad_settings_fail_on_opening(fakes: Fakes) -> None:
         await CisProvider.open(fakes.settings("user_token", api_key=Secret("k")), UNLIMITED)
     with pytest.raises(errors.ProviderRejected, match="CRN"):
         await CisProvider.open(fakes.settings(instance_crn="my-instance"), UNLIMITED)
+
+
+def test_acting_as_the_user_without_verified_tokens_is_a_config_error(
+    fakes: Fakes, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """With `[user_token] verify = false` no token is ever passed on, so a zone with
+    auth = "user_token" could never write: refused at start, naming both keys."""
+    unverified = {"verify": False}
+    with pytest.raises(ConfigError) as caught:
+        make_settings(zones=[cis_zone(fakes, "user_token", tmp_path)], user_token=unverified)
+    (problem,) = caught.value.problems
+    assert problem.startswith('zones[0].options.auth: auth = "user_token"')
+    assert "user_token.verify = false" in problem
+    options = fakes.options("user_token", tmp_path)
+    with pytest.raises(ConfigError) as caught:  # set in [cis], for every zone
+        make_settings(cis=options, zones=[{"name": ZONE, "provider": "cis"}], user_token=unverified)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["cis.auth"]
+    make_settings(zones=[cis_zone(fakes, "api_key", tmp_path)], user_token=unverified)
+    make_settings(zones=[cis_zone(fakes, "user_token", tmp_path)])  # verified: fine
 
 
 # --- the API's behaviour ---------------------------------------------------------------
@@ -338,12 +363,12 @@ async def test_http_errors_map_to_contract_errors(
 
 async def test_denied_unknown_zone_and_invalid_input(fakes: Fakes) -> None:
     fakes.cis.denied_tokens.add("reader-only")
+    fakes.cis.valid_tokens.add("manager")
     provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
     try:
-        ref = await zone(provider)
+        ref = await zone(provider, "manager")
         with pytest.raises(errors.ProviderAuthError, match="HTTP 403"):
             await provider.add_txt(ref, fqdn("d"), "v", 60, ctx=ctx("reader-only"))
-        fakes.cis.valid_tokens.add("manager")
         with pytest.raises(errors.ZoneNotFound, match="7003"):
             await provider.add_txt(ZoneRef(ZONE, "f" * 32), fqdn("d"), "v", 60, ctx=ctx("manager"))
         with pytest.raises(errors.ProviderRejected, match="1004"):
@@ -603,17 +628,29 @@ async def test_with_required_tokens_a_tokenless_removal_on_user_token_cis_fails_
     assert fakes.cis.values(f"_acme-challenge.{ZONE}") == []
 
 
-async def test_a_recreated_domain_is_looked_up_again(fakes: Fakes) -> None:
-    fakes.cis.valid_tokens.add("user")
+async def test_a_recreated_domain_is_looked_up_again_as_the_user(fakes: Fakes) -> None:
+    """The core caches the zone's id; a domain deleted and added again has a new one.
+    The change that finds the old id gone fails, and the next one looks the zone up
+    again, with its own user's token."""
+    fakes.cis.valid_tokens.update({"user", "other-user"})
     provider = await CisProvider.open(fakes.settings("user_token"), UNLIMITED)
+    zone_settings = ZoneSettings(name=ZONE, provider="cis", options=provider.settings)
+    dispatcher = Dispatcher({zone_settings.provider_key: provider}, DispatchSettings())
+
+    async def add(label: str, token: str) -> None:
+        challenge = Challenge(Action.ADD, ZONE, fqdn(label), "v")
+        await dispatcher.apply(challenge, zone_settings, request_id="r", user_token=Secret(token))
+
     try:
-        ref = await zone(provider)
-        await provider.add_txt(ref, fqdn("a"), "v", 60, ctx=ctx("user"))
+        await add("a", "user")
         del fakes.cis.zones[fakes.cis.zone_id(ZONE)]
         fakes.cis.add_zone(ZONE)  # deleted and added again: a new zone id
-        with pytest.raises(errors.ZoneNotFound):
-            await provider.add_txt(ref, fqdn("b"), "v", 60, ctx=ctx("user"))
-        await provider.add_txt(ref, fqdn("b"), "v", 60, ctx=ctx("user"))
+        with pytest.raises(UpstreamFailed, match="refused"):
+            await add("b", "user")
+        fakes.cis.seen_tokens.clear()
+        await add("b", "other-user")
     finally:
         await provider.aclose()
     assert fakes.cis.values(fqdn("b")) == ["v"]
+    assert fakes.cis.calls["zones"] == 2
+    assert set(fakes.cis.seen_tokens) == {"other-user"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import ChangeContext, Provider, ZoneRef
+from providers.base import Capabilities, ChangeContext, Provider, ZoneRef
 from providers.errors import ProviderConflict, ProviderError
 from providers.registry import provider_names
 from receiver import signing
@@ -263,6 +263,7 @@ def test_settings_are_declared(harness: Harness) -> None:
     cls: Any = load_provider_class(harness.name)
     assert cls.name == harness.name
     assert isinstance(cls.wants_user_token, bool)
+    assert isinstance(cls.capabilities, Capabilities)
     import dataclasses
 
     for fld in dataclasses.fields(cls.Settings):
