@@ -81,6 +81,9 @@ class GcloudSettings:
         default=False,
         help="Send no credentials at all. Only for a local emulator or test fake: needs endpoint.",
     )
+    timeout_seconds: float = setting(
+        default=15.0, help="Timeout of one API request (the client library's own is 60 s)."
+    )
     wait_for_done: bool = setting(
         default=False,
         help="Answer only once Cloud DNS reports the change done (usually seconds).",
@@ -217,11 +220,17 @@ class GoogleCloudDnsProvider:
                 options = (
                     {"api_endpoint": self.settings.endpoint} if self.settings.endpoint else None
                 )
-                self._client = dns.Client(
+                client = dns.Client(
                     project=self.settings.project,  # never guessed from the environment
                     credentials=self._credentials(),
                     client_options=options,
                 )
+                # Every request (iterators capture this too) with our timeout, not 60 s.
+                connection = client._connection
+                connection.api_request = functools.partial(
+                    connection.api_request, timeout=self.settings.timeout_seconds
+                )
+                self._client = client
             return self._client
 
     def _credentials(self) -> Any:

@@ -87,6 +87,8 @@ class Rfc2136Provider:
                 f"{self._host}:{self._port} serves no zone for {zone_name}"
                 f" ({dns.rcode.to_text(response.rcode())})",
             )
+        # A server that failed to answer (SERVFAIL) is not a server without the zone.
+        self._check(response, f"SOA query for {zone_name}", allow=(dns.rcode.NXDOMAIN,))
         for section in (response.answer, response.authority):
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:

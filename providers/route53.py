@@ -77,6 +77,9 @@ class Route53Settings:
         default=None, help="API endpoint URL, for API-compatible services and tests."
     )
     region: str = setting(default="us-east-1", help="Region for request signing.")
+    timeout_seconds: float = setting(
+        default=15.0, help="Timeout of one API request (connecting: at most 5 s)."
+    )
     wait_insync: bool = setting(
         default=False,
         help="Answer only once the change is INSYNC on every Route 53 server (takes tens of"
@@ -182,8 +185,8 @@ class Route53Provider:
                     config=Config(
                         # `max_attempts` would count retries; this counts calls.
                         retries={"total_max_attempts": 1, "mode": "standard"},
-                        connect_timeout=5,
-                        read_timeout=15,
+                        connect_timeout=min(5.0, self.settings.timeout_seconds),
+                        read_timeout=self.settings.timeout_seconds,
                     ),
                 )
                 client.meta.events.register(

@@ -39,6 +39,8 @@ class Fault:
     operation: str  # "write", "read", "zones", "change" or "any"
     remaining: int
     after_applying: bool = False  # the change takes effect, its answer is lost
+    hang_seconds: float = 0.0  # answer only this late (a client's timeout fires first)
+    fired: int = 0
 
 
 @dataclass
@@ -47,6 +49,7 @@ class FlakyRate:
     rng: random.Random
     operations: tuple[str, ...]
     injected: int = 0
+    lost_answers: int = 0
 
 
 @dataclass
@@ -70,12 +73,16 @@ class Route53Stub:
         status: int = 400,
         message: str | None = None,
         after_applying: bool = False,
-    ) -> None:
+        hang_seconds: float = 0.0,
+    ) -> Fault:
         text = message or f"{code} (injected)"
-        self.faults.append(Fault(status, code, text, operation, times, after_applying))
+        fault = Fault(status, code, text, operation, times, after_applying, hang_seconds)
+        self.faults.append(fault)
+        return fault
 
     def fail_at_rate(self, rate: float, seed: int, operations: tuple[str, ...] = ("read",)) -> None:
-        """Throttling or a 503 on `rate` of the calls for `operations`, seeded."""
+        """Throttling or a 500 on `rate` of the calls for `operations`, seeded; a failing
+        write takes effect first half of the time (its answer is lost)."""
         self.flaky = FlakyRate(rate, random.Random(seed), operations)
 
     def _flaky_now(self, operation: str) -> bool:
@@ -98,14 +105,23 @@ class Route53Stub:
         fault = next(
             (f for f in self.faults if f.remaining > 0 and f.operation in (operation, "any")), None
         )
+        lost_answer = False
         if fault is not None:
             fault.remaining -= 1
-            if not (fault.after_applying and operation == "write"):
+            fault.fired += 1
+            if fault.hang_seconds:
+                await asyncio.sleep(fault.hang_seconds)
+            lost_answer = fault.after_applying and operation == "write"
+            if not lost_answer:
                 return _error(fault.status, fault.code, fault.message)
         elif self._flaky_now(operation):
             assert self.flaky is not None
             code, status = self.flaky.rng.choice([("Throttling", 400), ("InternalError", 500)])
-            return _error(status, code, f"{code} (injected at random)")
+            fault = Fault(status, code, f"{code} (injected at random)", operation, 0)
+            lost_answer = operation == "write" and self.flaky.rng.random() < 0.5
+            self.flaky.lost_answers += lost_answer
+            if not lost_answer:
+                return _error(status, code, fault.message)
         body = await request.read()
         if operation == "change":
             return self._get_change(request.match_info["tail"].rsplit("/", 1)[-1])
@@ -117,7 +133,7 @@ class Route53Stub:
                 status, headers, payload = await self._forward(request, net_effect)
             if status == 200:
                 payload = self._new_change(payload)
-            if fault is not None:  # applied; the answer is lost
+            if fault is not None and lost_answer:  # applied; the answer is lost
                 return _error(fault.status, fault.code, fault.message)
             return web.Response(status=status, body=payload, headers=headers)
         status, headers, payload = await self._forward(request, body)
