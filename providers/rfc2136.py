@@ -4,7 +4,8 @@ self-hosted DNS, through one adapter (dnspython, natively async).
 Updates are prerequisite-free and value-addressed: "add this TXT record" and "delete this
 TXT record". The server keeps every other value at the name, ignores a duplicate add and
 a delete of an absent record, and drops the record set with its last record. So the
-adapter holds no state and needs no read before a write.
+adapter holds no state, and an add needs no read; a removal reads the name first, to
+delete the value however another tool split it into strings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
+from dns.rdtypes.txtbase import TXTBase
 
 from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
@@ -96,14 +98,12 @@ class Rfc2136Provider:
         raise ZoneNotFound(NAME, f"no SOA for {zone_name} from {self._host}:{self._port}")
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        return frozenset(_text(r) for r in await self._records(fqdn))
+
+    async def _records(self, fqdn: str) -> list[TXTBase]:
         response = await self._send(dns.message.make_query(fqdn, "TXT"))
         self._check(response, f"query {fqdn}", allow=(dns.rcode.NXDOMAIN,))
-        return frozenset(
-            b"".join(r.strings).decode()
-            for rrset in response.answer
-            if rrset.rdtype == dns.rdatatype.TXT
-            for r in rrset
-        )
+        return [r for rrset in response.answer for r in rrset if isinstance(r, TXTBase)]
 
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
@@ -113,8 +113,14 @@ class Rfc2136Provider:
         self._check(await self._send(update), f"add at {fqdn}")
 
     async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
+        # A delete names the exact record, and another tool may have split the value into
+        # several strings: delete every record whose text is the value, as read, and the
+        # one string we write (in case it appeared since the read).
         update = self._update(zone)
         update.delete(fqdn + ".", dns.rdatatype.TXT, quote(value))
+        for record in await self._records(fqdn):
+            if _text(record) == value and len(record.strings) > 1:
+                update.delete(fqdn + ".", record)
         self._check(await self._send(update), f"delete at {fqdn}")
 
     async def aclose(self) -> None:
@@ -163,6 +169,11 @@ class Rfc2136Provider:
             return
         text = f"{what}: {dns.rcode.to_text(rcode)} from {self._host}:{self._port}"
         raise _error_for(rcode, text)
+
+
+def _text(record: TXTBase) -> str:
+    """A TXT record's value: its character strings, joined."""
+    return b"".join(record.strings).decode(errors="replace")
 
 
 def _error_for(rcode: int, text: str) -> ProviderError:

@@ -174,12 +174,13 @@ class CloudDnsFake:
         rrset = self.rrset(fqdn)
         return sorted(r[1:-1] for r in rrset["rrdatas"]) if rrset else []
 
-    def seed(self, fqdn: str, value: str, ttl: int = 300) -> None:
-        """Another writer (a console user, another tool) adds a value."""
+    def seed(self, fqdn: str, value: str, ttl: int = 300, *, rrdata: str | None = None) -> None:
+        """Another writer (a console user, another tool) adds a value (`rrdata`: spelled
+        so, in presentation form)."""
         name = fqdn.lower().rstrip(".") + "."
         zone = self.zone_for(fqdn)
         current = zone.rrsets.get((name, "TXT"))
-        rrdatas = [*(current["rrdatas"] if current else []), f'"{value}"']
+        rrdatas = [*(current["rrdatas"] if current else []), rrdata or f'"{value}"']
         ttl = current["ttl"] if current else ttl
         zone.rrsets[(name, "TXT")] = _rrset(name, "TXT", ttl, rrdatas)
 

@@ -8,3 +8,4 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults(kinds): run for each of these a harness declares")
     config.addinivalue_line("markers", "api: run only for adapters that make API calls")
+    config.addinivalue_line("markers", "spellings: run only where TXT data can be spelled")

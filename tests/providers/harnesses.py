@@ -110,6 +110,13 @@ class Injected:
     retry_after: float | None = None
 
 
+def spelled(value: str, *, base: int = 10) -> str:
+    """`value` in two quoted strings, the second's first character as `\\DDD`."""
+    first, second = value[:20], value[20:]
+    digits = f"{ord(second[0]):03o}" if base == 8 else f"{ord(second[0]):03d}"
+    return f'"{first}" "\\{digits}{second[1:]}"'
+
+
 def http_date(seconds_from_now: float) -> str:
     return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds_from_now), usegmt=True)
 
@@ -126,6 +133,7 @@ class Harness(Protocol):
     shared_backend: bool  # several processes can write one backend
     faults: ClassVar[frozenset[Fault]]  # what its backend can be made to do wrong
     has_api: ClassVar[bool]  # makes API calls that draw from a rate budget
+    keeps_spellings: ClassVar[bool]  # TXT data can be split in strings and escaped
 
     async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
         """A new adapter instance on the same backend."""
@@ -139,6 +147,12 @@ class Harness(Protocol):
 
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         """A value someone else put at the name, behind the adapter's back."""
+        ...
+
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        """`value` as another tool may have written it: in two character strings, one
+        character escaped as `\\DDD` (in the provider's base). Only where the backend
+        keeps presentation form (`keeps_spellings`)."""
         ...
 
     def inject(
@@ -161,6 +175,7 @@ class MemoryHarness:
 
     faults: ClassVar[frozenset[Fault]] = frozenset()
     has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     shared_backend: bool = False
@@ -185,6 +200,9 @@ class MemoryHarness:
         found = self.store.sets.get(fqdn)
         return found.ttl if found else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         current = self.store.sets.get(fqdn)
         values = (current.values if current else frozenset()) | {value}
@@ -205,6 +223,7 @@ class LocalHarness:
 
     faults: ClassVar[frozenset[Fault]] = frozenset({Fault.TIMEOUT})
     has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     shared_backend: bool = True
@@ -237,6 +256,9 @@ class LocalHarness:
     async def observed_ttl(self, fqdn: str) -> int | None:
         response = await self._query(fqdn)
         return response.answer[0].ttl if response.answer else None
+
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
 
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         store = ChallengeStore(self.settings.database, lifetime=3600)
@@ -271,6 +293,7 @@ class LocalPostgresHarness:
 
     faults: ClassVar[frozenset[Fault]] = frozenset({Fault.TIMEOUT})
     has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     url: str
@@ -357,6 +380,9 @@ class LocalPostgresHarness:
         response = await self._query(fqdn, self.ports[1])
         return response.answer[0].ttl if response.answer else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         import time
 
@@ -420,6 +446,7 @@ class Route53Harness:
         }
     )
     has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     moto: MotoServer
@@ -465,7 +492,15 @@ class Route53Harness:
         rrset = await asyncio.to_thread(self._rrset, fqdn)
         return int(rrset["TTL"]) if rrset else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        await self._upsert(fqdn, spelled(value, base=8))  # Route 53's escapes are octal
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
+        await self._upsert(fqdn, f'"{value}"')
+
+    async def _upsert(self, fqdn: str, rrdata: str) -> None:
+        """Add one record (an rrdata as Route 53 takes it) to the set, behind our back."""
+
         def upsert() -> None:
             client = self.moto.client()
             zone_id = client.list_hosted_zones_by_name(DNSName=self.zone)["HostedZones"][0]["Id"]
@@ -481,7 +516,7 @@ class Route53Harness:
                                 "Name": fqdn,
                                 "Type": "TXT",
                                 "TTL": existing["TTL"] if existing else 300,
-                                "ResourceRecords": [*records, {"Value": f'"{value}"'}],
+                                "ResourceRecords": [*records, {"Value": rrdata}],
                             },
                         }
                     ]
@@ -544,6 +579,7 @@ class Rfc2136Harness:
         {Fault.SERVER_ERROR, Fault.TIMEOUT, Fault.AUTH, Fault.LOST_ANSWER, Fault.MIXED}
     )
     has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     bind: Bind
@@ -586,15 +622,19 @@ class Rfc2136Harness:
         response = await self._query(fqdn)
         return response.answer[0].ttl if response.answer else None
 
-    async def seed_foreign(self, fqdn: str, value: str) -> None:
-        import base64
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        await self._add(fqdn, spelled(value))
 
-        import dns.tsig
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        await self._add(fqdn, f'"{value}"')
+
+    async def _add(self, fqdn: str, text: str) -> None:
+        """Add one TXT record (presentation form) straight to BIND, with its key."""
         import dns.update
 
         key = dns.tsig.Key(KEY_NAME, base64.b64decode(self.bind.secret), "hmac-sha256")
         update = dns.update.UpdateMessage(self.zone + ".", keyring=key)
-        update.add(fqdn + ".", 300, "TXT", f'"{value}"')
+        update.add(fqdn + ".", 300, "TXT", text)
         response = await dns.asyncquery.tcp(update, "127.0.0.1", port=self.bind.port, timeout=3)
         assert response.rcode() == dns.rcode.NOERROR
 
@@ -638,6 +678,7 @@ class CisHarness:
 
     faults: ClassVar[frozenset[Fault]] = ALL_HTTP
     has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -680,6 +721,9 @@ class CisHarness:
         assert len(ttls) <= 1, f"records at {fqdn} disagree on the TTL: {ttls}"
         return ttls.pop() if ttls else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.cis.seed(fqdn, spelled(value))
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.cis.seed(fqdn, value)
 
@@ -721,6 +765,7 @@ class CloudflareHarness:
 
     faults: ClassVar[frozenset[Fault]] = ALL_HTTP
     has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -758,6 +803,9 @@ class CloudflareHarness:
         ttls = {record.ttl for record in self.fake.txt_records(fqdn)}
         assert len(ttls) <= 1, ttls
         return ttls.pop() if ttls else None
+
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.fake.add_record(self.zone_id, fqdn, spelled(value))
 
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.fake.add_record(self.zone_id, fqdn, value)  # unquoted, as older tools wrote
@@ -799,6 +847,7 @@ class GcloudHarness:
 
     faults: ClassVar[frozenset[Fault]] = ALL_HTTP | {Fault.CONFLICT}
     has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -832,6 +881,9 @@ class GcloudHarness:
     async def observed_ttl(self, fqdn: str) -> int | None:
         rrset = self.fake.rrset(fqdn)
         return int(rrset["ttl"]) if rrset else None
+
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.fake.seed(fqdn, value, rrdata=spelled(value))
 
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.fake.seed(fqdn, value)

@@ -297,23 +297,6 @@ async def test_quoted_and_duplicate_records_of_a_value_all_go(
     assert fakes.cis.values(fqdn("dup")) == ["other"]
 
 
-async def test_a_value_split_into_strings_or_escaped_is_recognised_as_ours(
-    fakes: Fakes, adapter: CisProvider
-) -> None:
-    """CIS keeps content as it was written: another tool may have split our value into
-    several strings or escaped a character. It is still our value: listed as such, and
-    removed by a removal of it."""
-    value = signing.challenge_value()
-    fakes.cis.seed(fqdn("spelled"), f'"{value[:20]}" "{value[20:]}"')
-    fakes.cis.seed(fqdn("spelled"), '"a\\059b"')  # a;b, with RFC 1035's decimal escape
-    fakes.cis.seed(fqdn("spelled"), "other")
-    ref = await zone(adapter)
-    assert await adapter.list_txt(ref, fqdn("spelled")) == {value, "a;b", "other"}
-    await adapter.remove_txt(ref, fqdn("spelled"), value, ctx=ctx())
-    await adapter.remove_txt(ref, fqdn("spelled"), "a;b", ctx=ctx())
-    assert fakes.cis.values(fqdn("spelled")) == ["other"]
-
-
 @pytest.mark.parametrize(
     ("status", "expected"),
     [

@@ -43,12 +43,14 @@ TRANSIENT = [f for f in Fault if f not in (Fault.AUTH, Fault.MIXED)]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test runs for every harness; a test taking `fault` for every fault its
     harness declares (of those it names in a `faults` mark); `api` tests only where the
-    adapter makes API calls."""
+    adapter makes API calls, `spellings` tests where TXT data has presentation form."""
     if "harness" not in metafunc.fixturenames:
         return
     keys = sorted(HARNESSES)
     if metafunc.definition.get_closest_marker("api"):
         keys = [k for k in keys if HARNESSES[k].cls.has_api]
+    if metafunc.definition.get_closest_marker("spellings"):
+        keys = [k for k in keys if HARNESSES[k].cls.keeps_spellings]
     if "fault" not in metafunc.fixturenames:
         metafunc.parametrize("harness", keys, indirect=True)
         return
@@ -295,6 +297,21 @@ async def test_a_change_behind_the_adapters_back_is_never_lost(
     await add(adapter, zone, fqdn, later)
     await remove(adapter, zone, fqdn, ours)
     assert await harness.observe(fqdn) == sorted([FOREIGN, later])
+
+
+@pytest.mark.spellings
+async def test_a_value_in_another_spelling_is_still_ours(
+    harness: Harness, adapter: Provider, fqdn: str
+) -> None:
+    """Another tool may split a value into several strings or escape a character: it is
+    the same value, listed as such and removed by its removal."""
+    zone = await zone_ref(adapter, harness)
+    ours = value()
+    await harness.seed_spelled(fqdn, ours)
+    await harness.seed_foreign(fqdn, FOREIGN)
+    assert await adapter.list_txt(zone, fqdn) == {ours, FOREIGN}
+    await remove(adapter, zone, fqdn, ours)
+    assert await harness.observe(fqdn) == [FOREIGN]
 
 
 # --- faults: what each backend can do wrong, against every adapter ---------------------
