@@ -5,13 +5,16 @@ match), the canonical record name (absolute, lower case, punycode, no trailing d
 unquoted value and the TTL. An adapter translates those to one provider's API and does
 nothing else: no retries, no DNS lookups, no policy, no logging of secrets.
 
-Semantics (the conformance suite in `tests/providers` is the executable definition):
+Semantics (the conformance suite in `tests/providers` is the executable definition, and
+`docs/writing-a-provider-contract.md` the guide):
 
 * `add_txt` is idempotent and keeps every other value at the name.
 * `remove_txt` removes only that value, succeeds when it is already gone, and deletes the
   record set when the last value goes.
 * Stateless: a fresh process can remove what another one added (no remembered record ids).
-* Errors only from `providers.errors`.
+* Errors only from `providers.errors`; the core owns every retry.
+* What the core must do differently for an adapter is declared on its class
+  (`capabilities`, `wants_user_token`), never inferred from its name.
 
 A Settings class may define `problems() -> list[tuple[str, str]]`: (option, why) for
 values that can never work. The config reader reports them with every other problem, so
@@ -20,48 +23,72 @@ values that can never work. The config reader reports them with every other prob
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hmac
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
-
-class Secret:
-    """A credential that cannot leak through `repr`, `str` or a log line by accident."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
+# Not part of the contract's text, but of its signatures; importable from here as before.
+from providers.rate_budget import UNLIMITED as UNLIMITED
+from providers.rate_budget import RateBudget as RateBudget
+from providers.secret import Secret as Secret
 
 
-def setting(*, default: Any = dataclasses.MISSING, help: str, secret: bool = False) -> Any:
-    """Declare a setting: its help text and default feed the generated docs (scripts/gen_docs.py).
+class Provider(Protocol):
+    """One provider's adapter. See the module docstring for the semantics."""
 
-    A field typed `Secret` is never written in the config file: the file names where it
-    lives, with `<field>_env` (an environment variable) or `<field>_file` (a path).
+    name: ClassVar[str]  # registry key, module name and extra name: "route53"
+    Settings: ClassVar[type[Any]]  # frozen dataclass; fields declared with `setting`
+    capabilities: ClassVar[Capabilities]
+    # True: `ctx.user_token` carries the ordering user's verified token (IBM CIS acting
+    # as that user). Every other adapter is never handed one.
+    wants_user_token: ClassVar[bool]
+    # The provider's documented request rate per account; None: no limit to keep to.
+    default_rate_per_second: ClassVar[float | None]
+
+    @classmethod
+    async def open(cls, settings: Any, budget: RateBudget) -> Self:
+        """Build the adapter. Cheap: no network I/O here (cold starts matter). Settings
+        that cannot work raise `ProviderRejected`/`ProviderAuthError` (a config error)."""
+        ...
+
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
+        """The provider's id for `zone_name`; raise `ZoneNotFound`. The core caches it.
+
+        `ctx` is the change that needs the zone, when there is one: an adapter acting as
+        the ordering user looks the zone up with that user's token. Reads outside a
+        change (sweep, probe) pass none."""
+        ...
+
+    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        """Every TXT value at `fqdn`, unquoted (an empty set when there is none)."""
+        ...
+
+    async def add_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
+    ) -> None: ...
+
+    async def remove_txt(
+        self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext
+    ) -> None: ...
+
+    async def aclose(self) -> None:
+        """Release connections; safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class BatchingProvider(Protocol):
+    """An adapter that can apply many changes in one provider call (Route 53, Cloud DNS).
+
+    The dispatcher coalesces changes per zone within a short window and calls `apply`
+    once; changes are in arrival order and may touch one name several times. All or
+    nothing per provider transaction; the same errors as the single-change methods.
+    Changes of different users never share a batch: `ctx.user_token` is theirs.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "secret": secret})
+
+    async def apply(
+        self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
+    ) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,52 +111,6 @@ class ChangeContext:
     user_token: Secret | None = None
 
 
-class RateBudget:
-    """A token bucket shared by every adapter using one provider account.
-
-    The core creates it (from the adapter's `default_rate_per_second` or the
-    `[dispatch] rate_limits` setting) and hands it to `open`; the adapter draws one token
-    before every API call, so calls wait their turn instead of drawing throttling errors.
-    Reservation-based (GCRA) and thread-safe: blocking SDKs draw from worker threads.
-    """
-
-    def __init__(
-        self,
-        per_second: float | None,
-        burst: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.per_second = per_second
-        self._interval = 1 / per_second if per_second else 0.0
-        self._tolerance = self._interval * max(0, (burst or max(1, round(per_second or 1))) - 1)
-        self._clock = clock
-        self._theoretical_arrival = float("-inf")
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Claim the next slot; return how many seconds to wait before using it."""
-        if not self._interval:
-            return 0.0
-        with self._lock:
-            now = self._clock()
-            arrival = max(self._theoretical_arrival, now)
-            self._theoretical_arrival = arrival + self._interval
-            return max(0.0, arrival - self._tolerance - now)
-
-    async def take(self) -> None:
-        delay = self.reserve()
-        if delay:
-            await asyncio.sleep(delay)
-
-    def take_blocking(self) -> None:
-        delay = self.reserve()
-        if delay:
-            time.sleep(delay)
-
-
-UNLIMITED = RateBudget(None)
-
-
 @dataclasses.dataclass(frozen=True)
 class TxtChange:
     """One step of a batch: add or remove one value at one (canonical) name."""
@@ -140,47 +121,59 @@ class TxtChange:
     ttl: int
 
 
-class Provider(Protocol):
-    """One provider's adapter. See the module docstring for the semantics."""
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What the core does differently for an adapter. The defaults describe a remote API
+    whose records real nameservers publish; most adapters declare `Capabilities()`."""
 
-    name: ClassVar[str]
-    Settings: ClassVar[type[Any]]
-    wants_user_token: ClassVar[bool]
-    default_rate_per_second: ClassVar[float | None]
+    # The receiver's own responder answers for the adapter's zones (`local`): the server
+    # starts it, workers share its port, and a committed value is live at once (nothing
+    # to check for propagation). The adapter's Settings carry the responder's fields, as
+    # `providers.local.LocalSettings` does.
+    serves_dns: bool = False
+    # The records live in the receiver's own state: with `[state]`, in the shared
+    # database (the adapter is built with `on_store`, see `StoreBackedProvider`);
+    # otherwise in a SQLite file (Settings field `database`) the journal shares by default.
+    local_store: bool = False
+    # False: values reach no DNS at all (`memory`): propagation has nothing to check.
+    publishes_to_dns: bool = True
+
+
+class StoreBackedProvider(Protocol):
+    """The constructor a `local_store` adapter offers the composition root: the adapter
+    on a record store the receiver's shared state provides."""
 
     @classmethod
-    async def open(cls, settings: Any, budget: RateBudget) -> Self:
-        """Build the adapter. Cheap: no network I/O here (cold starts matter)."""
-        ...
-
-    async def zone_handle(self, zone_name: str) -> str:
-        """The provider's id for `zone_name`; raise `ZoneNotFound`. The core caches it."""
-        ...
-
-    async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
-        """Every TXT value at `fqdn`, unquoted (an empty set when there is none)."""
-        ...
-
-    async def add_txt(
-        self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
-    ) -> None: ...
-
-    async def remove_txt(
-        self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
+    def on_store(cls, settings: Any, store: Any) -> Provider: ...
 
 
-@runtime_checkable
-class BatchingProvider(Protocol):
-    """An adapter that can apply many changes in one provider call (Route 53, Cloud DNS).
+def setting(
+    *,
+    default: Any = dataclasses.MISSING,
+    help: str,
+    secret: bool = False,
+    acts_as_user_when: Any = None,
+) -> Any:
+    """Declare a provider setting: its help text and default feed the generated docs
+    (`python -m receiver.docsgen`).
 
-    The dispatcher coalesces changes per zone within a short window and calls `apply`
-    once; changes are in arrival order and may touch one name several times. All or
-    nothing per provider transaction; the same errors as the single-change methods.
+    A field typed `Secret` is never written in the config file: the file names where it
+    lives, with `<field>_env` (an environment variable) or `<field>_file` (a path).
+    `acts_as_user_when`: the value of this setting under which the adapter acts only with
+    the ordering user's verified token (configuration then requires `user_token.verify`).
     """
+    metadata = {"help": help, "secret": secret, "acts_as_user_when": acts_as_user_when}
+    return dataclasses.field(default=default, metadata=metadata)
 
-    async def apply(
-        self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
-    ) -> None: ...
+
+def settings_acting_as_user(settings: Any) -> list[str]:
+    """The fields of an adapter's settings whose value makes it act only with the
+    ordering user's verified token."""
+    if not dataclasses.is_dataclass(settings):
+        return []
+    return [
+        field.name
+        for field in dataclasses.fields(settings)
+        if field.metadata.get("acts_as_user_when") is not None
+        and getattr(settings, field.name) == field.metadata["acts_as_user_when"]
+    ]

@@ -9,7 +9,8 @@ process removes what another one added, and other values at the name are never t
 Two ways to authenticate, both sent as `X-Auth-User-Token`:
 
 * `user_token`: the ordering user's own IAM access token, taken from the verified
-  notification (`ctx.user_token`) and used for that one change only. The receiver holds
+  notification (`ctx.user_token`) and used for that one change only (and, the first
+  time, to look up the change's zone). The receiver holds
   no standing credential; a change without a token (sweep, CLI) fails with
   `ProviderAuthError` instead of acting under some other identity.
 * `api_key`: an API key exchanged at IAM for an access token, cached until shortly
@@ -23,12 +24,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import quote
+from urllib.parse import quote as percent_encoded
 
 import aiohttp
 import yarl
 
-from providers.base import ChangeContext, RateBudget, Secret, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderError,
@@ -37,6 +38,10 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
+from providers.retry_after import retry_after_seconds
+from providers.secret import Secret
+from providers.txt import unquote
 
 NAME = "cis"
 DEFAULT_ENDPOINT = "https://api.cis.cloud.ibm.com"
@@ -47,8 +52,6 @@ MAX_PAGES = 1000
 # Cloudflare's codes, which CIS passes through; the message is matched as well.
 _ALREADY_EXISTS = frozenset({81057, 81058})
 _RECORD_MISSING = frozenset({81044})
-# A zone handle still to be resolved, with the change's own token (auth = user_token).
-_BY_NAME = "name:"
 # Refresh an IAM token once this share of its lifetime has passed (IBM's SDKs use 80%).
 _REFRESH_AFTER = 0.8
 
@@ -61,8 +64,9 @@ class CisSettings:
     )
     auth: Literal["user_token", "api_key"] = setting(
         help="user_token: act as the ordering user with the notification's verified IAM"
-        " token (no standing credential; sweeps cannot remove). api_key: exchange api_key"
-        " at IAM."
+        " token (no standing credential; sweeps cannot remove; needs user_token.verify)."
+        " api_key: exchange api_key at IAM.",
+        acts_as_user_when="user_token",
     )
     zone_id: str | None = setting(
         default=None,
@@ -161,7 +165,7 @@ class IamTokens:
         if status in (400, 401, 403):
             raise ProviderAuthError(NAME, what)
         if status == 429:
-            raise ProviderRateLimited(NAME, what, retry_after=_seconds(retry_after))
+            raise ProviderRateLimited(NAME, what, retry_after=retry_after_seconds(retry_after))
         if status >= 500:
             raise ProviderUnavailable(NAME, what)
         token = payload.get("access_token")
@@ -176,6 +180,7 @@ class IamTokens:
 class CisProvider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[CisSettings]] = CisSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = True
     # CIS inherits Cloudflare's limit of 1200 requests per 5 minutes per user.
     default_rate_per_second: ClassVar[float | None] = 4.0
@@ -185,14 +190,15 @@ class CisProvider:
     ) -> None:
         self.settings = settings
         self._budget = budget
-        self._base = settings.endpoint.rstrip("/") + "/v1/" + quote(settings.instance_crn, safe="")
+        self._base = (
+            settings.endpoint.rstrip("/") + "/v1/" + percent_encoded(settings.instance_crn, safe="")
+        )
         self._iam = (
             IamTokens(settings.iam_endpoint, settings.api_key, clock)
             if settings.auth == "api_key" and settings.api_key is not None
             else None
         )
         self._session: aiohttp.ClientSession | None = None
-        self._zone_ids: dict[str, str] = {}  # zone name -> id: not secret, never stale
 
     @classmethod
     async def open(cls, settings: CisSettings, budget: RateBudget) -> Self:
@@ -202,37 +208,32 @@ class CisProvider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.zone_id:
             return self.settings.zone_id
-        if self._iam is None:
-            # No token until a change brings one: resolve the name then, as that user.
-            return _BY_NAME + zone_name
-        return await self._find_zone(zone_name, await self._token(None))
+        return await self._find_zone(zone_name, await self._token(ctx))
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
         token = await self._token(None)
-        zone_id = await self._zone_id(zone, token)
-        return frozenset(_unquote(r["content"]) for r in await self._records(zone_id, fqdn, token))
+        return frozenset(unquote(r["content"]) for r in await self._records(zone, fqdn, token))
 
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
     ) -> None:
         token = await self._token(ctx)
-        zone_id = await self._zone_id(zone, token)
         body = {"type": "TXT", "name": fqdn, "content": value, "ttl": ttl}
-        response = await self._call("POST", f"/zones/{_segment(zone_id)}/dns_records", token, body)
+        path = f"/zones/{_segment(zone.handle)}/dns_records"
+        response = await self._call("POST", path, token, body)
         if response.ok or _already_exists(response):
             return
         raise self._error(response, token, "create")
 
     async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
         token = await self._token(ctx)
-        zone_id = await self._zone_id(zone, token)
-        for record in await self._records(zone_id, fqdn, token):
-            if _unquote(record["content"]) != value:
+        for record in await self._records(zone, fqdn, token):
+            if unquote(record["content"]) != value:
                 continue  # another value at the name: never ours to touch
-            path = f"/zones/{_segment(zone_id)}/dns_records/{_segment(str(record['id']))}"
+            path = f"/zones/{_segment(zone.handle)}/dns_records/{_segment(str(record['id']))}"
             response = await self._call("DELETE", path, token)
             if not response.ok and not (
                 response.status == 404 and response.error_codes() & _RECORD_MISSING
@@ -258,20 +259,10 @@ class CisProvider:
             )
         return ctx.user_token.reveal()
 
-    async def _zone_id(self, zone: ZoneRef, token: str) -> str:
-        if not zone.handle.startswith(_BY_NAME):
-            return zone.handle
-        name = zone.handle.removeprefix(_BY_NAME)
-        if name not in self._zone_ids:
-            self._zone_ids[name] = await self._find_zone(name, token)
-        return self._zone_ids[name]
-
     def _error(self, response: _Response, token: str, what: str) -> ProviderError:
         error = _translate(response, what)
         if isinstance(error, ProviderAuthError) and response.status == 401 and self._iam:
             self._iam.forget(token)
-        if isinstance(error, ZoneNotFound):
-            self._zone_ids.clear()  # a domain re-created under a new id: look it up again
         return error
 
     async def _find_zone(self, zone_name: str, token: str) -> str:
@@ -283,8 +274,8 @@ class CisProvider:
                     return str(zone["id"])
         raise ZoneNotFound(NAME, f"no CIS domain in this instance contains {zone_name}")
 
-    async def _records(self, zone_id: str, fqdn: str, token: str) -> list[dict[str, Any]]:
-        path = f"/zones/{_segment(zone_id)}/dns_records"
+    async def _records(self, zone: ZoneRef, fqdn: str, token: str) -> list[dict[str, Any]]:
+        path = f"/zones/{_segment(zone.handle)}/dns_records"
         found = await self._pages(path, token, {"type": "TXT", "name": fqdn}, "list")
         return [
             record
@@ -352,7 +343,9 @@ def _translate(response: _Response, what: str) -> ProviderError:
     if status == 404:
         return ZoneNotFound(NAME, text)
     if status == 429:
-        return ProviderRateLimited(NAME, text, retry_after=_seconds(response.retry_after))
+        return ProviderRateLimited(
+            NAME, text, retry_after=retry_after_seconds(response.retry_after)
+        )
     if status >= 500:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
@@ -383,14 +376,7 @@ async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 
 
 def _segment(text: str) -> str:
-    return quote(text, safe="")
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return max(0.0, float(retry_after)) if retry_after is not None else None
-    except ValueError:
-        return None  # an HTTP date: let the core back off on its own
+    return percent_encoded(text, safe="")
 
 
 def _lifetime(payload: Mapping[str, Any], now: float) -> float:
@@ -401,10 +387,3 @@ def _lifetime(payload: Mapping[str, Any], now: float) -> float:
     if isinstance(expiration, int | float) and expiration > now:
         return float(expiration) - now
     return 0.0  # unknown: use it for this call, exchange again next time
-
-
-def _unquote(content: str) -> str:
-    """CIS may hand TXT content back quoted; the contract speaks unquoted values."""
-    if len(content) >= 2 and content[0] == content[-1] == '"':
-        return content[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return content

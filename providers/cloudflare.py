@@ -16,15 +16,12 @@ List calls read exactly one page: the SDK's auto-pagination always fetches one m
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import re
-import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, Secret, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderError,
@@ -33,6 +30,10 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
+from providers.retry_after import retry_after_seconds
+from providers.secret import Secret
+from providers.txt import quote, unquote
 
 if TYPE_CHECKING:
     from cloudflare import AsyncCloudflare
@@ -48,8 +49,6 @@ _ALREADY_THERE = frozenset({81057, 81058})  # record exists / identical record e
 _RECORD_GONE = frozenset({81044})  # record does not exist
 _NO_SUCH_ZONE = frozenset({7003})  # "Could not route to /zones/<id>/...": no such zone id
 _AUTH = frozenset({6003, 6111, 9106, 9109, 10000})  # bad header, bad token, no permission
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class CloudflareSettings:
 class CloudflareProvider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[CloudflareSettings]] = CloudflareSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Cloudflare allows 1,200 requests per 5 minutes per token (4/s). A little under, so
     # that the bucket's burst cannot carry a busy 5 minutes over the limit.
@@ -92,7 +92,7 @@ class CloudflareProvider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.zone_id:
             return self.settings.zone_id
         labels = zone_name.split(".")
@@ -121,7 +121,7 @@ class CloudflareProvider:
     ) -> None:
         await self._call(
             lambda: self._cf().dns.records.create(
-                zone_id=zone.handle, type="TXT", name=fqdn, content=_quote(value), ttl=ttl
+                zone_id=zone.handle, type="TXT", name=fqdn, content=quote(value), ttl=ttl
             ),
             success_codes=_ALREADY_THERE,
         )
@@ -166,7 +166,7 @@ class CloudflareProvider:
             for record in page.result:
                 record_any: Any = record  # a union of record types; all TXT here
                 if record_any.type == "TXT" and record_any.name.lower() == fqdn:
-                    found.append((str(record_any.id), _unquote(record_any.content or "")))
+                    found.append((str(record_any.id), unquote(record_any.content or "")))
             if len(page.result) < RECORDS_PER_PAGE:
                 return found
             page_number += 1
@@ -255,43 +255,3 @@ def _translate_status(status: int, headers: Any, body: object) -> ProviderError:
     if status == 404 or codes & _NO_SUCH_ZONE:
         return ZoneNotFound(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def retry_after_seconds(header: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Retry-After as delay-seconds or an HTTP date; None when absent or unreadable."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
-
-
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _unquote(content: str) -> str:
-    """TXT content as Cloudflare returns it -> its text.
-
-    Quoted (one or more RFC 1035 character strings, `\\DDD` escapes in decimal) or, for
-    records written without quotes, the content as it is.
-    """
-    stripped = content.strip()
-    if not stripped.startswith('"'):
-        return content
-    strings = _TXT_STRING.findall(stripped)
-    if not strings:
-        return content
-    return "".join(_ESCAPE.sub(_unescape, s) for s in strings)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code)) if code.isdigit() else code

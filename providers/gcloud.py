@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, TxtChange, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, TxtChange, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -41,6 +41,8 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
+from providers.retry_after import retry_after_seconds
 from providers.txtsets import Hints, RecordSet
 
 DnsClient = Any  # google-cloud-dns ships no type information
@@ -50,8 +52,6 @@ SCOPES = ("https://www.googleapis.com/auth/ndev.clouddns.readwrite",)
 # Cloud DNS's documented limits per Change.
 MAX_RRSETS_PER_CHANGE = 1000  # additions, and separately deletions
 MAX_RRDATA_BYTES_PER_CHANGE = 100_000
-# A read counts as fresh for a retried apply() this long at most (beyond any deadline).
-FRESH_READ_SECONDS = 60.0
 # Google APIs report some throttling as 403 with one of these reasons.
 _THROTTLED_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
 # "The 'entity.change.deletions[3]' resource named ... does not exist", "Precondition not
@@ -87,6 +87,9 @@ class GcloudSettings:
         default=False,
         help="Send no credentials at all. Only for a local emulator or test fake, and only"
         " with endpoint (refused otherwise); never switched on implicitly.",
+    )
+    timeout_seconds: float = setting(
+        default=15.0, help="Timeout of one API request (the client library's own is 60 s)."
     )
     wait_for_done: bool = setting(
         default=False,
@@ -128,6 +131,7 @@ class _RrsetChange:
 class GoogleCloudDnsProvider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[GcloudSettings]] = GcloudSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Cloud DNS meters API requests per user per minute (the default quota is in the
     # thousands); a challenge burst needs few calls, so stay well below it.
@@ -140,9 +144,6 @@ class GoogleCloudDnsProvider:
         self._client_lock = threading.Lock()
         self._hints = Hints()
         self._undone: dict[tuple[str, str], str] = {}  # name -> our change not yet done
-        # name -> when apply() last read it: reads outlive a failed attempt, so a retry
-        # builds on them instead of starting over (see `apply`).
-        self._fresh: dict[tuple[str, str], float] = {}
 
     @classmethod
     async def open(cls, settings: GcloudSettings, budget: RateBudget) -> Self:
@@ -152,7 +153,7 @@ class GoogleCloudDnsProvider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.managed_zone:
             return self.settings.managed_zone
         labels = zone_name.split(".")
@@ -186,16 +187,7 @@ class GoogleCloudDnsProvider:
     async def apply(
         self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
     ) -> None:
-        # A name read by an earlier attempt at the same changes (the core retries after
-        # any failure) need not be read again to confirm "nothing to do": with one read
-        # per name, a 100-name batch whose answer was lost would otherwise need 100 reads
-        # in a row without one failing.
-        plan = await self._hints.plan(
-            zone,
-            changes,
-            lambda fqdn: self._read(zone, fqdn, fresh=True),
-            fresh=lambda fqdn: self._is_fresh(zone, fqdn),
-        )
+        plan = await self._hints.plan(zone, changes, lambda fqdn: self._read(zone, fqdn))
         rrset_changes = [
             _RrsetChange(fqdn, plan.current[fqdn], plan.wanted[fqdn]) for fqdn in plan.changed()
         ]
@@ -206,17 +198,16 @@ class GoogleCloudDnsProvider:
                     functools.partial(self._create, zone.handle, batch)
                 )
             except ProviderConflict as exc:
-                self._forget(zone, _names_in(exc.message, batch))
+                self._hints.forget(zone, _names_in(exc.message, batch))
                 raise
             except ProviderError:
-                self._forget(zone, batch_names)  # the outcome is unknown
+                self._hints.forget(zone, batch_names)  # the outcome is unknown
                 raise
             for fqdn in batch_names:
                 self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
                 if not done and self.settings.wait_for_done:
                     self._undone[(zone.handle, fqdn)] = change_id
-        for fqdn in plan.names:  # done: the next changes to these names start afresh
-            self._fresh.pop((zone.handle, fqdn), None)
+        self._hints.settled(zone, plan.names)
         if self.settings.wait_for_done:
             # Also changes an earlier, timed-out attempt made for these names: a retry
             # that finds nothing left to write must still wait for them.
@@ -226,15 +217,9 @@ class GoogleCloudDnsProvider:
             for change_id in sorted(pending):
                 await self._wait_done(zone, change_id)
 
-    def _forget(self, zone: ZoneRef, names: list[str]) -> None:
-        self._hints.forget(zone, names)
-        for fqdn in names:
-            self._fresh.pop((zone.handle, fqdn), None)
-
     async def aclose(self) -> None:
         self._hints.clear()
         self._undone.clear()
-        self._fresh.clear()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -250,11 +235,17 @@ class GoogleCloudDnsProvider:
                 options = (
                     {"api_endpoint": self.settings.endpoint} if self.settings.endpoint else None
                 )
-                self._client = dns.Client(
+                client = dns.Client(
                     project=self.settings.project,  # never guessed from the environment
                     credentials=self._credentials(),
                     client_options=options,
                 )
+                # Every request (iterators capture this too) with our timeout, not 60 s.
+                connection = client._connection
+                connection.api_request = functools.partial(
+                    connection.api_request, timeout=self.settings.timeout_seconds
+                )
+                self._client = client
             return self._client
 
     def _credentials(self) -> Any:
@@ -306,11 +297,7 @@ class GoogleCloudDnsProvider:
             and zone.get("visibility", "public") == "public"
         ]
 
-    def _is_fresh(self, zone: ZoneRef, fqdn: str) -> bool:
-        read_at = self._fresh.get((zone.handle, fqdn))
-        return read_at is not None and time.monotonic() - read_at < FRESH_READ_SECONDS
-
-    async def _read(self, zone: ZoneRef, fqdn: str, *, fresh: bool = False) -> RecordSet | None:
+    async def _read(self, zone: ZoneRef, fqdn: str) -> RecordSet | None:
         def read() -> RecordSet | None:
             rrsets = self._dns().zone(zone.handle).list_resource_record_sets()
             rrsets.extra_params = {"name": fqdn + ".", "type": "TXT"}
@@ -322,8 +309,6 @@ class GoogleCloudDnsProvider:
 
         current = await self._call(read)
         self._hints.saw(zone, fqdn, current)
-        if fresh:
-            self._fresh[(zone.handle, fqdn)] = time.monotonic()
         return current
 
     def _create(self, managed_zone: str, batch: list[_RrsetChange]) -> tuple[str, bool]:
@@ -459,7 +444,13 @@ def _translate(exc: Exception) -> ProviderError:
     if status in (409, 412) or (status == 404 and _CHANGE_ENTRY.search(message)):
         return ProviderConflict(NAME, text)  # a stale deletion or a racing addition
     if status == 429 or (status == 403 and _THROTTLED_REASONS.intersection(reasons)):
-        return ProviderRateLimited(NAME, text, retry_after=_retry_after(exc.response))
+        return ProviderRateLimited(
+            NAME,
+            text,
+            retry_after=retry_after_seconds(
+                getattr(exc.response, "headers", {}).get("Retry-After")
+            ),
+        )
     if status in (401, 403):
         return ProviderAuthError(NAME, text)
     if status == 404:
@@ -467,11 +458,3 @@ def _translate(exc: Exception) -> ProviderError:
     if status >= 500:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def _retry_after(response: Any) -> float | None:
-    header = getattr(response, "headers", {}).get("Retry-After")
-    try:
-        return max(0.0, float(header)) if header is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare for Google APIs; back off as usual

@@ -13,14 +13,16 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, ParamSpec, Protocol, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import ProviderUnavailable
+from providers.rate_budget import RateBudget
+from providers.sqlite import write_transaction
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -117,7 +119,7 @@ class ChallengeStore:
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _immediate(self._db)
+        return write_transaction(self._db)
 
     @_serialised
     def add(self, fqdn: str, value: str, ttl: int) -> bool:
@@ -216,19 +218,6 @@ class ChallengeStore:
         )
 
 
-@contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """`BEGIN IMMEDIATE ... COMMIT`: take the write lock up front, so a read-then-write
-    transaction cannot fail half-way when another process writes."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 class RecordStore(Protocol):
     """Where `local` values live: a SQLite file (`SqliteRecords`, one host) or the shared
     PostgreSQL database (`[state]`, every process), chosen by the composition root."""
@@ -293,6 +282,7 @@ class LocalProvider:
 
     name: ClassVar[str] = "local"
     Settings: ClassVar[type[LocalSettings]] = LocalSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(serves_dns=True, local_store=True)
     wants_user_token: ClassVar[bool] = False
     default_rate_per_second: ClassVar[float | None] = None
 
@@ -304,7 +294,12 @@ class LocalProvider:
     async def open(cls, settings: LocalSettings, budget: RateBudget) -> Self:
         return cls(settings)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    @classmethod
+    def on_store(cls, settings: LocalSettings, store: RecordStore) -> Self:
+        """On the shared database's store (`[state]`) instead of the SQLite file."""
+        return cls(settings, store=store)
+
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         return zone_name
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:

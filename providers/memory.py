@@ -11,7 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from providers.base import ChangeContext, RateBudget, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
+from providers.rate_budget import RateBudget
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class MemoryStore:
 class MemoryProvider:
     name: ClassVar[str] = "memory"
     Settings: ClassVar[type[MemorySettings]] = MemorySettings
+    capabilities: ClassVar[Capabilities] = Capabilities(publishes_to_dns=False)
     wants_user_token: ClassVar[bool] = False
     default_rate_per_second: ClassVar[float | None] = None
 
@@ -46,7 +48,7 @@ class MemoryProvider:
     async def open(cls, settings: MemorySettings, budget: RateBudget) -> Self:
         return cls(settings)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         return zone_name
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:

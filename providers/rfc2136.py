@@ -4,7 +4,8 @@ self-hosted DNS, through one adapter (dnspython, natively async).
 Updates are prerequisite-free and value-addressed: "add this TXT record" and "delete this
 TXT record". The server keeps every other value at the name, ignores a duplicate add and
 a delete of an absent record, and drops the record set with its last record. So the
-adapter holds no state and needs no read before a write.
+adapter holds no state, and an add needs no read; a removal reads the name first, to
+delete the value however another tool split it into strings.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
+from dns.rdtypes.txtbase import TXTBase
 
-from providers.base import ChangeContext, RateBudget, Secret, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderError,
@@ -33,6 +35,9 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.rate_budget import RateBudget
+from providers.secret import Secret
+from providers.txt import quote
 
 NAME = "rfc2136"
 
@@ -65,6 +70,7 @@ class Rfc2136Settings:
 class Rfc2136Provider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[Rfc2136Settings]] = Rfc2136Settings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     default_rate_per_second: ClassVar[float | None] = None  # your own server
 
@@ -87,7 +93,7 @@ class Rfc2136Provider:
             )
         return cls(settings, budget)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         """The apex of the zone holding `zone_name`, from the server's own SOA answer."""
         if self.settings.zone:
             return self.settings.zone.rstrip(".").lower()
@@ -99,6 +105,8 @@ class Rfc2136Provider:
                 f"{self._host}:{self._port} serves no zone for {zone_name}"
                 f" ({dns.rcode.to_text(response.rcode())})",
             )
+        # A server that failed to answer (SERVFAIL) is not a server without the zone.
+        self._check(response, f"SOA query for {zone_name}", allow=(dns.rcode.NXDOMAIN,))
         for section in (response.answer, response.authority):
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:
@@ -106,25 +114,29 @@ class Rfc2136Provider:
         raise ZoneNotFound(NAME, f"no SOA for {zone_name} from {self._host}:{self._port}")
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
+        return frozenset(_text(r) for r in await self._records(fqdn))
+
+    async def _records(self, fqdn: str) -> list[TXTBase]:
         response = await self._send(dns.message.make_query(fqdn, "TXT"))
         self._check(response, f"query {fqdn}", allow=(dns.rcode.NXDOMAIN,))
-        return frozenset(
-            b"".join(r.strings).decode()
-            for rrset in response.answer
-            if rrset.rdtype == dns.rdatatype.TXT
-            for r in rrset
-        )
+        return [r for rrset in response.answer for r in rrset if isinstance(r, TXTBase)]
 
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
     ) -> None:
         update = self._update(zone)
-        update.add(fqdn + ".", ttl, dns.rdatatype.TXT, _quoted(value))
+        update.add(fqdn + ".", ttl, dns.rdatatype.TXT, quote(value))
         self._check(await self._send(update), f"add at {fqdn}")
 
     async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
+        # A delete names the exact record, and another tool may have split the value into
+        # several strings: delete every record whose text is the value, as read, and the
+        # one string we write (in case it appeared since the read).
         update = self._update(zone)
-        update.delete(fqdn + ".", dns.rdatatype.TXT, _quoted(value))
+        update.delete(fqdn + ".", dns.rdatatype.TXT, quote(value))
+        for record in await self._records(fqdn):
+            if _text(record) == value and len(record.strings) > 1:
+                update.delete(fqdn + ".", record)
         self._check(await self._send(update), f"delete at {fqdn}")
 
     async def aclose(self) -> None:
@@ -175,6 +187,11 @@ class Rfc2136Provider:
         raise _error_for(rcode, text)
 
 
+def _text(record: TXTBase) -> str:
+    """A TXT record's value: its character strings, joined."""
+    return b"".join(record.strings).decode(errors="replace")
+
+
 def _error_for(rcode: int, text: str) -> ProviderError:
     # An unsigned or unauthorised update is REFUSED by BIND and PowerDNS, NOTAUTH by Knot.
     if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH, dns.rcode.BADSIG, dns.rcode.BADKEY):
@@ -184,8 +201,3 @@ def _error_for(rcode: int, text: str) -> ProviderError:
     if rcode == dns.rcode.SERVFAIL:
         return ProviderUnavailable(NAME, text)
     return ProviderRejected(NAME, text)
-
-
-def _quoted(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

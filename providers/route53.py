@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar
 
-from providers.base import ChangeContext, RateBudget, TxtChange, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, TxtChange, ZoneRef, setting
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -33,7 +33,9 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
-from providers.txtsets import Hints, RecordSet, unescape
+from providers.rate_budget import RateBudget
+from providers.txt import unescape
+from providers.txtsets import Hints, RecordSet
 
 Route53Client = Any  # boto3 ships no type information
 T = TypeVar("T")
@@ -75,6 +77,9 @@ class Route53Settings:
         default=None, help="API endpoint URL, for API-compatible services and tests."
     )
     region: str = setting(default="us-east-1", help="Region for request signing.")
+    timeout_seconds: float = setting(
+        default=15.0, help="Timeout of one API request (connecting: at most 5 s)."
+    )
     wait_insync: bool = setting(
         default=False,
         help="Answer only once the change is INSYNC on every Route 53 server (takes tens of"
@@ -88,6 +93,7 @@ class Route53Settings:
 class Route53Provider:
     name: ClassVar[str] = NAME
     Settings: ClassVar[type[Route53Settings]] = Route53Settings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = False
     # Route 53 documents 5 requests per second per account.
     default_rate_per_second: ClassVar[float | None] = 5.0
@@ -105,7 +111,7 @@ class Route53Provider:
 
     # --- the contract -------------------------------------------------------------------
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         if self.settings.hosted_zone_id:
             return self.settings.hosted_zone_id.removeprefix("/hostedzone/")
         labels = zone_name.split(".")
@@ -154,6 +160,7 @@ class Route53Provider:
                 self._hints.wrote(zone, fqdn, plan.wanted[fqdn])
             if self.settings.wait_insync:
                 await self._wait_insync(change_id)
+        self._hints.settled(zone, plan.names)
 
     async def aclose(self) -> None:
         self._hints.clear()
@@ -178,8 +185,8 @@ class Route53Provider:
                     config=Config(
                         # `max_attempts` would count retries; this counts calls.
                         retries={"total_max_attempts": 1, "mode": "standard"},
-                        connect_timeout=5,
-                        read_timeout=15,
+                        connect_timeout=min(5.0, self.settings.timeout_seconds),
+                        read_timeout=self.settings.timeout_seconds,
                     ),
                 )
                 client.meta.events.register(

@@ -12,38 +12,15 @@ deletion must name them verbatim.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from providers.base import TxtChange, ZoneRef
+from providers.txt import quote, unquote
 
-_TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(\d{3}|.)")
-
-
-def quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def unescape(text: str, *, base: int) -> str:
-    """Resolve `\\X` and `\\DDD` escapes; DDD is decimal in RFC 1035 (Cloud DNS), octal in
-    Route 53's names and values."""
-
-    def one(match: re.Match[str]) -> str:
-        code = match.group(1)
-        return chr(int(code, base)) if code.isdigit() else code
-
-    return _ESCAPE.sub(one, text)
-
-
-def unquote(rrdata: str, *, base: int) -> str:
-    """A TXT rrdata as the API returns it (one or more quoted strings) -> its text."""
-    strings = _TXT_STRING.findall(rrdata)
-    if not strings:
-        return rrdata
-    return "".join(unescape(s, base=base) for s in strings)
+# A read made for a plan counts for its retries this long at most (beyond any deadline).
+FRESH_READ_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -92,26 +69,34 @@ Read = Callable[[str], Awaitable[RecordSet | None]]
 
 
 class Hints:
-    """The set an adapter last read or wrote at each (zone handle, name)."""
+    """The set an adapter last read or wrote at each (zone handle, name), and which names
+    were read for changes not yet written.
 
-    def __init__(self) -> None:
+    The core retries a failed `apply` with the same changes. A batch whose answer was
+    lost must re-read every name before it may decide "nothing to do"; if each attempt
+    started over, a 100-name batch would need 100 reads in a row without one failing
+    (one fault run hung with 599 reads). So a read made for a plan counts for the
+    retries of that plan for `fresh_for` seconds, until the changes are written
+    (`settled`) or a write's outcome is unknown again (`forget`).
+    """
+
+    def __init__(
+        self,
+        *,
+        fresh_for: float = FRESH_READ_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._known: dict[tuple[str, str], RecordSet | None] = {}
         self._stale: set[tuple[str, str]] = set()  # after a conflict: read, never guess
+        self._read_at: dict[tuple[str, str], float] = {}  # read by a plan not yet written
+        self._fresh_for = fresh_for
+        self._clock = clock
 
-    async def plan(
-        self,
-        zone: ZoneRef,
-        changes: Sequence[TxtChange],
-        read: Read,
-        *,
-        fresh: Callable[[str], bool] = lambda fqdn: False,
-    ) -> Plan:
+    async def plan(self, zone: ZoneRef, changes: Sequence[TxtChange], read: Read) -> Plan:
         """Current and wanted sets for `changes`. `read` fetches one name from the provider
-        (and reports it back through `saw`); `fresh` tells which names count as read
-        already, besides those this call reads."""
+        (and reports it back through `saw`)."""
         names = list(dict.fromkeys(change.fqdn for change in changes))
         current: dict[str, RecordSet | None] = {}
-        read_now: set[str] = set()
         for fqdn in names:
             key = (zone.handle, fqdn)
             if key in self._known and key not in self._stale:
@@ -121,21 +106,27 @@ class Hints:
             ):
                 current[fqdn] = None  # a guess: a wrong one fails the change, and we re-read
             else:
-                current[fqdn] = await read(fqdn)
-                read_now.add(fqdn)
+                current[fqdn] = await self._read(zone, fqdn, read)
         wanted = apply_changes(current, changes)
         # "Nothing to do" is decided only on a fresh read: a stale hint that wrongly says
         # so would skip the write, and with it the provider's check. Re-read those names.
         unsure = [
-            fqdn
-            for fqdn in names
-            if wanted[fqdn] == current[fqdn] and fqdn not in read_now and not fresh(fqdn)
+            fqdn for fqdn in names if wanted[fqdn] == current[fqdn] and not self._fresh(zone, fqdn)
         ]
         for fqdn in unsure:
-            current[fqdn] = await read(fqdn)
+            current[fqdn] = await self._read(zone, fqdn, read)
         if unsure:
             wanted = apply_changes(current, changes)
         return Plan(names, current, wanted)
+
+    async def _read(self, zone: ZoneRef, fqdn: str, read: Read) -> RecordSet | None:
+        found = await read(fqdn)
+        self._read_at[(zone.handle, fqdn)] = self._clock()
+        return found
+
+    def _fresh(self, zone: ZoneRef, fqdn: str) -> bool:
+        read_at = self._read_at.get((zone.handle, fqdn))
+        return read_at is not None and self._clock() - read_at < self._fresh_for
 
     def saw(self, zone: ZoneRef, fqdn: str, current: RecordSet | None) -> None:
         """A read from the provider: the best hint there is."""
@@ -145,12 +136,20 @@ class Hints:
     def wrote(self, zone: ZoneRef, fqdn: str, written: RecordSet | None) -> None:
         self._known[(zone.handle, fqdn)] = written
 
+    def settled(self, zone: ZoneRef, names: Iterable[str]) -> None:
+        """The changes to these names are written: the next changes start afresh."""
+        for fqdn in names:
+            self._read_at.pop((zone.handle, fqdn), None)
+
     def forget(self, zone: ZoneRef, names: Iterable[str]) -> None:
-        """A change failed for these names: read them before the next write."""
+        """A change failed for these names, its outcome unknown: read them before the
+        next write, and count no earlier read."""
         for fqdn in names:
             self._known.pop((zone.handle, fqdn), None)
             self._stale.add((zone.handle, fqdn))
+            self._read_at.pop((zone.handle, fqdn), None)
 
     def clear(self) -> None:
         self._known.clear()
         self._stale.clear()
+        self._read_at.clear()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from providers.sqlite import write_transaction
 from receiver.sqlite import SqliteFile
 
 VALUES_KEPT = 2
@@ -141,8 +142,7 @@ class SqliteAccountStore:
         now = self._clock()
 
         def update(db: sqlite3.Connection) -> list[str]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 db.execute(
                     "INSERT INTO acme_dns_values VALUES (?, ?, ?)"
                     " ON CONFLICT (subdomain, value) DO UPDATE SET updated = excluded.updated",
@@ -158,10 +158,6 @@ class SqliteAccountStore:
                     "DELETE FROM acme_dns_values WHERE subdomain = ? AND value = ?",
                     [(subdomain, v) for v in evicted],
                 )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
             return evicted
 
         return await self._file.run(update)

@@ -12,7 +12,7 @@ import time
 
 import structlog
 
-from providers.base import Secret
+from providers.secret import Secret
 from receiver.challenge import Challenge
 from receiver.config import ZoneSettings
 from receiver.errors import Forbidden, ReceiverError, Unavailable

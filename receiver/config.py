@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from providers.base import Secret, setting
+from providers.base import Capabilities, setting, settings_acting_as_user
 from providers.registry import UnknownProvider, is_provider, load_provider_class, provider_names
+from providers.secret import Secret
 from receiver.challenge import canonical_name, longest_zone
 from receiver.crn import InstanceCrn, InvalidCrn
 from receiver.errors import ConfigError, InvalidName
@@ -382,6 +383,11 @@ class ZoneSettings:
         """Zones with equal provider and options share one adapter instance."""
         return (self.provider, self.options)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the zone's adapter declares (a delegating zone has none: the defaults)."""
+        return capabilities_of(self.provider) if self.cname_to is None else Capabilities()
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -492,10 +498,15 @@ def _check_state(
             "journal.database", f"{key} keeps the journal in PostgreSQL: remove journal.database"
         )
     zones = raw_zones if isinstance(raw_zones, list) else []
-    local_tables = [("local.database", _mapping(data.get("local")))] + [
+    provider_tables = [
+        (f"{name}.database", _mapping(data.get(name)))
+        for name in reader.provider_defaults
+        if capabilities_of(name).local_store
+    ]
+    local_tables = provider_tables + [
         (f"zones[{i}].options.database", _mapping(_mapping(zone).get("options")))
         for i, zone in enumerate(zones)
-        if _mapping(zone).get("provider") == "local"
+        if capabilities_of(_mapping(zone).get("provider")).local_store
     ]
     for name, table in local_tables:
         if "database" in table:
@@ -518,6 +529,17 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def capabilities_of(provider: object) -> Capabilities:
+    """What the adapter registered as `provider` declares; the defaults for a name no
+    adapter has (reported as a problem elsewhere)."""
+    if not isinstance(provider, str):
+        return Capabilities()
+    try:
+        return load_provider_class(provider).capabilities
+    except UnknownProvider:
+        return Capabilities()
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -526,7 +548,7 @@ def _with_journal_database(settings: Settings, base_dir: Path) -> Settings:
     """The journal shares the `local` store's file unless told otherwise."""
     if settings.journal.database is not None:
         return settings
-    local = [z.options.database for z in settings.zones if z.provider == "local" and z.options]
+    local = [z.options.database for z in settings.zones if z.capabilities.local_store]
     database = local[0] if local else base_dir / DEFAULT_DATABASE
     return dataclasses.replace(
         settings, journal=dataclasses.replace(settings.journal, database=database)
@@ -550,7 +572,7 @@ def with_dns_listen(settings: Settings, listen: str) -> Settings:
         raise ConfigError([f"--dns-listen: {exc}"]) from None
     zones = tuple(
         dataclasses.replace(z, options=dataclasses.replace(z.options, dns_listen=listen))
-        if z.provider == "local"
+        if z.capabilities.serves_dns
         else z
         for z in settings.zones
     )
@@ -575,6 +597,8 @@ class _Reader:
         self.environ = environ
         self.problems: list[str] = []
         self.provider_defaults: dict[str, Mapping[str, Any]] = {}
+        # zones[i] -> option -> the key it was set under (zones[i].options.x, or [provider])
+        self.option_keys: dict[str, dict[str, str]] = {}
 
     def problem(self, key: str, message: str) -> None:
         text = f"{key}: {message}"
@@ -772,6 +796,12 @@ class _Reader:
                     options = self.build(cls.Settings, {**defaults, **raw}, prefix)
                     for option, problem in _option_problems(options):
                         self.problem(f"{prefix}.{option}", problem)
+                    self.option_keys[key] = {
+                        option: f"{key}.options.{option}"
+                        if option in raw
+                        else f"{provider}.{option}"
+                        for option in {**defaults, **raw}
+                    }
         if name is None or not isinstance(provider, str) or options is None:
             return None
         return ZoneSettings(
@@ -881,6 +911,8 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         if not ut.issuer:
             reader.problem("user_token.issuer", "must not be empty")
     _check_algorithms(reader, "user_token.algorithms", ut.algorithms)
+    if not ut.verify:
+        _check_acting_as_user(settings, reader)
 
     for name, value in [
         ("certificate_manager.clock_skew_seconds", cm.clock_skew_seconds),
@@ -945,6 +977,21 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
             )
 
 
+def _check_acting_as_user(settings: Settings, reader: _Reader) -> None:
+    """A zone whose adapter acts only as the ordering user could never write when no
+    verified user token is passed on: say so at start, naming both keys."""
+    for index, zone in enumerate(settings.zones):
+        for option in settings_acting_as_user(zone.options):
+            key = reader.option_keys.get(f"zones[{index}]", {}).get(option)
+            value = getattr(zone.options, option)
+            reader.problem(
+                key or f"zones[{index}].options.{option}",
+                f'{option} = "{value}" acts only with the ordering user\'s verified token, and'
+                " user_token.verify = false passes none on: every write would fail. Set"
+                f" user_token.verify = true, or change {option}",
+            )
+
+
 def _check_doors(settings: Settings, reader: _Reader) -> None:
     httpreq, acme_dns = settings.httpreq, settings.acme_dns
     if not (settings.certificate_manager.enabled or httpreq.enabled or acme_dns.enabled):
@@ -998,8 +1045,8 @@ def _check_digicert(settings: Settings, reader: _Reader) -> None:
 
 
 def _check_local(settings: Settings, reader: _Reader) -> None:
-    """Zones on the `local` provider share one store and one responder."""
-    local = [(i, z) for i, z in enumerate(settings.zones) if z.provider == "local"]
+    """Zones served by the built-in responder (`local`) share one store and responder."""
+    local = [(i, z) for i, z in enumerate(settings.zones) if z.capabilities.serves_dns]
     if not local:
         return
     first = local[0][1].options

@@ -13,11 +13,12 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from providers.base import BatchingProvider, ChangeContext, Provider, Secret, TxtChange, ZoneRef
+from providers.base import BatchingProvider, ChangeContext, Provider, TxtChange, ZoneRef
 from providers.errors import (
     ProviderAuthError,
     ProviderConflict,
@@ -27,6 +28,7 @@ from providers.errors import (
     ProviderUnavailable,
     ZoneNotFound,
 )
+from providers.secret import Secret
 from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
 from receiver.errors import Unavailable, UpstreamFailed
@@ -62,23 +64,29 @@ class KeyedLocks:
 
 
 class Coalescer:
-    """Collects changes for one zone during `window` seconds and runs them as one batch.
+    """Collects changes for one zone during `window` seconds and runs them as batches.
 
-    One batch per zone is in flight at a time; changes arriving meanwhile form the next.
-    Every submitter learns the outcome of the batch its change went out in.
+    One round per zone is in flight at a time; changes arriving meanwhile form the next.
+    A round runs one batch per user token (a batch acts as one identity: changes of
+    different users never share one), in arrival order. Every submitter learns the
+    outcome of the batch its change went out in.
     """
 
     def __init__(
-        self, run: Callable[[list[TxtChange], list[str]], Awaitable[None]], window: float
+        self,
+        run: Callable[[list[TxtChange], list[str], Secret | None], Awaitable[None]],
+        window: float,
     ) -> None:
         self._run = run
         self._window = window
-        self._pending: list[tuple[TxtChange, str, asyncio.Future[None]]] = []
+        self._pending: list[_Submitted] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, change: TxtChange, request_id: str) -> None:
+    async def submit(
+        self, change: TxtChange, request_id: str, user_token: Secret | None = None
+    ) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((change, request_id, future))
+        self._pending.append(_Submitted(change, request_id, user_token, future))
         if self._worker is None:
             self._worker = asyncio.create_task(self._drain())
         # Shielded: a caller that gives up (deadline) must not cancel everyone's batch.
@@ -88,26 +96,43 @@ class Coalescer:
         try:
             while self._pending:
                 await asyncio.sleep(self._window)
-                batch, self._pending = self._pending, []
-                try:
-                    await self._run([c for c, _, _ in batch], [r for _, r, _ in batch])
-                except asyncio.CancelledError:  # shutting down: nobody may wait forever
-                    for _, _, future in batch + self._pending:
-                        future.cancel()
-                    raise
-                except Exception as exc:  # every waiter of this batch gets it; go on
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                round_, self._pending = self._pending, []
+                by_token: dict[Secret | None, list[_Submitted]] = {}
+                for submitted in round_:
+                    by_token.setdefault(submitted.user_token, []).append(submitted)
+                for token, batch in by_token.items():
+                    await self._one_batch(token, batch, round_)
         finally:
             self._worker = None
 
+    async def _one_batch(
+        self, token: Secret | None, batch: list[_Submitted], round_: list[_Submitted]
+    ) -> None:
+        try:
+            await self._run([s.change for s in batch], [s.request_id for s in batch], token)
+        except asyncio.CancelledError:  # shutting down: nobody may wait forever
+            for submitted in round_ + self._pending:
+                submitted.future.cancel()
+            raise
+        except Exception as exc:  # every waiter of this batch gets it; go on
+            for submitted in batch:
+                if not submitted.future.done():
+                    submitted.future.set_exception(exc)
+        else:
+            for submitted in batch:
+                if not submitted.future.done():
+                    submitted.future.set_result(None)
+
     def __len__(self) -> int:
         return len(self._pending)
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    change: TxtChange
+    request_id: str
+    user_token: Secret | None
+    future: asyncio.Future[None]
 
 
 class Dispatcher:
@@ -150,19 +175,19 @@ class Dispatcher:
         )
         deadline = self._settings.deadline_seconds
         batching = self._batching[zone.provider_key] and self._settings.batch_window_seconds
+        if not provider.wants_user_token:
+            user_token = None  # no other adapter ever sees it
         try:
             if batching:
                 # The batch has its own deadline; waiting also covers the collection window.
                 async with asyncio.timeout(deadline + self._settings.batch_window_seconds):
-                    await self._coalescer(provider, zone).submit(change, request_id)
+                    await self._coalescer(provider, zone).submit(change, request_id, user_token)
                 return
-            ctx = ChangeContext(
-                request_id=request_id, user_token=user_token if provider.wants_user_token else None
-            )
+            ctx = ChangeContext(request_id=request_id, user_token=user_token)
             async with asyncio.timeout(deadline):
                 async with self._locks.hold((zone.provider, challenge.fqdn)):
                     await self._retrying(
-                        provider, zone, lambda ref: _single(provider, ref, change, ctx)
+                        provider, zone, ctx, lambda ref: _single(provider, ref, change, ctx)
                     )
         except TimeoutError:
             raise Unavailable(
@@ -178,12 +203,14 @@ class Dispatcher:
             assert isinstance(provider, BatchingProvider)
             batching: BatchingProvider = provider
 
-            async def run(changes: list[TxtChange], request_ids: list[str]) -> None:
-                ctx = ChangeContext(request_id=",".join(request_ids[:10]))
+            async def run(
+                changes: list[TxtChange], request_ids: list[str], user_token: Secret | None
+            ) -> None:
+                ctx = ChangeContext(request_id=",".join(request_ids[:10]), user_token=user_token)
                 log.debug("batch", zone=zone.name, changes=len(changes))
                 async with asyncio.timeout(self._settings.deadline_seconds):
                     await self._retrying(
-                        provider, zone, lambda ref: batching.apply(ref, changes, ctx=ctx)
+                        provider, zone, ctx, lambda ref: batching.apply(ref, changes, ctx=ctx)
                     )
 
             coalescer = Coalescer(run, self._settings.batch_window_seconds)
@@ -194,6 +221,7 @@ class Dispatcher:
         self,
         provider: Provider,
         zone: ZoneSettings,
+        ctx: ChangeContext,
         operation: Callable[[ZoneRef], Awaitable[None]],
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -203,7 +231,7 @@ class Dispatcher:
             attempt += 1
             started = loop.time()
             try:
-                await operation(await self._zone_ref(provider, zone))
+                await operation(await self._zone_ref(provider, zone, ctx))
                 self._metrics.provider_call(zone.provider, "ok", loop.time() - started)
                 return
             except ProviderError as exc:
@@ -246,15 +274,19 @@ class Dispatcher:
         )
         return ceiling * self._jitter()
 
-    async def _zone_ref(self, provider: Provider, zone: ZoneSettings) -> ZoneRef:
-        """Cached; single-flight, so a burst of first requests costs one lookup."""
+    async def _zone_ref(
+        self, provider: Provider, zone: ZoneSettings, ctx: ChangeContext
+    ) -> ZoneRef:
+        """Cached; single-flight, so a burst of first requests costs one lookup. The
+        lookup runs in the change's context (CIS looks zones up as the ordering user)."""
         key = (zone.provider, zone.name)
         ref = self._zone_refs.get(key)
         if ref is None:
             async with self._locks.hold(("zone", *key)):
                 ref = self._zone_refs.get(key)
                 if ref is None:
-                    ref = ZoneRef(name=zone.name, handle=await provider.zone_handle(zone.name))
+                    handle = await provider.zone_handle(zone.name, ctx=ctx)
+                    ref = ZoneRef(name=zone.name, handle=handle)
                     self._zone_refs[key] = ref
         return ref
 

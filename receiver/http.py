@@ -130,7 +130,7 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app[SETTINGS] = settings
     app[SLOT] = slot
     app.cleanup_ctx.append(_runtime_context)
-    if any(zone.provider == "local" for zone in settings.zones):
+    if any(zone.capabilities.serves_dns for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
     if settings.certificate_manager.enabled:
         app.router.add_post(settings.server.callback_path, notification)
@@ -166,7 +166,7 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
     from receiver import dnsserver  # dnspython is imported only when a zone is `local`
 
     settings, runtime, slot = app[SETTINGS], app[RUNTIME], app[SLOT]
-    local = [zone for zone in settings.zones if zone.provider == "local"]
+    local = [zone for zone in settings.zones if zone.capabilities.serves_dns]
     async with contextlib.AsyncExitStack() as stack:
         view, records = None, None
         if runtime.state.shared:  # answers from memory, following the shared database

@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import structlog
 
+from providers.sqlite import write_transaction
 from receiver.sqlite import SqliteFile
 
 log = structlog.get_logger("receiver.journal")
@@ -334,8 +335,7 @@ class SqliteJournal:
         self, entries: Sequence[Entry], settlements: Sequence[Settlement]
     ) -> list[int]:
         def write(db: sqlite3.Connection) -> list[int]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 ids = [db.execute(_INSERT, _row(entry)).lastrowid or 0 for entry in entries]
                 if settlements:
                     db.executemany(
@@ -343,10 +343,6 @@ class SqliteJournal:
                         " WHERE id = ?",
                         [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
                     )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
             return ids
 
         return await self._file.write_now(write)

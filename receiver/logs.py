@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from providers.base import Secret
+from providers.secret import Secret
 from receiver.config import LogSettings
 
 REDACTED = "[redacted]"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from providers.base import Capabilities
 from receiver.challenge import Challenge
 from receiver.config import PropagationSettings, ZoneSettings
 from receiver.errors import PropagationTimeout
@@ -140,6 +141,7 @@ class Propagation:
         self._metrics = metrics
         self.checker = Checker(settings)
         self._zones: dict[str, _ZoneChecker] = {}
+        self._capabilities: dict[str, Capabilities] = {}  # by provider name
         self._background: OrderedDict[tuple[str, str], _Check] = OrderedDict()  # oldest first
         self._waiting: set[_Check] = set()
         self._rewrites = asyncio.Semaphore(REWRITES_AT_ONCE)
@@ -214,18 +216,21 @@ class Propagation:
     def _known(self, zone: ZoneSettings, challenge: Challenge) -> Result | None:
         """The result, where the provider's own answer is authoritative by construction.
 
-        `memory` serves no DNS at all: nothing to ask (counted as skipped). `local` is
-        served by the built-in responder from the store the write has just committed
-        (SQLite: read on every query; PostgreSQL: a mirror following within
-        milliseconds), so the value is live now: asking would only query this process's
-        own responder about its own store, once per value. A zone with a `nameservers`
-        table is always asked there: the table says who serves it."""
+        An adapter that publishes to no DNS (`memory`) leaves nothing to ask (counted as
+        skipped). One the built-in responder serves (`local`) answers from the store the
+        write has just committed (SQLite: read on every query; PostgreSQL: a mirror
+        following within milliseconds), so the value is live now: asking would only
+        query this process's own responder about its own store, once per value. A zone
+        with a `nameservers` table is always asked there: the table says who serves it."""
         if zone.nameservers:
             return None
-        if zone.provider == "memory":
+        capabilities = self._capabilities.get(zone.provider)
+        if capabilities is None:  # looked up once: an entry point's costs a scan
+            capabilities = self._capabilities[zone.provider] = zone.capabilities
+        if not capabilities.publishes_to_dns:
             self._metrics.propagation("skipped")
             return Result(True, 0.0, ())
-        if zone.provider == "local":
+        if capabilities.serves_dns:
             result = Result(True, 0.0, ())
             self._outcome(challenge.fqdn, challenge.value, result, [LOCAL_RESPONDER])
             return result

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from providers.base import Provider, RateBudget
+from providers.base import Provider, StoreBackedProvider
 from providers.errors import ProviderError
+from providers.rate_budget import RateBudget
 from providers.registry import load_provider_class
 from receiver.config import Settings
 from receiver.crn import InstanceCrn
@@ -67,15 +68,16 @@ class Runtime:
                         zone.provider, adapter_class.default_rate_per_second
                     )
                     shared_records = (
-                        state.local_records(zone.options) if zone.provider == "local" else None
+                        state.local_records(zone.options)
+                        if adapter_class.capabilities.local_store
+                        else None
                     )
                     # One budget per account: zones with equal options share the adapter.
                     adapter: Provider
                     try:
                         if shared_records is not None:
-                            from providers.local import LocalProvider
-
-                            adapter = LocalProvider(zone.options, store=shared_records)
+                            store_backed = cast(type[StoreBackedProvider], adapter_class)
+                            adapter = store_backed.on_store(zone.options, shared_records)
                         else:
                             adapter = await adapter_class.open(zone.options, RateBudget(rate))
                     except ProviderError as exc:  # unusable options found on opening

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from providers.base import Secret, ZoneRef
+from providers.base import ZoneRef
 from providers.errors import ProviderError
+from providers.secret import Secret
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
 from receiver.config import ZoneSettings

@@ -211,7 +211,7 @@ def supervise(settings: Settings, count: int, work: Work) -> int:
     try:
         http = _reserve(reservations, "server.listen", settings.server.listen)
         shared = with_listen(settings, http.listen)
-        local = [zone for zone in settings.zones if zone.provider == "local"]
+        local = [zone for zone in settings.zones if zone.capabilities.serves_dns]
         dns = None
         if local:
             dns_listen = local[0].options.dns_listen

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from providers import errors
-from providers.base import ChangeContext, RateBudget, ZoneRef, setting
+from providers.base import Capabilities, ChangeContext, RateBudget, ZoneRef, setting
 from providers.memory import MemoryProvider, MemorySettings
 
 ERRORS = {
@@ -40,6 +40,7 @@ class ScriptedSettings:
 class ScriptedProvider:
     name: ClassVar[str] = "scripted"
     Settings: ClassVar[type[ScriptedSettings]] = ScriptedSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
     wants_user_token: ClassVar[bool] = True
     default_rate_per_second: ClassVar[float | None] = None
 
@@ -54,7 +55,7 @@ class ScriptedProvider:
     async def open(cls, settings: ScriptedSettings, budget: RateBudget) -> Self:
         return cls(settings)
 
-    async def zone_handle(self, zone_name: str) -> str:
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
         return zone_name
 
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import pytest
 
-from providers.base import ZoneRef
+from providers.base import ChangeContext, TxtChange, ZoneRef
+from providers.memory import MemoryProvider, MemorySettings
+from providers.secret import Secret
 from receiver import signing
 from receiver.dispatch import KeyedLocks
 
@@ -183,7 +186,7 @@ async def test_coalescer_batches_and_reports_per_batch() -> None:
     batches: list[list[str]] = []
     fail_next = [True]
 
-    async def run(changes: list[TxtChange], request_ids: list[str]) -> None:
+    async def run(changes: list[TxtChange], request_ids: list[str], token: object) -> None:
         batches.append([c.value for c in changes])
         await asyncio.sleep(0.05)
         if fail_next[0]:
@@ -267,3 +270,54 @@ async def test_faults_at_a_rate_never_lose_a_challenge(
     )
     for domain in domains:
         assert await provider.list_txt(ZoneRef("", ""), f"_acme-challenge.{domain}") == set()
+
+
+class BatchingRecorder(MemoryProvider):
+    """A batching adapter that acts as the ordering user, as a batching CIS would."""
+
+    wants_user_token: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__(MemorySettings())
+        self.batches: list[tuple[str | None, list[str]]] = []
+        self.lookups: list[str | None] = []
+
+    async def zone_handle(self, zone_name: str, *, ctx: ChangeContext | None = None) -> str:
+        self.lookups.append(ctx.user_token.reveal() if ctx and ctx.user_token else None)
+        return zone_name
+
+    async def apply(
+        self, zone: ZoneRef, changes: Sequence[TxtChange], *, ctx: ChangeContext
+    ) -> None:
+        token = ctx.user_token.reveal() if ctx.user_token else None
+        self.batches.append((token, [c.value for c in changes]))
+        for change in changes:
+            await self.add_txt(zone, change.fqdn, change.value, change.ttl, ctx=ctx)
+
+
+async def test_batches_carry_the_user_token_and_never_mix_users() -> None:
+    import asyncio
+
+    from receiver.challenge import Action, Challenge
+    from receiver.config import DispatchSettings, ZoneSettings
+    from receiver.dispatch import Dispatcher
+
+    provider = BatchingRecorder()
+    zone = ZoneSettings(name="example.com", provider="batching", options=MemorySettings())
+    dispatcher = Dispatcher(
+        {zone.provider_key: provider}, DispatchSettings(batch_window_seconds=0.05)
+    )
+    sent = [("a1", "alice"), ("b1", "bob"), ("a2", "alice"), ("n1", None)]
+    await asyncio.gather(
+        *(
+            dispatcher.apply(
+                Challenge(Action.ADD, "example.com", FQDN, value),
+                zone,
+                request_id=value,
+                user_token=Secret(token) if token else None,
+            )
+            for value, token in sent
+        )
+    )
+    assert provider.batches == [("alice", ["a1", "a2"]), ("bob", ["b1"]), (None, ["n1"])]
+    assert provider.lookups == ["alice"]  # the zone is looked up once, as the first user

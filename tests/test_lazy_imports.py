@@ -18,8 +18,9 @@ PROBE = """
 import sys
 at_start = set(sys.modules)  # a *-nspkg.pth (functions-framework's) pre-creates `google`
 from receiver import cli, core, http, runtime, config  # everything a door imports
-before = sorted(m for m in sys.modules if m.startswith("providers.") and m not in
-                ("providers.base", "providers.errors", "providers.registry"))
+from providers.registry import BUILT_IN
+adapters = {target.partition(":")[0] for target in BUILT_IN.values()}
+before = sorted(m for m in sys.modules if m in adapters)  # shared helpers may load
 heavy = sorted(m for m in set(sys.modules) - at_start if m.split(".")[0] in ("boto3", "botocore",
                "google", "cloudflare", "dns"))
 from providers.registry import load_provider_class, provider_names

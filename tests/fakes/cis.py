@@ -72,6 +72,8 @@ class Fault:
     operation: str  # "zones", "list", "create", "delete" or "any"
     retry_after: str | None = None
     after: bool = False  # apply the write, then answer with the error
+    hang_seconds: float = 0.0  # answer only this late (a client's timeout fires first)
+    fired: int = 0
 
 
 @dataclass
@@ -120,8 +122,11 @@ class FakeCis:
         operation: str = "any",
         retry_after: str | None = None,
         after: bool = False,
-    ) -> None:
-        self.faults.append(Fault(status, times, operation, retry_after, after))
+        hang_seconds: float = 0.0,
+    ) -> Fault:
+        fault = Fault(status, times, operation, retry_after, after, hang_seconds)
+        self.faults.append(fault)
+        return fault
 
     def fail_at_rate(self, rate: float, seed: int) -> None:
         """Transient failures (500, an HTML 502, 503, 429) at `rate`; half of the failing
@@ -146,6 +151,8 @@ class FakeCis:
         operation = _operation(request.method, rest)
         self.calls[operation] += 1
         fault = self._fault(operation)
+        if fault is not None and fault.hang_seconds:
+            await asyncio.sleep(fault.hang_seconds)
         if fault is not None and not (fault.after and operation in WRITES):
             return _fault_response(fault)
         token = request.headers.get("X-Auth-User-Token", "").removeprefix("Bearer ")
@@ -165,6 +172,7 @@ class FakeCis:
         for fault in self.faults:
             if fault.remaining > 0 and fault.operation in (operation, "any"):
                 fault.remaining -= 1
+                fault.fired += 1
                 self.injected[str(fault.status)] += 1
                 return fault
         if self.fail_rate and self._random.random() < self.fail_rate:

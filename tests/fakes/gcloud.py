@@ -24,6 +24,7 @@ back. Every request is counted by operation in `calls`, every refused Change by 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -88,6 +89,8 @@ class Fault:
     remaining: int
     retry_after: str | None
     after_applying: bool = False  # the request takes effect, its answer is lost
+    hang_seconds: float = 0.0  # answer only this late (a client's timeout fires first)
+    fired: int = 0
 
 
 @dataclass
@@ -171,12 +174,13 @@ class CloudDnsFake:
         rrset = self.rrset(fqdn)
         return sorted(r[1:-1] for r in rrset["rrdatas"]) if rrset else []
 
-    def seed(self, fqdn: str, value: str, ttl: int = 300) -> None:
-        """Another writer (a console user, another tool) adds a value."""
+    def seed(self, fqdn: str, value: str, ttl: int = 300, *, rrdata: str | None = None) -> None:
+        """Another writer (a console user, another tool) adds a value (`rrdata`: spelled
+        so, in presentation form)."""
         name = fqdn.lower().rstrip(".") + "."
         zone = self.zone_for(fqdn)
         current = zone.rrsets.get((name, "TXT"))
-        rrdatas = [*(current["rrdatas"] if current else []), f'"{value}"']
+        rrdatas = [*(current["rrdatas"] if current else []), rrdata or f'"{value}"']
         ttl = current["ttl"] if current else ttl
         zone.rrsets[(name, "TXT")] = _rrset(name, "TXT", ttl, rrdatas)
 
@@ -190,13 +194,17 @@ class CloudDnsFake:
         message: str | None = None,
         retry_after: str | None = None,
         after_applying: bool = False,
-    ) -> None:
+        hang_seconds: float = 0.0,
+    ) -> Fault:
         """The next `times` requests for `operation` fail with this error (with
-        `after_applying`, once they have taken effect: a 5xx whose outcome is unknown)."""
+        `after_applying`, once they have taken effect: a 5xx whose outcome is unknown;
+        with `hang_seconds`, that late)."""
         text = message or f"{reason} (injected)"
-        self.faults.append(
-            Fault(status, reason, text, operation, times, retry_after, after_applying)
+        fault = Fault(
+            status, reason, text, operation, times, retry_after, after_applying, hang_seconds
         )
+        self.faults.append(fault)
+        return fault
 
     def fail_at_rate(
         self,
@@ -233,7 +241,9 @@ class CloudDnsFake:
         operation = request.match_info.route.name or "unknown"
         self.calls[operation] += 1
         try:
-            failure, after_applying = self._failure(operation)
+            failure, after_applying, hang_seconds = self._failure(operation)
+            if hang_seconds:
+                await asyncio.sleep(hang_seconds)
             if failure is not None and not after_applying:
                 raise failure
             if operation == "unknown":
@@ -247,12 +257,13 @@ class CloudDnsFake:
         except GoogleError as exc:
             return exc.response()
 
-    def _failure(self, operation: str) -> tuple[GoogleError | None, bool]:
+    def _failure(self, operation: str) -> tuple[GoogleError | None, bool, float]:
         for fault in self.faults:
             if fault.remaining > 0 and fault.operation in (operation, "any"):
                 fault.remaining -= 1
+                fault.fired += 1
                 error = GoogleError(fault.status, fault.reason, fault.message, fault.retry_after)
-                return error, fault.after_applying
+                return error, fault.after_applying, fault.hang_seconds
         flaky = self.flaky
         if flaky and operation in flaky.operations and flaky.rng.random() < flaky.rate:
             flaky.injected += 1
@@ -260,8 +271,9 @@ class CloudDnsFake:
             retry_after = flaky.retry_after if status == 429 else None
             lost = operation == "write" and status >= 500 and flaky.rng.random() < 0.5
             flaky.lost_answers += lost
-            return GoogleError(status, reason, f"{reason} (injected at random)", retry_after), lost
-        return None, False
+            error = GoogleError(status, reason, f"{reason} (injected at random)", retry_after)
+            return error, lost, 0.0
+        return None, False, 0.0
 
     def _authorise(self, request: web.Request) -> None:
         if self.require_auth:

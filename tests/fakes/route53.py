@@ -5,13 +5,15 @@ hard-coded change id and is always INSYNC. This aiohttp app forwards every reque
 real moto_server, but first checks change batches against moto's current state with
 Route 53's rules (answering `InvalidChangeBatch` exactly as Route 53 words it), gives
 every change its own id that stays PENDING for `pending_polls` GetChange calls, and can
-inject Route 53's throttling and server errors. It counts every call by operation.
+inject Route 53's throttling and server errors (once, N times, after the change took
+effect, or at a seeded rate). It counts every call by operation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +38,18 @@ class Fault:
     message: str
     operation: str  # "write", "read", "zones", "change" or "any"
     remaining: int
+    after_applying: bool = False  # the change takes effect, its answer is lost
+    hang_seconds: float = 0.0  # answer only this late (a client's timeout fires first)
+    fired: int = 0
+
+
+@dataclass
+class FlakyRate:
+    rate: float
+    rng: random.Random
+    operations: tuple[str, ...]
+    injected: int = 0
+    lost_answers: int = 0
 
 
 @dataclass
@@ -44,6 +58,7 @@ class Route53Stub:
     pending_polls: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     faults: list[Fault] = field(default_factory=list)
+    flaky: FlakyRate | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _polls: dict[str, int] = field(default_factory=dict)
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -57,8 +72,27 @@ class Route53Stub:
         operation: str = "any",
         status: int = 400,
         message: str | None = None,
-    ) -> None:
-        self.faults.append(Fault(status, code, message or f"{code} (injected)", operation, times))
+        after_applying: bool = False,
+        hang_seconds: float = 0.0,
+    ) -> Fault:
+        text = message or f"{code} (injected)"
+        fault = Fault(status, code, text, operation, times, after_applying, hang_seconds)
+        self.faults.append(fault)
+        return fault
+
+    def fail_at_rate(self, rate: float, seed: int, operations: tuple[str, ...] = ("read",)) -> None:
+        """Throttling or a 500 on `rate` of the calls for `operations`, seeded; a failing
+        write takes effect first half of the time (its answer is lost)."""
+        self.flaky = FlakyRate(rate, random.Random(seed), operations)
+
+    def _flaky_now(self, operation: str) -> bool:
+        flaky = self.flaky
+        if flaky is None or operation not in flaky.operations:
+            return False
+        if flaky.rng.random() >= flaky.rate:
+            return False
+        flaky.injected += 1
+        return True
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=10 * 1024 * 1024)
@@ -71,9 +105,23 @@ class Route53Stub:
         fault = next(
             (f for f in self.faults if f.remaining > 0 and f.operation in (operation, "any")), None
         )
+        lost_answer = False
         if fault is not None:
             fault.remaining -= 1
-            return _error(fault.status, fault.code, fault.message)
+            fault.fired += 1
+            if fault.hang_seconds:
+                await asyncio.sleep(fault.hang_seconds)
+            lost_answer = fault.after_applying and operation == "write"
+            if not lost_answer:
+                return _error(fault.status, fault.code, fault.message)
+        elif self._flaky_now(operation):
+            assert self.flaky is not None
+            code, status = self.flaky.rng.choice([("Throttling", 400), ("InternalError", 500)])
+            fault = Fault(status, code, f"{code} (injected at random)", operation, 0)
+            lost_answer = operation == "write" and self.flaky.rng.random() < 0.5
+            self.flaky.lost_answers += lost_answer
+            if not lost_answer:
+                return _error(status, code, fault.message)
         body = await request.read()
         if operation == "change":
             return self._get_change(request.match_info["tail"].rsplit("/", 1)[-1])
@@ -85,6 +133,8 @@ class Route53Stub:
                 status, headers, payload = await self._forward(request, net_effect)
             if status == 200:
                 payload = self._new_change(payload)
+            if fault is not None and lost_answer:  # applied; the answer is lost
+                return _error(fault.status, fault.code, fault.message)
             return web.Response(status=status, body=payload, headers=headers)
         status, headers, payload = await self._forward(request, body)
         return web.Response(status=status, body=payload, headers=headers)

@@ -4,41 +4,126 @@ A harness builds adapters the way production does where it can, and observes the
 through a path that does not use the adapter under test (for `local`, real DNS queries to
 the built-in responder). Adding a provider means adding a harness here and nothing else;
 `test_conformance.test_every_provider_has_a_harness` fails until you do.
+
+A harness also declares the faults its backend can be made to commit (`Fault`), and the
+suite runs every declared fault against the adapter. A fault a backend can inject but
+the harness does not declare is a hole in the suite: declare all it can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
+import enum
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
+import dns.tsig
 import pytest
 from aiohttp.test_utils import TestServer
 
-from providers.base import UNLIMITED, Provider, Secret
+from providers import errors
+from providers.base import Provider
 from providers.gcloud import GcloudSettings
 from providers.local import ChallengeStore, LocalSettings
 from providers.memory import MemoryProvider, MemorySettings, MemoryStore, _RecordSet
+from providers.rate_budget import UNLIMITED, RateBudget
 from providers.registry import load_provider_class
 from providers.rfc2136 import Rfc2136Settings
 from providers.route53 import Route53Settings
+from providers.secret import Secret
 from receiver import dnsserver
 
 from ..backends.bind import KEY_NAME, Bind
 from ..backends.moto import MotoServer
 from ..fakes.cis import FakeCis, FakeIam
 from ..fakes.cloudflare import CloudflareFake
+from ..fakes.dns_proxy import DnsProxy
 from ..fakes.gcloud import CloudDnsFake
 from ..fakes.route53 import Route53Stub
 
 ZONE = "conformance.test"
+FAST = 0.3  # the adapter's timeout while a TIMEOUT fault is injected
+HANG = 2.0  # how long a hanging backend takes to answer: well past FAST
+MIXED_RATE = 0.3
+MIXED_SEED = int(os.environ.get("CONFORMANCE_FAULT_SEED", "20261101"))  # any must pass
+
+
+class Fault(enum.Enum):
+    """What a backend can do wrong. A harness declares the ones its backend can inject;
+    the suite runs every declared fault against the adapter."""
+
+    THROTTLED = "throttled, Retry-After in seconds"
+    THROTTLED_UNTIL = "throttled, Retry-After as an HTTP date"
+    SERVER_ERROR = "a server error (5xx, SERVFAIL)"
+    TIMEOUT = "no answer within the adapter's timeout"
+    AUTH = "the credentials are refused"
+    CONFLICT = "the record set changed under the write"
+    LOST_ANSWER = "a write applied, then answered with an error"
+    MIXED = f"{MIXED_RATE:.0%} of calls failing transiently, some after taking effect"
+
+
+# The contract error each fault must surface as.
+EXPECTED: dict[Fault, type[errors.ProviderError]] = {
+    Fault.THROTTLED: errors.ProviderRateLimited,
+    Fault.THROTTLED_UNTIL: errors.ProviderRateLimited,
+    Fault.SERVER_ERROR: errors.ProviderUnavailable,
+    Fault.TIMEOUT: errors.ProviderUnavailable,
+    Fault.AUTH: errors.ProviderAuthError,
+    Fault.CONFLICT: errors.ProviderConflict,
+    Fault.LOST_ANSWER: errors.ProviderUnavailable,
+    Fault.MIXED: errors.ProviderError,
+}
+
+
+# What an HTTP API can be made to do wrong by its fake.
+ALL_HTTP = frozenset(
+    {
+        Fault.THROTTLED,
+        Fault.THROTTLED_UNTIL,
+        Fault.SERVER_ERROR,
+        Fault.TIMEOUT,
+        Fault.AUTH,
+        Fault.LOST_ANSWER,
+        Fault.MIXED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Injected:
+    """What the backend was made to do: the error expected, and the wait it announced
+    (None: this provider's throttling says nothing about when to retry)."""
+
+    error: type[errors.ProviderError]
+    retry_after: float | None = None
+
+
+def spelled(value: str, *, base: int = 10) -> str:
+    """`value` in two quoted strings, the second's first character as `\\DDD`."""
+    first, second = value[:20], value[20:]
+    digits = f"{ord(second[0]):03o}" if base == 8 else f"{ord(second[0]):03d}"
+    return f'"{first}" "\\{digits}{second[1:]}"'
+
+
+def http_date(seconds_from_now: float) -> str:
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds_from_now), usegmt=True)
+
+
+def announced(fault: Fault, wait: float) -> str:
+    """The Retry-After header for a throttling fault."""
+    return http_date(wait) if fault is Fault.THROTTLED_UNTIL else f"{wait:g}"
 
 
 class Harness(Protocol):
@@ -46,8 +131,11 @@ class Harness(Protocol):
     zone: str
     settings: Any
     shared_backend: bool  # several processes can write one backend
+    faults: ClassVar[frozenset[Fault]]  # what its backend can be made to do wrong
+    has_api: ClassVar[bool]  # makes API calls that draw from a rate budget
+    keeps_spellings: ClassVar[bool]  # TXT data can be split in strings and escaped
 
-    async def provider(self) -> Provider:
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
         """A new adapter instance on the same backend."""
         ...
 
@@ -61,14 +149,33 @@ class Harness(Protocol):
         """A value someone else put at the name, behind the adapter's back."""
         ...
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]] | None:
-        """Make the backend fail; yields the contract error expected. None: cannot fail."""
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        """`value` as another tool may have written it: in two character strings, one
+        character escaped as `\\DDD` (in the provider's base). Only where the backend
+        keeps presentation form (`keeps_spellings`)."""
+        ...
+
+    def inject(
+        self, fault: Fault, *, wait: float = 7.0
+    ) -> contextlib.AbstractAsyncContextManager[Injected]:
+        """Until exit, the backend fails this way on every call (on every write, for
+        CONFLICT and LOST_ANSWER; on a share of calls, for MIXED). Throttling announces
+        `wait` seconds. Adapters made inside the block get the fault's settings (a wrong
+        credential, a short timeout)."""
+        ...
+
+    def api_calls(self) -> int:
+        """API calls the backend has received so far, counted there."""
         ...
 
 
 @dataclass
 class MemoryHarness:
     """No backend to observe independently: the shared store is the only view there is."""
+
+    faults: ClassVar[frozenset[Fault]] = frozenset()
+    has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     shared_backend: bool = False
@@ -81,7 +188,7 @@ class MemoryHarness:
     async def running(self) -> AsyncIterator[MemoryHarness]:
         yield self
 
-    async def provider(self) -> Provider:
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
         assert load_provider_class(self.name) is MemoryProvider
         return MemoryProvider(self.settings, store=self.store)
 
@@ -93,18 +200,30 @@ class MemoryHarness:
         found = self.store.sets.get(fqdn)
         return found.ttl if found else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         current = self.store.sets.get(fqdn)
         values = (current.values if current else frozenset()) | {value}
         self.store.sets[fqdn] = _RecordSet(current.ttl if current else 300, values)
 
-    def fault(self) -> None:
-        return None
+    def inject(
+        self, fault: Fault, *, wait: float = 7.0
+    ) -> contextlib.AbstractAsyncContextManager[Injected]:
+        raise AssertionError("memory has no backend that can fail")
+
+    def api_calls(self) -> int:
+        raise AssertionError("memory makes no API calls")
 
 
 @dataclass
 class LocalHarness:
     """Observed through the built-in responder over UDP, as a CA's resolver sees it."""
+
+    faults: ClassVar[frozenset[Fault]] = frozenset({Fault.TIMEOUT})
+    has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     shared_backend: bool = True
@@ -122,8 +241,8 @@ class LocalHarness:
             self.port = responder.address[1]
             yield self
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     async def _query(self, fqdn: str) -> dns.message.Message:
         query = dns.message.make_query(fqdn, "TXT")
@@ -138,28 +257,32 @@ class LocalHarness:
         response = await self._query(fqdn)
         return response.answer[0].ttl if response.answer else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         store = ChallengeStore(self.settings.database, lifetime=3600)
         store.add(fqdn, value, 300)
         store.close()
 
     @contextlib.asynccontextmanager
-    async def _locked(self) -> AsyncIterator[type[Exception]]:
-        """Another process holds the write lock past the busy timeout."""
-        from providers import errors, local
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        """TIMEOUT: another process holds the write lock past the busy timeout."""
+        from providers import local
 
+        assert fault is Fault.TIMEOUT
         blocker = sqlite3.connect(self.settings.database, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
         saved, local.BUSY_TIMEOUT_MS = local.BUSY_TIMEOUT_MS, 100
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(errors.ProviderUnavailable)
         finally:
             local.BUSY_TIMEOUT_MS = saved
             blocker.execute("ROLLBACK")
             blocker.close()
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._locked()
+    def api_calls(self) -> int:
+        raise AssertionError("local makes no API calls")
 
 
 @dataclass
@@ -167,6 +290,10 @@ class LocalPostgresHarness:
     """`local` on the shared database ([state]): two responders, each with its own pool
     and mirror as two processes would have, observed over DNS through both; they must
     agree, and an observation waits until both have caught up with the database."""
+
+    faults: ClassVar[frozenset[Fault]] = frozenset({Fault.TIMEOUT})
+    has_api: ClassVar[bool] = False
+    keeps_spellings: ClassVar[bool] = False
 
     tmp_path: Path
     url: str
@@ -215,7 +342,7 @@ class LocalPostgresHarness:
         for database in self.databases:  # the adapters' too: they do not own theirs
             await database.aclose()
 
-    async def provider(self) -> Provider:
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
         from providers.local import LocalProvider
         from receiver.postgres.records import PostgresRecords
 
@@ -253,6 +380,9 @@ class LocalPostgresHarness:
         response = await self._query(fqdn, self.ports[1])
         return response.answer[0].ttl if response.answer else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        raise AssertionError("values are kept as text: there is no other spelling")
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         import time
 
@@ -281,29 +411,42 @@ class LocalPostgresHarness:
             await db.close()
 
     @contextlib.asynccontextmanager
-    async def _locked(self) -> AsyncIterator[type[Exception]]:
-        """Another session holds the table past the statement timeout."""
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        """TIMEOUT: another session holds the table past the statement timeout."""
         import asyncpg
 
-        from providers import errors
-
+        assert fault is Fault.TIMEOUT
         blocker = await asyncpg.connect(self.url)
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE txt_values IN ACCESS EXCLUSIVE MODE")
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(errors.ProviderUnavailable)
         finally:
             await transaction.rollback()
             await blocker.close()
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._locked()
+    def api_calls(self) -> int:
+        raise AssertionError("local makes no API calls")
 
 
 @dataclass
 class Route53Harness:
     """moto_server behind the Route 53 stub; observed by a separate boto3 client on moto."""
+
+    faults: ClassVar[frozenset[Fault]] = frozenset(
+        {
+            Fault.THROTTLED,  # Route 53 sends no Retry-After: the core backs off itself
+            Fault.SERVER_ERROR,
+            Fault.TIMEOUT,
+            Fault.AUTH,
+            Fault.CONFLICT,
+            Fault.LOST_ANSWER,
+            Fault.MIXED,
+        }
+    )
+    has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     moto: MotoServer
@@ -327,8 +470,8 @@ class Route53Harness:
         finally:
             await server.close()
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     def _rrset(self, fqdn: str) -> dict[str, Any] | None:
         client = self.moto.client()
@@ -349,7 +492,15 @@ class Route53Harness:
         rrset = await asyncio.to_thread(self._rrset, fqdn)
         return int(rrset["TTL"]) if rrset else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        await self._upsert(fqdn, spelled(value, base=8))  # Route 53's escapes are octal
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
+        await self._upsert(fqdn, f'"{value}"')
+
+    async def _upsert(self, fqdn: str, rrdata: str) -> None:
+        """Add one record (an rrdata as Route 53 takes it) to the set, behind our back."""
+
         def upsert() -> None:
             client = self.moto.client()
             zone_id = client.list_hosted_zones_by_name(DNSName=self.zone)["HostedZones"][0]["Id"]
@@ -365,7 +516,7 @@ class Route53Harness:
                                 "Name": fqdn,
                                 "Type": "TXT",
                                 "TTL": existing["TTL"] if existing else 300,
-                                "ResourceRecords": [*records, {"Value": f'"{value}"'}],
+                                "ResourceRecords": [*records, {"Value": rrdata}],
                             },
                         }
                     ]
@@ -375,23 +526,60 @@ class Route53Harness:
         await asyncio.to_thread(upsert)
 
     @contextlib.asynccontextmanager
-    async def _outage(self) -> AsyncIterator[type[Exception]]:
-        from providers import errors
-
-        assert self.stub is not None
-        self.stub.inject("ServiceUnavailable", status=503, times=1_000)
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        stub = self.stub
+        assert stub is not None
+        forever = 1_000_000
+        saved = self.settings
+        if fault is Fault.THROTTLED:
+            stub.inject("Throttling", times=forever)
+        elif fault is Fault.SERVER_ERROR:
+            stub.inject("ServiceUnavailable", status=503, times=forever)
+        elif fault is Fault.TIMEOUT:
+            self.settings = dataclasses.replace(saved, timeout_seconds=FAST)
+            stub.inject("ServiceUnavailable", status=503, times=forever, hang_seconds=HANG)
+        elif fault is Fault.AUTH:
+            stub.inject("AccessDenied", status=403, times=forever)
+        elif fault is Fault.CONFLICT:
+            stub.inject(
+                "InvalidChangeBatch",
+                operation="write",
+                times=forever,
+                message="[Tried to delete resource record set [name='other.', type='TXT']"
+                " but the values provided do not match the current values]",
+            )
+        elif fault is Fault.LOST_ANSWER:
+            stub.inject(
+                "ServiceUnavailable",
+                status=503,
+                operation="write",
+                times=forever,
+                after_applying=True,
+            )
+        else:
+            assert fault is Fault.MIXED
+            stub.fail_at_rate(MIXED_RATE, MIXED_SEED, operations=("zones", "read", "write"))
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(EXPECTED[fault])
         finally:
-            self.stub.faults.clear()
+            self.settings = saved
+            stub.faults.clear()
+            stub.flaky = None
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._outage()
+    def api_calls(self) -> int:
+        assert self.stub is not None
+        return sum(self.stub.calls.values())
 
 
 @dataclass
 class Rfc2136Harness:
     """A real BIND 9 primary; observed by plain DNS queries to it, seeded with its key."""
+
+    faults: ClassVar[frozenset[Fault]] = frozenset(
+        {Fault.SERVER_ERROR, Fault.TIMEOUT, Fault.AUTH, Fault.LOST_ANSWER, Fault.MIXED}
+    )
+    has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     bind: Bind
@@ -399,19 +587,28 @@ class Rfc2136Harness:
     name: str = "rfc2136"
     zone: str = ZONE
     settings: Any = None
+    proxy: DnsProxy | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Rfc2136Harness]:
-        self.settings = self._settings(self.bind.secret)
-        yield self
+        """The adapter talks to BIND through a proxy that can fail; observers do not."""
+        key = dns.tsig.Key(KEY_NAME, base64.b64decode(self.bind.secret), "hmac-sha256")
+        proxy = DnsProxy(self.bind.port, {key.name: key})
+        async with proxy.running():
+            self.proxy = proxy
+            self.settings = self._settings(self.bind.secret)
+            yield self
 
     def _settings(self, secret: str) -> Any:
+        assert self.proxy is not None
         return Rfc2136Settings(
-            server=self.bind.address, tsig_key_name=KEY_NAME, tsig_secret=Secret(secret)
+            server=f"127.0.0.1:{self.proxy.port}",
+            tsig_key_name=KEY_NAME,
+            tsig_secret=Secret(secret),
         )
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     async def _query(self, fqdn: str) -> dns.message.Message:
         query = dns.message.make_query(fqdn, "TXT")
@@ -425,31 +622,50 @@ class Rfc2136Harness:
         response = await self._query(fqdn)
         return response.answer[0].ttl if response.answer else None
 
-    async def seed_foreign(self, fqdn: str, value: str) -> None:
-        import base64
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        await self._add(fqdn, spelled(value))
 
-        import dns.tsig
+    async def seed_foreign(self, fqdn: str, value: str) -> None:
+        await self._add(fqdn, f'"{value}"')
+
+    async def _add(self, fqdn: str, text: str) -> None:
+        """Add one TXT record (presentation form) straight to BIND, with its key."""
         import dns.update
 
         key = dns.tsig.Key(KEY_NAME, base64.b64decode(self.bind.secret), "hmac-sha256")
         update = dns.update.UpdateMessage(self.zone + ".", keyring=key)
-        update.add(fqdn + ".", 300, "TXT", f'"{value}"')
+        update.add(fqdn + ".", 300, "TXT", text)
         response = await dns.asyncquery.tcp(update, "127.0.0.1", port=self.bind.port, timeout=3)
         assert response.rcode() == dns.rcode.NOERROR
 
     @contextlib.asynccontextmanager
-    async def _wrong_key(self) -> AsyncIterator[type[Exception]]:
-        """The server rejects the key (BIND: a TSIG BADSIG error)."""
-        from providers import errors
-
-        good, self.settings = self.settings, self._settings("d3Jvbmcgc2VjcmV0IQ==")
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        proxy = self.proxy
+        assert proxy is not None
+        forever = 1_000_000
+        saved = self.settings
+        if fault is Fault.SERVER_ERROR:
+            proxy.inject("servfail", times=forever)
+        elif fault is Fault.TIMEOUT:
+            self.settings = dataclasses.replace(saved, timeout_seconds=FAST)
+            proxy.inject("hang", times=forever)
+        elif fault is Fault.AUTH:  # the server rejects the key (BIND: a TSIG BADSIG error)
+            self.settings = self._settings("d3Jvbmcgc2VjcmV0IQ==")
+        elif fault is Fault.LOST_ANSWER:
+            proxy.inject("lost_answer", times=forever, updates_only=True)
+        else:
+            assert fault is Fault.MIXED
+            proxy.fail_at_rate(MIXED_RATE, MIXED_SEED)
         try:
-            yield errors.ProviderAuthError
+            yield Injected(EXPECTED[fault])
         finally:
-            self.settings = good
+            self.settings = saved
+            proxy.faults.clear()
+            proxy.rate = 0.0
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._wrong_key()
+    def api_calls(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.messages
 
 
 CIS_CRN = "crn:v1:bluemix:public:internet-svcs:global:a/0123456789abcdef:1111-2222::"
@@ -459,6 +675,10 @@ CIS_CRN = "crn:v1:bluemix:public:internet-svcs:global:a/0123456789abcdef:1111-22
 class CisHarness:
     """The fake CIS and IAM over HTTP, with API key auth (the suite's context carries no
     user token); observed in the fake's own record store."""
+
+    faults: ClassVar[frozenset[Fault]] = ALL_HTTP
+    has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -490,8 +710,8 @@ class CisHarness:
             )
             yield self
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     async def observe(self, fqdn: str) -> list[str]:
         return self.cis.values(fqdn)
@@ -501,26 +721,51 @@ class CisHarness:
         assert len(ttls) <= 1, f"records at {fqdn} disagree on the TTL: {ttls}"
         return ttls.pop() if ttls else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.cis.seed(fqdn, spelled(value))
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.cis.seed(fqdn, value)
 
     @contextlib.asynccontextmanager
-    async def _outage(self) -> AsyncIterator[type[Exception]]:
-        from providers import errors
-
-        self.cis.inject(503, times=1_000)
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        forever = 1_000_000
+        saved = self.settings
+        retry_after = None
+        if fault in (Fault.THROTTLED, Fault.THROTTLED_UNTIL):
+            self.cis.inject(429, times=forever, retry_after=announced(fault, wait))
+            retry_after = wait
+        elif fault is Fault.SERVER_ERROR:
+            self.cis.inject(503, times=forever)
+        elif fault is Fault.TIMEOUT:
+            self.settings = dataclasses.replace(saved, timeout_seconds=FAST)
+            self.cis.inject(504, times=forever, hang_seconds=HANG)
+        elif fault is Fault.AUTH:  # IAM refuses the API key
+            self.settings = dataclasses.replace(saved, api_key=Secret("revoked-api-key"))
+        elif fault is Fault.LOST_ANSWER:
+            for write in ("create", "delete"):
+                self.cis.inject(503, times=forever, operation=write, after=True)
+        else:
+            assert fault is Fault.MIXED
+            self.cis.fail_at_rate(MIXED_RATE, seed=MIXED_SEED)
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(EXPECTED[fault], retry_after)
         finally:
+            self.settings = saved
             self.cis.faults.clear()
+            self.cis.fail_rate = 0.0
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._outage()
+    def api_calls(self) -> int:
+        return self.cis.calls.total()  # IAM's token exchanges are not CIS calls
 
 
 @dataclass
 class CloudflareHarness:
     """The Cloudflare API fake on loopback; observed through the fake's own records."""
+
+    faults: ClassVar[frozenset[Fault]] = ALL_HTTP
+    has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -548,8 +793,8 @@ class CloudflareHarness:
         finally:
             await server.close()
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     async def observe(self, fqdn: str) -> list[str]:
         return self.fake.txt(fqdn)
@@ -559,26 +804,50 @@ class CloudflareHarness:
         assert len(ttls) <= 1, ttls
         return ttls.pop() if ttls else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.fake.add_record(self.zone_id, fqdn, spelled(value))
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.fake.add_record(self.zone_id, fqdn, value)  # unquoted, as older tools wrote
 
     @contextlib.asynccontextmanager
-    async def _outage(self) -> AsyncIterator[type[Exception]]:
-        from providers import errors
-
-        fault = self.fake.inject([500, 502, 503])
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        saved = self.settings
+        retry_after = None
+        if fault in (Fault.THROTTLED, Fault.THROTTLED_UNTIL):
+            self.fake.inject(429, retry_after=announced(fault, wait))
+            retry_after = wait
+        elif fault is Fault.SERVER_ERROR:
+            self.fake.inject([500, 502, 503])  # 502: the edge's HTML page
+        elif fault is Fault.TIMEOUT:
+            self.settings = dataclasses.replace(saved, timeout_seconds=FAST)
+            self.fake.inject(504, hang_seconds=HANG)
+        elif fault is Fault.AUTH:  # a token Cloudflare does not know
+            self.settings = dataclasses.replace(saved, api_token=Secret("revoked-token"))
+        elif fault is Fault.LOST_ANSWER:  # a gateway timeout after the origin did the work
+            for write in ("create", "delete"):
+                self.fake.inject([502, 504], operation=write, when="after")
+        else:
+            assert fault is Fault.MIXED
+            self.fake.inject([429, 500, 502, 503], rate=0.2, retry_after="0")
+            self.fake.inject([502, 504], rate=0.125, when="after")  # 0.2 + 0.8 * 0.125
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(EXPECTED[fault], retry_after)
         finally:
-            self.fake.faults.remove(fault)
+            self.settings = saved
+            self.fake.faults.clear()
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._outage()
+    def api_calls(self) -> int:
+        return len(self.fake.requests)
 
 
 @dataclass
 class GcloudHarness:
     """The real google-cloud-dns client against the Cloud DNS fake; observed in its state."""
+
+    faults: ClassVar[frozenset[Fault]] = ALL_HTTP | {Fault.CONFLICT}
+    has_api: ClassVar[bool] = True
+    keeps_spellings: ClassVar[bool] = True
 
     tmp_path: Path
     shared_backend: bool = True
@@ -603,8 +872,8 @@ class GcloudHarness:
         finally:
             await server.close()
 
-    async def provider(self) -> Provider:
-        return await load_provider_class(self.name).open(self.settings, UNLIMITED)
+    async def provider(self, budget: RateBudget = UNLIMITED) -> Provider:
+        return await load_provider_class(self.name).open(self.settings, budget)
 
     async def observe(self, fqdn: str) -> list[str]:
         return self.fake.values(fqdn)
@@ -613,21 +882,54 @@ class GcloudHarness:
         rrset = self.fake.rrset(fqdn)
         return int(rrset["ttl"]) if rrset else None
 
+    async def seed_spelled(self, fqdn: str, value: str) -> None:
+        self.fake.seed(fqdn, value, rrdata=spelled(value))
+
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         self.fake.seed(fqdn, value)
 
     @contextlib.asynccontextmanager
-    async def _outage(self) -> AsyncIterator[type[Exception]]:
-        from providers import errors
-
-        self.fake.inject(503, "backendError", times=1_000)
+    async def inject(self, fault: Fault, *, wait: float = 7.0) -> AsyncIterator[Injected]:
+        forever = 1_000_000
+        saved = self.settings
+        retry_after = None
+        if fault in (Fault.THROTTLED, Fault.THROTTLED_UNTIL):
+            header = announced(fault, wait)
+            self.fake.inject(429, "rateLimitExceeded", times=forever, retry_after=header)
+            retry_after = wait
+        elif fault is Fault.SERVER_ERROR:
+            self.fake.inject(503, "backendError", times=forever)
+        elif fault is Fault.TIMEOUT:
+            self.settings = dataclasses.replace(saved, timeout_seconds=FAST)
+            self.fake.inject(503, "backendError", times=forever, hang_seconds=HANG)
+        elif fault is Fault.AUTH:
+            self.fake.inject(403, "forbidden", times=forever, message="dns.changes denied")
+        elif fault is Fault.CONFLICT:
+            self.fake.inject(412, "conditionNotMet", times=forever, operation="write")
+        elif fault is Fault.LOST_ANSWER:
+            self.fake.inject(
+                503, "backendError", times=forever, operation="write", after_applying=True
+            )
+        else:
+            assert fault is Fault.MIXED
+            self.fake.fail_at_rate(MIXED_RATE, seed=MIXED_SEED)
         try:
-            yield errors.ProviderUnavailable
+            yield Injected(EXPECTED[fault], retry_after)
         finally:
+            self.settings = saved
             self.fake.faults.clear()
+            self.fake.flaky = None
 
-    def fault(self) -> contextlib.AbstractAsyncContextManager[type[Exception]]:
-        return self._outage()
+    def api_calls(self) -> int:
+        return sum(self.fake.calls.values())
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A harness class, and how to build one for a test (some need backend fixtures)."""
+
+    cls: type[Any]
+    build: Callable[[pytest.FixtureRequest, Path], Any]
 
 
 def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
@@ -636,17 +938,23 @@ def _route53(request: pytest.FixtureRequest, tmp_path: Path) -> Route53Harness:
 
 
 # Keyed by provider name, "+" the backend where one provider has several.
-HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
-    "memory": lambda request, tmp_path: MemoryHarness(tmp_path),
-    "local": lambda request, tmp_path: LocalHarness(tmp_path),
-    "local+postgres": lambda request, tmp_path: LocalPostgresHarness(
-        tmp_path, request.getfixturevalue("postgres_url")
+HARNESSES: dict[str, Registered] = {
+    "memory": Registered(MemoryHarness, lambda request, tmp_path: MemoryHarness(tmp_path)),
+    "local": Registered(LocalHarness, lambda request, tmp_path: LocalHarness(tmp_path)),
+    "local+postgres": Registered(
+        LocalPostgresHarness,
+        lambda request, tmp_path: LocalPostgresHarness(
+            tmp_path, request.getfixturevalue("postgres_url")
+        ),
     ),
-    "route53": _route53,
-    "rfc2136": lambda request, tmp_path: Rfc2136Harness(
-        tmp_path, request.getfixturevalue("bind_primary")
+    "route53": Registered(Route53Harness, _route53),
+    "rfc2136": Registered(
+        Rfc2136Harness,
+        lambda request, tmp_path: Rfc2136Harness(tmp_path, request.getfixturevalue("bind_primary")),
     ),
-    "cis": lambda request, tmp_path: CisHarness(tmp_path),
-    "cloudflare": lambda request, tmp_path: CloudflareHarness(tmp_path),
-    "gcloud": lambda request, tmp_path: GcloudHarness(tmp_path),
+    "cis": Registered(CisHarness, lambda request, tmp_path: CisHarness(tmp_path)),
+    "cloudflare": Registered(
+        CloudflareHarness, lambda request, tmp_path: CloudflareHarness(tmp_path)
+    ),
+    "gcloud": Registered(GcloudHarness, lambda request, tmp_path: GcloudHarness(tmp_path)),
 }

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 from providers.base import TxtChange, ZoneRef
-from providers.txtsets import Hints, RecordSet, apply_changes, quote, unescape, unquote
+from providers.txtsets import Hints, RecordSet, apply_changes
 
 ZONE = ZoneRef("Z1", "example.com")
 NAME = "_acme-challenge.example.com"
-
-
-def test_quote_and_unquote_round_trip() -> None:
-    for value in ["plain", 'with "quotes"', "back\\slash", ""]:
-        assert unquote(quote(value), base=10) == value
-    assert quote('a"b\\c') == '"a\\"b\\\\c"'
-    assert unquote('"abc" "def"', base=10) == "abcdef"  # long values come in pieces
-    assert unquote("unquoted", base=10) == "unquoted"
-
-
-def test_numeric_escapes_in_the_providers_base() -> None:
-    assert unescape("\\052.example.com", base=8) == "*.example.com"  # Route 53: octal
-    assert unescape("\\042", base=10) == "*"  # Cloud DNS: RFC 1035 decimal
-    assert unquote('"a\\059b"', base=10) == "a;b"
-    assert unquote('"a\\073b"', base=8) == "a;b"
 
 
 def test_a_decoded_set_maps_values_to_rrdatas_and_compares_by_rrdatas() -> None:
@@ -92,7 +77,60 @@ async def test_nothing_to_do_is_decided_only_on_a_fresh_read() -> None:
     assert provider.reads == [NAME]  # the hint said "already there": checked
     assert plan.changed() == [NAME]  # and it was not
 
-    hints.wrote(ZONE, NAME, RecordSet.decoded(60, ['"ours"'], base=10))
-    plan = await hints.plan(ZONE, add, provider.read, fresh=lambda fqdn: True)
-    assert provider.reads == [NAME]  # a name the caller read recently is not read again
-    assert plan.changed() == []
+
+class FailingReads(Provider):
+    """Every `every`-th read fails, as a flaky API's would."""
+
+    def __init__(self, hints: Hints, sets: dict[str, RecordSet | None], every: int) -> None:
+        super().__init__(hints, sets)
+        self.every, self.failed = every, 0
+
+    async def read(self, fqdn: str) -> RecordSet | None:
+        if (len(self.reads) + self.failed + 1) % self.every == 0:
+            self.failed += 1
+            raise TimeoutError(fqdn)
+        return await super().read(fqdn)
+
+
+async def test_a_retry_counts_the_reads_of_failed_attempts_until_the_write() -> None:
+    """After a lost answer every name must be read again, but a read made by an attempt
+    that failed later counts for the retry: each name is read once, not once per try."""
+    now = [0.0]
+    hints = Hints(fresh_for=60, clock=lambda: now[0])
+    names = [f"_acme-challenge.h{i}.example.com" for i in range(10)]
+    ours = RecordSet.decoded(60, ['"ours"'], base=10)
+    provider = FailingReads(hints, dict.fromkeys(names, ours), every=4)  # already applied
+    changes = [TxtChange("add", name, "ours", 60) for name in names]
+    hints.forget(ZONE, names)  # the write's answer was lost: its outcome is unknown
+    for _ in range(10):  # the core's retries
+        try:
+            plan = await hints.plan(ZONE, changes, provider.read)
+            break
+        except TimeoutError:
+            continue
+    assert plan.changed() == []  # found applied
+    assert sorted(provider.reads) == sorted(names)  # each name read once
+    assert provider.failed == 3
+
+    hints.settled(ZONE, names)  # written: the next changes start afresh
+    again = Provider(hints, dict.fromkeys(names, ours))
+    await hints.plan(ZONE, changes[:1], again.read)
+    assert again.reads == names[:1]  # "nothing to do" needs a read of its own again
+
+
+async def test_a_read_counts_only_for_a_while_and_never_across_a_failed_write() -> None:
+    now = [0.0]
+    hints = Hints(fresh_for=60, clock=lambda: now[0])
+    ours = RecordSet.decoded(60, ['"ours"'], base=10)
+    add = [TxtChange("add", NAME, "ours", 60)]
+    hints.forget(ZONE, [NAME])
+    provider = Provider(hints, {NAME: ours})
+    await hints.plan(ZONE, add, provider.read)
+    await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == [NAME]  # the retry counts the read
+    now[0] = 61.0
+    await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == [NAME, NAME]  # too old to decide "nothing to do" on
+    hints.forget(ZONE, [NAME])  # a write for it failed: its outcome is unknown
+    await hints.plan(ZONE, add, provider.read)
+    assert provider.reads == [NAME, NAME, NAME]
