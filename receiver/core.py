@@ -133,17 +133,16 @@ async def _certificate_manager(
             certificate=notification.certificate_crn,
             domain=notification.challenge.domain,
         )
-        return await _challenge(
-            runtime,
-            request,
+        change = ChangeRequest(
             notification.challenge,
             origin,
-            summary,
+            request.request_id,
             user_token=notification.user_token,
-            wait=runtime.settings.certificate_manager.wait_for_propagation,
             remover=notification.instance.text,
             own_values_only=notification.own_values_only,
+            wait_for_propagation=runtime.settings.certificate_manager.wait_for_propagation,
         )
+        return await apply(runtime, change, summary)
     if notification.event_type in certificate_manager.ORDER_FAILED:
         report = await clean_up_certificates(
             runtime,
@@ -179,7 +178,7 @@ async def _httpreq(runtime: Runtime, request: InboundRequest, summary: dict[str,
     summary.update(user=received.user, mode=received.mode, domain=challenge.domain)
     summary["fqdn"] = challenge.fqdn
     origin = Origin(httpreq.DOOR, sender=received.user, domain=challenge.domain)
-    return await _challenge(runtime, request, challenge, origin, summary)
+    return await apply(runtime, ChangeRequest(challenge, origin, request.request_id), summary)
 
 
 async def _acme_dns(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
@@ -196,7 +195,7 @@ async def _acme_dns(runtime: Runtime, request: InboundRequest, summary: dict[str
     challenge = update.challenge
     summary.update(user=update.account.username, fqdn=challenge.fqdn, domain=challenge.domain)
     origin = Origin(acme_dns.DOOR, sender=update.account.username, domain=challenge.domain)
-    await _challenge(runtime, request, challenge, origin, summary)
+    await apply(runtime, ChangeRequest(challenge, origin, request.request_id), summary)
     # Like acme-dns, a subdomain keeps its two most recent values: the older ones go now.
     evicted = await door.store.keep_latest(update.account.subdomain, challenge.value)
     route = runtime.policy.route(challenge)
@@ -211,24 +210,28 @@ async def _acme_dns(runtime: Runtime, request: InboundRequest, summary: dict[str
     return Outcome(200, {"txt": challenge.value})
 
 
-async def _challenge(
-    runtime: Runtime,
-    request: InboundRequest,
-    challenge: Challenge,
-    origin: Origin,
-    summary: dict[str, Any],
-    *,
-    user_token: Secret | None = None,
-    wait: bool = False,
-    remover: str | None = None,
-    own_values_only: bool = False,
-) -> Outcome:
-    """Every door's write: policy, journal and provider, then propagation.
+@dataclass(frozen=True)
+class ChangeRequest:
+    """What a door hands the core: add or remove one value at one name, for `origin`.
 
     `remover`: the sender a removal acts for, when it may not take another sender's
     values (checked against the journal before anything is touched). `own_values_only`:
-    the journal must also show that `remover` published the value (a removal without
-    the required user token)."""
+    the journal must also show that `remover` published the value (a removal without the
+    required user token). `wait_for_propagation`: answer only once the authoritative
+    nameservers serve an added value."""
+
+    challenge: Challenge
+    origin: Origin
+    request_id: str
+    user_token: Secret | None = None
+    remover: str | None = None
+    own_values_only: bool = False
+    wait_for_propagation: bool = False
+
+
+async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]) -> Outcome:
+    """Every door's write: policy, journal and provider, then propagation."""
+    challenge, origin = change.challenge, change.origin
     route = runtime.policy.route(challenge)
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
@@ -242,7 +245,8 @@ async def _challenge(
     # A pending propagation check keeps `write` for its rewrite, so `write` keeps only what
     # a write needs: the request's id, not the request (body and headers), and the user
     # token only for an adapter that uses it (the dispatcher drops it for the others).
-    request_id = request.request_id
+    request_id = change.request_id
+    user_token = change.user_token
     if not runtime.dispatcher.provider_for(route.zone).wants_user_token:
         user_token = None
 
@@ -256,10 +260,10 @@ async def _challenge(
             user_token=user_token,
         )
 
-    if challenge.action is Action.REMOVE and remover is not None:
-        own = await published_by(runtime, written, route.zone, remover)
+    if challenge.action is Action.REMOVE and change.remover is not None:
+        own = await published_by(runtime, written, route.zone, change.remover)
         summary["publisher"] = "self" if own else "unknown"
-        if own_values_only and not own:
+        if change.own_values_only and not own:
             raise Unauthorized(
                 "notification carries no userToken, and the journal does not show that"
                 " this instance published the value",
@@ -269,7 +273,7 @@ async def _challenge(
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
     await write()
     if challenge.action is Action.ADD:
-        if wait:
+        if change.wait_for_propagation:
             result = await runtime.propagation.wait(route.zone, written)
             summary["propagation_s"] = round(result.seconds, 2)
         elif runtime.long_running and runtime.settings.propagation.check:
