@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 from providers.base import Secret
 from receiver import core
 from receiver.config import Settings
-from receiver.doors import acme_dns, httpreq
+from receiver.doors import acme_dns, httpreq, serving_runtime
 from receiver.doors.digicert import FileAuth
 from receiver.errors import (
     BadRequest,
@@ -155,7 +155,7 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
 
 
 async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
-    async with Runtime.open(app[SETTINGS], long_running=True) as runtime:
+    async with serving_runtime(app[SETTINGS], long_running=True) as runtime:
         await runtime.state.prepare()
         app[RUNTIME] = runtime
         yield

@@ -1,16 +1,18 @@
-"""The composition root: builds and owns everything a request needs.
+"""The services every door and command shares, built and owned in one place.
 
-`async with Runtime.open(settings) as runtime:` opens the outbound HTTP session, the key
-sources and one adapter per distinct (provider, options), and closes them in reverse
-order. Every door (aiohttp, Lambda, Cloud Functions, CLI) enters the same Runtime.
-Serverless doors pass `http=StdlibGet()` so that aiohttp is never imported there.
+`async with Runtime.open(settings) as runtime:` opens the outbound HTTP session, the
+state (journal, accounts, records) and one adapter per distinct (provider, options), and
+closes them in reverse order. Every host (aiohttp, Lambda, Cloud Functions, CLI) enters
+the same Runtime. Serverless hosts pass `http=StdlibGet()` so that aiohttp is never
+imported there. The doors are opened on top of it by `receiver.doors.open_doors`: the
+Runtime holds them (`doors`) without importing any.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from providers.base import Provider, StoreBackedProvider
@@ -18,14 +20,11 @@ from providers.errors import ProviderError
 from providers.rate_budget import RateBudget
 from providers.registry import load_provider_class
 from receiver.config import Settings
-from receiver.crn import InstanceCrn
 from receiver.dispatch import Dispatcher
-from receiver.doors.acme_dns import AcmeDns
-from receiver.doors.certificate_manager import Verifier
-from receiver.errors import ConfigError, Unavailable
+from receiver.door import Doors
+from receiver.errors import ConfigError
 from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
 from receiver.journal import Journal
-from receiver.keys import FetchedSenderKeys, FileSenderKeys, Jwks, KeyMaterialError, SenderKeys
 from receiver.metrics import Metrics, Uncounted
 from receiver.policy import Policy
 from receiver.propagation import Propagation
@@ -35,7 +34,7 @@ from receiver.state import State
 @dataclass
 class Runtime:
     settings: Settings
-    verifier: Verifier
+    http: HttpGet  # key documents and JWKS, fetched by the doors that verify
     policy: Policy
     dispatcher: Dispatcher
     providers: dict[tuple[str, Any], Provider]
@@ -44,7 +43,7 @@ class Runtime:
     long_running: bool  # may work on after answering (never on serverless platforms)
     journal: Journal | None
     state: State
-    acme_dns: AcmeDns | None = None  # the acme-dns door, when enabled
+    doors: Doors = field(default_factory=Doors)  # set by `receiver.doors.open_doors`
 
     @classmethod
     @asynccontextmanager
@@ -88,13 +87,9 @@ class Runtime:
             metrics = _metrics(long_running)
             propagation = Propagation(settings.propagation, metrics)
             stack.push_async_callback(propagation.aclose)
-            acme_dns = None
-            if state.accounts is not None:
-                acme_dns = AcmeDns(settings.acme_dns, state.accounts, metrics)
-                stack.callback(acme_dns.close)
             yield cls(
                 settings=settings,
-                verifier=build_verifier(settings, http),
+                http=http,
                 policy=Policy(settings.zones),
                 dispatcher=Dispatcher(providers, settings.dispatch, metrics=metrics),
                 providers=providers,
@@ -103,20 +98,13 @@ class Runtime:
                 long_running=long_running,
                 journal=state.journal,
                 state=state,
-                acme_dns=acme_dns,
             )
 
     async def readiness(self) -> dict[str, str]:
         """Per-check status; the service is ready when every check passed (`passed`)."""
         checks: dict[str, str] = {"config": "ok", **await self.state.readiness()}
-        if not self.settings.certificate_manager.enabled:
-            return checks
-        for crn in self.settings.certificate_manager.allowed_instances:
-            checks[f"sender_key:{crn}"] = await _status(
-                self.verifier.sender_keys.check(InstanceCrn.parse(crn))
-            )
-        if self.verifier.jwks is not None:
-            checks["user_token_keys"] = await _status(self.verifier.jwks.check())
+        for door in self.doors.all:
+            checks.update(await door.readiness())
         return checks
 
 
@@ -132,41 +120,3 @@ def _metrics(long_running: bool) -> Metrics:
     from receiver.prometheus import PrometheusMetrics
 
     return PrometheusMetrics.create()
-
-
-async def _status(check: Any) -> str:
-    try:
-        await check
-    except Unavailable as exc:
-        return exc.detail
-    return "ok"
-
-
-def build_verifier(settings: Settings, http: HttpGet) -> Verifier:
-    cm = settings.certificate_manager
-    sender_keys: SenderKeys
-    if cm.public_key_file is not None:
-        try:
-            sender_keys = FileSenderKeys(
-                cm.public_key_file, refetch_interval=cm.key_refetch_interval_seconds
-            )
-        except (OSError, KeyMaterialError) as exc:
-            raise ConfigError([f"certificate_manager.public_key_file: {exc}"]) from None
-    else:
-        sender_keys = FetchedSenderKeys(
-            http,
-            cm.public_key_url,
-            timeout=cm.key_fetch_timeout_seconds,
-            refetch_interval=cm.key_refetch_interval_seconds,
-        )
-    ut = settings.user_token
-    jwks = None
-    if ut.verify:
-        jwks = Jwks(
-            http,
-            ut.jwks_url,
-            timeout=ut.jwks_fetch_timeout_seconds,
-            cache_seconds=ut.jwks_cache_seconds,
-            refetch_interval=ut.jwks_refetch_interval_seconds,
-        )
-    return Verifier(settings=cm, user_token_settings=ut, sender_keys=sender_keys, jwks=jwks)

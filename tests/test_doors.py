@@ -305,7 +305,7 @@ def test_an_ipv4_mapped_peer_matches_ipv4_networks() -> None:
 
 
 async def account_count(service: Any) -> int:
-    door = service.runtime.acme_dns
+    door = service.runtime.doors.named("acme_dns")
     row = await door.store._file.run(  # observer access to the store
         lambda db: db.execute("SELECT count(*) FROM acme_dns_accounts").fetchone()
     )
@@ -426,7 +426,7 @@ async def test_registrations_are_rate_limited_per_source_and_capped(
     assert await account_count(service) == 2
 
     # Another source has its own burst, but the total cap holds for everyone.
-    door = service.runtime.acme_dns
+    door = service.runtime.doors.named("acme_dns")
     assert (await door.register(b"", "192.0.2.7"))["subdomain"]
     with pytest.raises(Forbidden) as refused:
         await door.register(b"", "198.51.100.9")

@@ -14,6 +14,7 @@ reference server's, so its users' scripts and runbooks keep working.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import uuid
@@ -23,12 +24,24 @@ from typing import Any
 
 from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
 from receiver.challenge import Action, Challenge, canonical_name
+from receiver.changes import apply_change
 from receiver.config import AcmeDnsSettings
+from receiver.core import ChangeRequest, apply
+from receiver.door import InboundRequest, Outcome, Route
 from receiver.doors.body import json_value
-from receiver.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
+from receiver.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ReceiverError,
+    TooManyRequests,
+    Unauthorized,
+)
+from receiver.journal import Origin
 from receiver.metrics import Metrics
 from receiver.passwords import PasswordChecks
 from receiver.ratelimit import RateLimit
+from receiver.runtime import Runtime
 
 DOOR = "acme_dns"
 PATHS = frozenset({"/register", "/update"})
@@ -169,3 +182,49 @@ class AcmeDns:
 
     def close(self) -> None:
         self.passwords.close()
+
+
+class AcmeDnsDoor(AcmeDns):
+    """The acme-dns API as a door: registration, and updates that keep, like acme-dns,
+    a subdomain's two most recent values."""
+
+    name = DOOR
+    # acme-dns reads JSON whatever the Content-Type says, and its clients rely on that
+    # (acme.sh posts a form type, pyacmedns none).
+    routes = tuple(Route("POST", path, any_content_type=True) for path in sorted(PATHS))
+    events = frozenset(path.lstrip("/") for path in PATHS)
+
+    def __init__(self, runtime: Runtime, store: AccountStore) -> None:
+        super().__init__(runtime.settings.acme_dns, store, runtime.metrics)
+        self.runtime = runtime
+
+    async def handle(self, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+        summary["event_type"] = request.path.lstrip("/")
+        if request.path == "/register":
+            registration = await self.register(request.body, request.remote)
+            summary.update(
+                outcome="registered", user=registration["username"], fqdn=registration["fulldomain"]
+            )
+            return Outcome(201, registration)
+        update = await self.update(request.headers, request.body, request.remote)
+        challenge = update.challenge
+        summary.update(user=update.account.username, fqdn=challenge.fqdn, domain=challenge.domain)
+        origin = Origin(DOOR, sender=update.account.username, domain=challenge.domain)
+        await apply(self.runtime, ChangeRequest(challenge, origin, request.request_id), summary)
+        # Like acme-dns, a subdomain keeps its two most recent values: the older ones go now.
+        evicted = await self.store.keep_latest(update.account.subdomain, challenge.value)
+        route = self.runtime.policy.route(challenge)
+        for value in evicted:
+            stale = dataclasses.replace(challenge, action=Action.REMOVE, value=value)
+            self.runtime.propagation.forget(stale)
+            try:
+                await apply_change(
+                    self.runtime, stale, route.zone, origin, request_id=request.request_id
+                )
+            except ReceiverError as exc:  # journalled: the sweep removes it later
+                summary["eviction_failed"] = exc.code
+        summary["evicted"] = len(evicted)
+        return Outcome(200, {"txt": challenge.value})
+
+    async def readiness(self) -> dict[str, str]:
+        return {}

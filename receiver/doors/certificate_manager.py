@@ -16,18 +16,30 @@ Order of checks, each before anything more expensive or outward-facing:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import Secret
 from receiver import tokens
 from receiver.challenge import Action, Challenge, challenge_record_name, check_challenge_value
-from receiver.config import CertificateManagerSettings, UserTokenSettings
+from receiver.config import CertificateManagerSettings, Settings, UserTokenSettings
+from receiver.core import ChangeRequest, apply
 from receiver.crn import InstanceCrn
-from receiver.errors import BadRequest, Forbidden, Unauthorized
-from receiver.keys import Jwks, SenderKeys
+from receiver.door import InboundRequest, Outcome, Route
+from receiver.errors import BadRequest, ConfigError, Forbidden, Unauthorized, Unavailable
+from receiver.fetch import HttpGet
+from receiver.journal import Entry, Origin
+from receiver.keys import (
+    FetchedSenderKeys,
+    FileSenderKeys,
+    Jwks,
+    KeyMaterialError,
+    SenderKeys,
+)
 from receiver.logs import merge
+from receiver.runtime import Runtime
+from receiver.sweep import clean_up_certificates
 from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
@@ -88,7 +100,7 @@ class Notification:
 
 @dataclass(frozen=True)
 class Verifier:
-    """What this door needs to authenticate a notification; built by the Runtime."""
+    """What this door needs to authenticate a notification (`build_verifier`)."""
 
     settings: CertificateManagerSettings
     user_token_settings: UserTokenSettings
@@ -250,3 +262,121 @@ def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{name} must be a string", code="invalid_notification")
     return value
+
+
+class CertificateManagerDoor:
+    """The callback URL: verified notifications become changes; a failed order's values
+    are cleaned up; every other lifecycle event is acknowledged."""
+
+    name = DOOR
+    events = KNOWN_EVENTS
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.verifier = build_verifier(runtime.settings, runtime.http)
+        self.routes: tuple[Route, ...] = (Route("POST", runtime.settings.server.callback_path),)
+
+    async def handle(self, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+        runtime = self.runtime
+        notification = await receive(request.body, self.verifier, summary)
+        merge(summary, notification.log_fields())
+        if notification.challenge is not None:
+            user = notification.user
+            origin = Origin(
+                door=DOOR,
+                sender=notification.instance.text,
+                user=(user.iam_id or user.subject) if user else None,
+                certificate=notification.certificate_crn,
+                domain=notification.challenge.domain,
+            )
+            change = ChangeRequest(
+                notification.challenge,
+                origin,
+                request.request_id,
+                user_token=notification.user_token,
+                remover=notification.instance.text,
+                own_values_only=notification.own_values_only,
+                wait_for_propagation=runtime.settings.certificate_manager.wait_for_propagation,
+            )
+            return await apply(runtime, change, summary)
+        if notification.event_type in ORDER_FAILED:
+            return await self._clean_up(notification, summary)
+        summary["outcome"] = "acknowledged"
+        return Outcome(200, {"status": "acknowledged", "event_type": notification.event_type})
+
+    async def _clean_up(self, notification: Notification, summary: dict[str, Any]) -> Outcome:
+        """A failed order leaves no value behind: each one its certificates published."""
+        report = await clean_up_certificates(
+            self.runtime,
+            list(notification.certificates),
+            notification.instance.text,
+            notification.user_token,
+        )
+        summary.update(outcome="cleaned", removed=len(report.removed), failed=len(report.failed))
+        summary["cleaned_certificates"] = _certificate_crns(report.removed)
+        if report.failed:  # nothing lost: what remains is swept later
+            summary["failed_certificates"] = _certificate_crns([e for e, _ in report.failed])
+            summary["outcome"] = "cleaned_partly"
+        return Outcome(
+            200,
+            {
+                "status": "cleaned",
+                "event_type": notification.event_type,
+                "removed": len(report.removed),
+                "failed": len(report.failed),
+            },
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        for crn, instance in self.verifier.allowed_instances.items():
+            checks[f"sender_key:{crn}"] = await _status(self.verifier.sender_keys.check(instance))
+        if self.verifier.jwks is not None:
+            checks["user_token_keys"] = await _status(self.verifier.jwks.check())
+        return checks
+
+    def close(self) -> None:
+        pass
+
+
+def _certificate_crns(entries: list[Entry]) -> list[str]:
+    """The certificate CRNs these journal entries were written for, for the summary."""
+    return sorted({e.certificate for e in entries if e.certificate})
+
+
+async def _status(check: Awaitable[Any]) -> str:
+    try:
+        await check
+    except Unavailable as exc:
+        return exc.detail
+    return "ok"
+
+
+def build_verifier(settings: Settings, http: HttpGet) -> Verifier:
+    cm = settings.certificate_manager
+    sender_keys: SenderKeys
+    if cm.public_key_file is not None:
+        try:
+            sender_keys = FileSenderKeys(
+                cm.public_key_file, refetch_interval=cm.key_refetch_interval_seconds
+            )
+        except (OSError, KeyMaterialError) as exc:
+            raise ConfigError([f"certificate_manager.public_key_file: {exc}"]) from None
+    else:
+        sender_keys = FetchedSenderKeys(
+            http,
+            cm.public_key_url,
+            timeout=cm.key_fetch_timeout_seconds,
+            refetch_interval=cm.key_refetch_interval_seconds,
+        )
+    ut = settings.user_token
+    jwks = None
+    if ut.verify:
+        jwks = Jwks(
+            http,
+            ut.jwks_url,
+            timeout=ut.jwks_fetch_timeout_seconds,
+            cache_seconds=ut.jwks_cache_seconds,
+            refetch_interval=ut.jwks_refetch_interval_seconds,
+        )
+    return Verifier(settings=cm, user_token_settings=ut, sender_keys=sender_keys, jwks=jwks)

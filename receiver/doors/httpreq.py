@@ -26,8 +26,12 @@ from receiver.challenge import (
     check_challenge_value,
 )
 from receiver.config import HttpreqSettings
+from receiver.core import ChangeRequest, apply
+from receiver.door import InboundRequest, Outcome, Route
 from receiver.doors.body import json_object
 from receiver.errors import BadRequest, Unauthorized
+from receiver.journal import Origin
+from receiver.runtime import Runtime
 
 DOOR = "httpreq"
 PATHS = {"/present": Action.ADD, "/cleanup": Action.REMOVE}
@@ -117,3 +121,31 @@ def _raw(action: Action, message: dict[str, Any]) -> Challenge:
     value = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     domain = "*." + base if wildcard else base
     return Challenge(action, domain, challenge_name(base), value)
+
+
+class HttpreqDoor:
+    name = DOOR
+    routes = tuple(Route("POST", path) for path in PATHS)
+    events = frozenset(path.lstrip("/") for path in PATHS)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def handle(self, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
+        summary["event_type"] = request.path.lstrip("/")
+        received = receive(
+            self.runtime.settings.httpreq, request.path, request.headers, request.body
+        )
+        challenge = received.challenge
+        summary.update(user=received.user, mode=received.mode, domain=challenge.domain)
+        summary["fqdn"] = challenge.fqdn
+        origin = Origin(DOOR, sender=received.user, domain=challenge.domain)
+        return await apply(
+            self.runtime, ChangeRequest(challenge, origin, request.request_id), summary
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 import structlog
 
 from receiver import config, core, logs
+from receiver.doors import serving_runtime
 from receiver.errors import ConfigError
 from receiver.fetch import StdlibGet
 from receiver.runtime import Runtime, passed
@@ -52,7 +53,7 @@ class RuntimeHolder:
                 stack = AsyncExitStack()
                 # Serverless: answer only after the write; never work on after answering.
                 self._runtime = await stack.enter_async_context(
-                    Runtime.open(settings, long_running=False, http=StdlibGet())
+                    serving_runtime(settings, long_running=False, http=StdlibGet())
                 )
                 self._stack = stack
         return self._runtime
