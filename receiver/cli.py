@@ -641,7 +641,7 @@ def _digicert_token(args: argparse.Namespace) -> int:
 
 def _digicert_place(args: argparse.Namespace) -> int:
     async def publish(settings: config.Settings, token: str) -> list[Any]:
-        from receiver.doors import digicert
+        from receiver import digicert_placement as digicert
         from receiver.runtime import Runtime
 
         async with Runtime.open(settings) as runtime:
@@ -664,7 +664,7 @@ def _digicert_place(args: argparse.Namespace) -> int:
 
 def _digicert_remove(args: argparse.Namespace) -> int:
     async def withdraw(settings: config.Settings, auth_key: str, csr: bytes) -> list[Any]:
-        from receiver.doors import digicert
+        from receiver import digicert_placement as digicert
         from receiver.runtime import Runtime
 
         async with Runtime.open(settings) as runtime:

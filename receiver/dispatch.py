@@ -196,6 +196,43 @@ class Dispatcher:
                 code="provider_timeout",
             ) from None
 
+    async def read(self, zone: ZoneSettings, fqdn: str, *, request_id: str) -> frozenset[str]:
+        """Every TXT value at `fqdn`, read like a write is made: through the zone-handle
+        cache, retried within the deadline, with the same error translation
+        (`UpstreamFailed`/`Unavailable`). The sweep, the probe and DigiCert's commands
+        read this way, never from the adapter directly."""
+        provider = self.provider_for(zone)
+        ctx = ChangeContext(request_id=request_id)
+        values: frozenset[str] = frozenset()
+
+        async def list_values(ref: ZoneRef) -> None:
+            nonlocal values
+            values = await provider.list_txt(ref, fqdn)
+
+        deadline = self._settings.deadline_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                await self._retrying(provider, zone, ctx, list_values)
+        except TimeoutError:
+            raise Unavailable(
+                f"the DNS provider ({zone.provider}) did not answer within {deadline:g}s",
+                code="provider_timeout",
+            ) from None
+        return values
+
+    async def zone_ref(self, zone: ZoneSettings, *, request_id: str) -> ZoneRef:
+        """The provider's reference for `zone`, from the cache the writes use."""
+        provider = self.provider_for(zone)
+        ctx = ChangeContext(request_id=request_id)
+        try:
+            return await self._zone_ref(provider, zone, ctx)
+        except ProviderError as exc:
+            raise UpstreamFailed(
+                f"the DNS provider ({zone.provider}) cannot find the zone",
+                code=_code(exc),
+                internal=str(exc),
+            ) from exc
+
     def _coalescer(self, provider: Provider, zone: ZoneSettings) -> Coalescer:
         key = (zone.provider, zone.name)
         coalescer = self._coalescers.get(key)

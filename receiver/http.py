@@ -23,12 +23,10 @@ from aiohttp.typedefs import Handler
 from providers.base import Secret
 from receiver import core
 from receiver.config import Settings
-from receiver.doors import acme_dns, httpreq, serving_runtime
-from receiver.doors.digicert import FileAuth
+from receiver.doors import serving_runtime
 from receiver.errors import (
     BadRequest,
     PayloadTooLarge,
-    ReceiverError,
     RequestRejected,
     Unauthorized,
 )
@@ -50,8 +48,6 @@ SETTINGS = web.AppKey("settings", Settings)
 SLOT = web.AppKey("slot", Slot)
 DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
-FILEAUTH = web.AppKey("fileauth", FileAuth)
-FILEAUTH_PATH = "/.well-known/pki-validation/fileauth.txt"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 MAX_JOURNAL_LIMIT = 10_000
 _STATUS_CODES = {
@@ -132,25 +128,16 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app.cleanup_ctx.append(_runtime_context)
     if any(zone.capabilities.serves_dns for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
-    if settings.certificate_manager.enabled:
-        app.router.add_post(settings.server.callback_path, notification)
-    if settings.httpreq.enabled:
-        for path in httpreq.PATHS:
-            app.router.add_post(path, notification)
-    if settings.acme_dns.enabled:
-        for path in acme_dns.PATHS:
-            app.router.add_post(path, notification)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    if settings.digicert.fileauth:
-        app[FILEAUTH] = FileAuth(settings.digicert)
-        app.router.add_get(FILEAUTH_PATH, fileauth)
     if settings.journal.enabled:
         if slot.sweeps:
             app.cleanup_ctx.append(_sweep_context)
         if settings.journal.admin_token is not None:
             app.router.add_get("/journal", journal_entries)
+    # Everything else is a door's, or nobody's: the core routes it (`runtime.doors`).
+    app.router.add_route("*", "/{path:.*}", notification)
     return app
 
 
@@ -345,8 +332,11 @@ async def notification(request: web.Request) -> web.Response:
             body=body,
             request_id=request[REQUEST_ID],
             remote=request.remote,
+            host=request.host,
         ),
     )
+    if outcome.text is not None:
+        return web.Response(text=outcome.text, status=outcome.status, headers=outcome.headers)
     return web.json_response(outcome.body, status=outcome.status, headers=outcome.headers)
 
 
@@ -373,17 +363,6 @@ async def read_body(request: web.Request) -> bytes:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
-
-
-async def fileauth(request: web.Request) -> web.Response:
-    """DigiCert's `http-token` check: the current request token for the Host asked for."""
-    try:
-        token = request.app[FILEAUTH].token_for(request.host)
-    except ReceiverError as exc:
-        log.info("fileauth_rejected", host=request.host, error=exc.code, status=exc.status)
-        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
-    log.info("fileauth_served", host=request.host, value=token)
-    return web.Response(text=token, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -12,7 +12,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from providers.base import ZoneRef
 from providers.errors import ProviderError
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge
 from receiver.config import ZoneSettings
@@ -57,18 +56,17 @@ async def _probe_zone(runtime: Runtime, zone: ZoneSettings) -> ProbeResult:
     fqdn = probe_name(zone.name)
     value = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     dispatcher = runtime.dispatcher
-    provider = dispatcher.provider_for(zone)
     try:
-        ref = ZoneRef(zone.name, await provider.zone_handle(zone.name))
+        ref = await dispatcher.zone_ref(zone, request_id="probe")
         await dispatcher.apply(
             Challenge(Action.ADD, zone.name, fqdn, value), zone, request_id="probe"
         )
-        if value not in await provider.list_txt(ref, fqdn):
+        if value not in await dispatcher.read(zone, fqdn, request_id="probe"):
             raise _ProbeFailed(f"wrote a value at {fqdn} but cannot read it back")
         await dispatcher.apply(
             Challenge(Action.REMOVE, zone.name, fqdn, value), zone, request_id="probe"
         )
-        if value in await provider.list_txt(ref, fqdn):
+        if value in await dispatcher.read(zone, fqdn, request_id="probe"):
             raise _ProbeFailed(f"removed the value at {fqdn} but it is still there")
     except (ReceiverError, ProviderError, _ProbeFailed) as exc:
         detail = getattr(exc, "internal", None) or getattr(exc, "detail", None) or str(exc)

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from providers.base import ZoneRef
 from providers.errors import ProviderError
 from providers.secret import Secret
+from receiver import digicert
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
 from receiver.config import ZoneSettings
-from receiver.doors import digicert
 from receiver.errors import ReceiverError
 from receiver.journal import Entry, Journal, Origin
 from receiver.runtime import Runtime
@@ -149,9 +148,8 @@ async def _settle_pending(runtime: Runtime, entry: Entry, zone: ZoneSettings) ->
     nothing left to do (an add that never landed, a removal that did)."""
     assert runtime.journal is not None
     assert entry.id is not None
-    provider = runtime.dispatcher.provider_for(zone)
-    ref = ZoneRef(zone.name, await provider.zone_handle(zone.name))
-    present = entry.value in await provider.list_txt(ref, entry.fqdn)
+    values = await runtime.dispatcher.read(zone, entry.fqdn, request_id="sweep")
+    present = entry.value in values
     if entry.action == "add":
         await runtime.journal.settle(
             entry.id,

@@ -16,7 +16,7 @@ import pytest
 
 from providers.base import ChangeContext, ZoneRef
 from receiver import cli, config, digicert
-from receiver.doors import digicert as digicert_door
+from receiver import digicert_placement as digicert_door
 from receiver.errors import ConfigError, Forbidden
 from receiver.http import DNS_ADDRESS
 from receiver.runtime import Runtime

@@ -33,6 +33,10 @@ def open_doors(runtime: Runtime) -> Doors:
             from receiver.doors.acme_dns import AcmeDnsDoor
 
             doors.append(AcmeDnsDoor(runtime, runtime.state.accounts))
+        if settings.digicert.fileauth:
+            from receiver.doors.fileauth import FileAuthDoor
+
+            doors.append(FileAuthDoor(settings.digicert))
         return Doors(doors)
     except BaseException:
         for door in reversed(doors):

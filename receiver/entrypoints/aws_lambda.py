@@ -118,6 +118,7 @@ def inbound_request(event: Mapping[str, Any], invocation_id: str | None) -> core
         body=_body(event),
         request_id=request_id(headers.get("x-request-id"), context.get("requestId")),
         remote=remote,
+        host=headers.get("host"),
     )
 
 
@@ -141,9 +142,13 @@ def _body(event: Mapping[str, Any]) -> bytes:
 
 def response(outcome: core.Outcome) -> dict[str, Any]:
     """Valid for both payload formats (and Function URLs)."""
+    if outcome.text is not None:
+        content_type, body = "text/plain; charset=utf-8", outcome.text
+    else:
+        content_type, body = "application/json", json.dumps(outcome.body)
     return {
         "statusCode": outcome.status,
-        "headers": {"Content-Type": "application/json", **outcome.headers},
-        "body": json.dumps(outcome.body),
+        "headers": {"Content-Type": content_type, **outcome.headers},
+        "body": body,
         "isBase64Encoded": False,
     }

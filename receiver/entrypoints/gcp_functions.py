@@ -12,7 +12,7 @@ from __future__ import annotations
 import functions_framework.aio
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from receiver import core
 from receiver.config import ServerSettings
@@ -24,7 +24,7 @@ log = structlog.get_logger("receiver.gcp_functions")
 
 
 @functions_framework.aio.http
-async def handler(request: Request) -> JSONResponse:
+async def handler(request: Request) -> Response:
     outcome = await serve(
         _holder,
         core.InboundRequest(
@@ -36,8 +36,13 @@ async def handler(request: Request) -> JSONResponse:
                 request.headers.get("x-request-id"), request.headers.get("function-execution-id")
             ),
             remote=request.client.host if request.client else None,
+            host=request.headers.get("host"),
         ),
     )
+    if outcome.text is not None:
+        return PlainTextResponse(
+            outcome.text, status_code=outcome.status, headers=dict(outcome.headers)
+        )
     return JSONResponse(outcome.body, status_code=outcome.status, headers=dict(outcome.headers))
 
 

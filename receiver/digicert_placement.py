@@ -2,31 +2,27 @@
 
 Placing a token is the same DNS job as publishing a challenge: the zone policy decides
 where it may go, the journal records it, the dispatcher writes only that one value. The
-sweep leaves a token alone until its 30-day window has closed.
+sweep leaves a token alone until its 30-day window has closed (`digicert.still_needed`).
+These are the `digicert place` and `digicert remove` commands' use cases; the
+`fileauth.txt` responder is a door (`receiver.doors.fileauth`).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
-from providers.base import Secret, ZoneRef
 from receiver import digicert
-from receiver.challenge import Action, Challenge, canonical_name
+from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
-from receiver.config import DigicertSettings
-from receiver.errors import InvalidName, NotFound, ServiceFault
+from receiver.digicert import DOOR
 from receiver.journal import Origin
 from receiver.policy import Route
 from receiver.runtime import Runtime
 
-DOOR = "digicert"
 log = structlog.get_logger("receiver.digicert")
 
 
@@ -77,9 +73,8 @@ async def remove(
         digicert.parse_timestamp(timestamp)
     removed = []
     for base, route in _routes(runtime, domains, dnsauth):
-        provider = runtime.dispatcher.provider_for(route.zone)
-        ref = ZoneRef(route.zone.name, await provider.zone_handle(route.zone.name))
-        for value in sorted(await provider.list_txt(ref, route.fqdn)):
+        values = await runtime.dispatcher.read(route.zone, route.fqdn, request_id=DOOR)
+        for value in sorted(values):
             if timestamp is not None and not value.startswith(timestamp):
                 continue
             if digicert.is_token_for(value, auth_key, csr):
@@ -103,61 +98,3 @@ async def _write(runtime: Runtime, action: Action, base: str, route: Route, toke
         provider=route.zone.provider,
         value=token,
     )
-
-
-def still_needed(door: str, value: str, now: float) -> bool:
-    """The sweep's exception: a token stays published while DigiCert would accept it."""
-    if door != DOOR or not digicert.is_request_token(value):
-        return False
-    try:
-        end = digicert.window(value).end
-    except digicert.InvalidTimestamp:
-        return False
-    return now < end.timestamp()
-
-
-class FileAuth:
-    """`GET /.well-known/pki-validation/fileauth.txt`: the current token for one host.
-
-    The token's timestamp is the start of the current UTC day, so the answer is valid the
-    moment it is served and stays the same all day. The CSR is re-read when its file
-    changes, so a rotated CSR needs no restart.
-    """
-
-    def __init__(
-        self,
-        settings: DigicertSettings,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        assert settings.auth_key is not None  # config requires it with fileauth on
-        self._auth_key: Secret = settings.auth_key
-        self._csr_files = settings.fileauth_csr_files
-        self._clock = clock
-        self._cache: dict[Path, tuple[tuple[int, int], bytes]] = {}
-
-    def token_for(self, host: str) -> str:
-        try:
-            name = canonical_name(host.rsplit(":", 1)[0] if host.count(":") == 1 else host)
-        except InvalidName:
-            raise NotFound("no token for that host", code="unknown_host") from None
-        path = self._csr_files.get(name)
-        if path is None:
-            raise NotFound(f"no token is served for {name}", code="unknown_host")
-        timestamp = digicert.daily_timestamp(self._clock())
-        return digicert.request_token(self._auth_key.reveal(), self._csr(path), timestamp)
-
-    def _csr(self, path: Path) -> bytes:
-        try:
-            stat = os.stat(path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            cached = self._cache.get(path)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-            data = path.read_bytes()
-        except OSError as exc:
-            log.error("fileauth_csr_unreadable", path=str(path), error=str(exc))
-            raise ServiceFault(
-                "the CSR for this host cannot be read", code="csr_unreadable"
-            ) from None
-        self._cache[path] = (stamp, data)
-        return data
