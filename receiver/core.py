@@ -31,9 +31,9 @@ from receiver.errors import (
 )
 from receiver.journal import Origin
 from receiver.logs import bind_request
-from receiver.runtime import Runtime
+from receiver.runtime import Runtime, passed
 
-__all__ = ["ChangeRequest", "InboundRequest", "Outcome", "apply", "handle"]
+__all__ = ["ChangeRequest", "InboundRequest", "Outcome", "alive", "apply", "handle", "readiness"]
 
 log = structlog.get_logger("receiver")
 JSON_TYPES = ("application/json",)
@@ -72,6 +72,22 @@ async def handle(runtime: Runtime, request: InboundRequest) -> Outcome:
     level = log.info if outcome.status < 500 else log.error
     level("notification", **summary)
     return outcome
+
+
+def alive() -> Outcome:
+    """`GET /healthz`: the process answers. Needs nothing, not even a Runtime."""
+    return Outcome(200, {"status": "alive"})
+
+
+async def readiness(runtime: Runtime) -> Outcome:
+    """`GET /readyz`: 200 when every check passed (state, each door's keys), else 503."""
+    checks = await runtime.readiness()
+    ready = all(passed(value) for value in checks.values())
+    if not ready:
+        log.warning("not_ready", checks=checks)
+    return Outcome(
+        200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
+    )
 
 
 async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, Any]) -> Outcome:

@@ -13,9 +13,22 @@ only the doors that are enabled.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+
+
+def request_id(*offered: str | None) -> str:
+    """The first offered id that is safe to log (the caller's X-Request-Id, then the
+    platform's), else a new one. Every host names its requests this way."""
+    for candidate in offered:
+        if candidate and _SAFE_REQUEST_ID.match(candidate):
+            return candidate
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,7 @@ class InboundRequest:
     request_id: str
     remote: str | None = None
     host: str | None = None  # the Host header's name, for doors that answer per host
+    query: Mapping[str, str] = field(default_factory=dict)  # the first of repeated keys
 
 
 @dataclass(frozen=True)

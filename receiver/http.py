@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import math
-import re
-import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from providers.base import Secret
-from receiver import core
+from receiver import core, door
 from receiver.config import Settings
 from receiver.doors import serving_runtime
 from receiver.errors import (
     BadRequest,
     PayloadTooLarge,
     RequestRejected,
-    Unauthorized,
 )
 from receiver.listener import (
     GuardedSite,
@@ -39,7 +32,7 @@ from receiver.listener import (
 )
 from receiver.logs import bind_request
 from receiver.prometheus import CONTENT_TYPE
-from receiver.runtime import Runtime, passed
+from receiver.runtime import Runtime
 from receiver.sweep import sweep_periodically
 from receiver.workers import ALONE, Slot
 
@@ -48,8 +41,6 @@ SETTINGS = web.AppKey("settings", Settings)
 SLOT = web.AppKey("slot", Slot)
 DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-MAX_JOURNAL_LIMIT = 10_000
 _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -131,11 +122,8 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    if settings.journal.enabled:
-        if slot.sweeps:
-            app.cleanup_ctx.append(_sweep_context)
-        if settings.journal.admin_token is not None:
-            app.router.add_get("/journal", journal_entries)
+    if settings.journal.enabled and slot.sweeps:
+        app.cleanup_ctx.append(_sweep_context)
     # Everything else is a door's, or nobody's: the core routes it (`runtime.doors`).
     app.router.add_route("*", "/{path:.*}", notification)
     return app
@@ -184,66 +172,6 @@ async def _sweep_context(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-class BearerRequired(Unauthorized):
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
-
-
-async def journal_entries(request: web.Request) -> web.Response:
-    """The audit trail, for holders of the admin token only (the route exists only then)."""
-    settings = request.app[SETTINGS].journal
-    assert settings.admin_token is not None
-    check_bearer(request.headers.get("Authorization", ""), settings.admin_token)
-    journal = request.app[RUNTIME].journal
-    assert journal is not None
-    query = JournalQuery.parse(request.query)
-    entries = await journal.entries(since=query.since, domain=query.domain, limit=query.limit)
-    return web.json_response({"entries": [e.as_dict() for e in entries]})
-
-
-@dataclass(frozen=True)
-class JournalQuery:
-    """`GET /journal?since=<epoch>&domain=<name>&limit=<n>`, checked."""
-
-    since: float | None = None
-    domain: str | None = None
-    limit: int = 1000
-
-    @classmethod
-    def parse(cls, query: Mapping[str, str]) -> JournalQuery:
-        """`BadRequest` unless since is a finite number and limit is 1..MAX_JOURNAL_LIMIT:
-        SQLite reads a negative LIMIT as "no limit", and NaN compares false with anything."""
-        try:
-            since = float(query["since"]) if "since" in query else None
-            limit = int(query.get("limit", cls.limit))
-        except ValueError:
-            raise BadRequest("since is epoch seconds, limit an integer") from None
-        if since is not None and not math.isfinite(since):
-            raise BadRequest("since is epoch seconds")
-        if not 1 <= limit <= MAX_JOURNAL_LIMIT:
-            raise BadRequest(f"limit must be from 1 to {MAX_JOURNAL_LIMIT}")
-        return cls(since, query.get("domain"), limit)
-
-
-def check_bearer(header: str, token: Secret) -> None:
-    """`Bearer <token>` (RFC 6750), the scheme in any case (RFC 7235); `BearerRequired`
-    for anything else, compared in constant time as the bytes that were sent."""
-    scheme, _, offered = header.partition(" ")
-    offered = offered.lstrip(" ")
-    if scheme.lower() != "bearer" or not offered or not _same_bytes(offered, token.reveal()):
-        raise BearerRequired("send Authorization: Bearer <admin token>", code="unauthorized")
-
-
-def _same_bytes(offered: str, expected: str) -> bool:
-    """aiohttp decodes header bytes as UTF-8 and keeps the undecodable ones as surrogates
-    (surrogateescape): encoding back the same way gives exactly the bytes sent."""
-    try:
-        sent = offered.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate no byte decodes to: not from the wire
-        return False
-    return hmac.compare_digest(sent, expected.encode())
-
-
 @web.middleware
 async def head_received(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's head is complete: its connection's header timeout stops until the
@@ -260,8 +188,7 @@ async def head_received(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    offered = request.headers.get("X-Request-Id", "")
-    request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    request_id = door.request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = request_id
     bind_request(request_id)
     response = await handler(request)
@@ -333,6 +260,7 @@ async def notification(request: web.Request) -> web.Response:
             request_id=request[REQUEST_ID],
             remote=request.remote,
             host=request.host,
+            query={key: request.query[key] for key in request.query},
         ),
     )
     if outcome.text is not None:
@@ -362,7 +290,8 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    outcome = core.alive()
+    return web.json_response(outcome.body, status=outcome.status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -371,11 +300,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await request.app[RUNTIME].readiness()
-    ready = all(passed(value) for value in checks.values())
-    if not ready:
-        log.warning("not_ready", checks=checks)
-    return web.json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    outcome = await core.readiness(request.app[RUNTIME])
+    return web.json_response(outcome.body, status=outcome.status)

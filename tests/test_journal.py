@@ -475,7 +475,7 @@ async def test_audit_endpoint_undecodable_credentials_are_401(
     assert response.status == 401
     assert response.json()["error"] == "unauthorized" and response.json()["detail"]
     assert response.headers["www-authenticate"] == "Bearer"
-    assert answers_logged(captured) == [("request_rejected", 401)]
+    assert answers_logged(captured) == [("notification", 401)]
 
 
 @pytest.mark.parametrize(
@@ -521,8 +521,8 @@ async def test_audit_endpoint_rejects_bad_queries(
     assert resp.status == 400, await resp.text()
     body = await resp.json()
     assert body["error"] == "bad_request" and body["detail"]
-    assert answers_logged(captured)[-1:] == [("request_rejected", 400)]
-    assert answers_logged(captured).count(("request_rejected", 400)) == 1
+    assert answers_logged(captured)[-1:] == [("notification", 400)]
+    assert answers_logged(captured).count(("notification", 400)) == 1
 
 
 async def test_audit_endpoint_limit_and_domain_are_literal(

@@ -33,6 +33,10 @@ def open_doors(runtime: Runtime) -> Doors:
             from receiver.doors.acme_dns import AcmeDnsDoor
 
             doors.append(AcmeDnsDoor(runtime, runtime.state.accounts))
+        if runtime.journal is not None and settings.journal.admin_token is not None:
+            from receiver.doors.admin import AdminDoor
+
+            doors.append(AdminDoor(runtime.journal, settings.journal.admin_token))
         if settings.digicert.fileauth:
             from receiver.doors.fileauth import FileAuthDoor
 

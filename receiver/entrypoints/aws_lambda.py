@@ -119,7 +119,14 @@ def inbound_request(event: Mapping[str, Any], invocation_id: str | None) -> core
         request_id=request_id(headers.get("x-request-id"), context.get("requestId")),
         remote=remote,
         host=headers.get("host"),
+        query=_query(event.get("queryStringParameters")),
     )
+
+
+def _query(parameters: object) -> dict[str, str]:
+    if not isinstance(parameters, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in parameters.items() if isinstance(v, str)}
 
 
 def _lower(headers: Mapping[str, Any] | None) -> dict[str, str]:

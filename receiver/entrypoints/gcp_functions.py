@@ -37,6 +37,7 @@ async def handler(request: Request) -> Response:
             ),
             remote=request.client.host if request.client else None,
             host=request.headers.get("host"),
+            query={key: request.query_params[key] for key in request.query_params},
         ),
     )
     if outcome.text is not None:

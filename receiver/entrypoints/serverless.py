@@ -9,20 +9,17 @@ fetched with the standard library (`StdlibGet`), so no serverless path imports a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
-import re
-import uuid
 from contextlib import AsyncExitStack
 
 import structlog
 
-from receiver import config, core, logs
+from receiver import config, core, door, logs
 from receiver.doors import serving_runtime
 from receiver.errors import ConfigError
 from receiver.fetch import StdlibGet
-from receiver.runtime import Runtime, passed
-
-SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+from receiver.runtime import Runtime
 
 log = structlog.get_logger("receiver.serverless")
 
@@ -64,18 +61,13 @@ class RuntimeHolder:
         self._runtime = self._stack = None
 
 
-def request_id(offered: str | None, fallback: str | None = None) -> str:
-    """The caller's X-Request-Id when it is safe to log, else the platform's id, else new."""
-    for candidate in (offered, fallback):
-        if candidate and SAFE_REQUEST_ID.match(candidate):
-            return candidate
-    return uuid.uuid4().hex
+request_id = door.request_id  # the caller's X-Request-Id if safe, else the platform's
 
 
 async def serve(holder: RuntimeHolder, request: core.InboundRequest) -> core.Outcome:
     """Health paths answered here, everything else by the core; never raises."""
     if request.path == "/healthz" and request.method == "GET":
-        outcome = core.Outcome(200, {"status": "alive"})
+        outcome = core.alive()
     else:
         try:
             runtime = await holder.get()
@@ -89,19 +81,11 @@ async def serve(holder: RuntimeHolder, request: core.InboundRequest) -> core.Out
             )
         else:
             if request.path == "/readyz" and request.method == "GET":
-                outcome = await _readiness(runtime)
+                outcome = await core.readiness(runtime)
             else:
                 outcome = await core.handle(runtime, request)
-    return core.Outcome(
-        outcome.status, outcome.body, {**outcome.headers, "X-Request-Id": request.request_id}
-    )
-
-
-async def _readiness(runtime: Runtime) -> core.Outcome:
-    checks = await runtime.readiness()
-    ready = all(passed(value) for value in checks.values())
-    return core.Outcome(
-        200 if ready else 503, {"status": "ready" if ready else "not_ready", "checks": checks}
+    return dataclasses.replace(
+        outcome, headers={**outcome.headers, "X-Request-Id": request.request_id}
     )
 
 
