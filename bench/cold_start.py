@@ -4,7 +4,7 @@ Every run starts a fresh `python -m awslambdaric <handler>` (the real runtime cl
 against a fake Runtime API on loopback (tests/fakes/lambda_runtime.py), queues one event
 and stops the clock when the handler's answer is posted back:
 
-* receiver: `receiver.entrypoints.aws_lambda.handler` with a signed "validation required"
+* receiver: `receiver.hosts.aws_lambda.handler` with a signed "validation required"
   notification in a Function URL event. On that first invocation it loads the config,
   opens the Runtime, fetches the sender's public key (loopback HTTP), verifies, and
   writes the record (`memory`, or `route53` against a moto_server) before answering.
@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))  # tests.fakes.lambda_runtime
 from harness import json_server, moto_server  # noqa: E402
 
 from receiver import signing  # noqa: E402
-from tests.entrypoints import events  # noqa: E402
 from tests.fakes.lambda_runtime import FakeLambdaRuntime  # noqa: E402
+from tests.hosts import events  # noqa: E402
 
 CRN = signing.DEMO_CRN
 ZONE = "example.com"
-RECEIVER_HANDLER = "receiver.entrypoints.aws_lambda.handler"
+RECEIVER_HANDLER = "receiver.hosts.aws_lambda.handler"
 FLOOR_HANDLER = "cold_start_floor.handler"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "bench",

@@ -20,7 +20,7 @@ from providers.errors import ProviderError
 from receiver import __version__, config, logs, signing, workers
 from receiver.challenge import CHALLENGE_LABEL, Action, Challenge, challenge_record_name
 from receiver.errors import ConfigError, ReceiverError, StateUnavailable
-from receiver.http import serving
+from receiver.hosts.http import serving
 from receiver.keys import FileSenderKeys, KeyMaterialError
 from receiver.policy import Policy
 

@@ -98,7 +98,7 @@ class Connection(asyncio.Protocol):
     close it when a request head takes longer than `header_timeout` seconds.
 
     The head's clock starts when the connection opens, and again at the first byte after
-    an answer; the `head_received` middleware (receiver/http.py) stops it. Bytes that
+    an answer; the `head_received` middleware (receiver/hosts/http.py) stops it. Bytes that
     arrive while a request is being handled (its body, a pipelined request) never start
     it: pipelined heads are bounded by aiohttp's keep-alive timeout instead.
     """

@@ -26,7 +26,7 @@ from providers.base import ZoneRef
 from providers.memory import MemoryProvider
 from receiver import config, logs, signing
 from receiver.config import LogSettings
-from receiver.http import RUNTIME, create_app
+from receiver.hosts.http import RUNTIME, create_app
 from receiver.runtime import Runtime
 
 from .backends.bind import bind_primary  # noqa: F401 - shared fixtures

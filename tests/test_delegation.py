@@ -12,7 +12,7 @@ import pytest
 from receiver import cli, config, signing
 from receiver.challenge import Action, Challenge
 from receiver.errors import ConfigError, Forbidden
-from receiver.http import DNS_ADDRESS
+from receiver.hosts.http import DNS_ADDRESS
 from receiver.policy import Policy
 
 from .conftest import INSTANCE, Sender, ServiceFactory

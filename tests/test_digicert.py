@@ -18,7 +18,7 @@ from providers.base import ChangeContext, ZoneRef
 from receiver import cli, config, digicert
 from receiver import digicert_placement as digicert_door
 from receiver.errors import ConfigError, Forbidden
-from receiver.http import DNS_ADDRESS
+from receiver.hosts.http import DNS_ADDRESS
 from receiver.runtime import Runtime
 from receiver.sweep import sweep
 

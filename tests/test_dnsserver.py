@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from providers.local import ChallengeStore, LocalSettings
 from receiver import signing
 from receiver.dnsserver import Answerer
-from receiver.http import DNS_ADDRESS
+from receiver.hosts.http import DNS_ADDRESS
 
 from .conftest import Sender, ServiceFactory
 

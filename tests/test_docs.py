@@ -17,7 +17,7 @@ import pytest
 from providers.registry import BUILT_IN
 from receiver import config, docsgen, errors
 from receiver.dispatch import ERROR_CODES as PROVIDER_ERROR_CODES
-from receiver.http import _STATUS_CODES
+from receiver.hosts.http import _STATUS_CODES
 
 from .conftest import INSTANCE
 from .demo import demo_server

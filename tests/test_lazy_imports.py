@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import sys
 at_start = set(sys.modules)  # a *-nspkg.pth (functions-framework's) pre-creates `google`
-from receiver import cli, core, http, runtime, config  # everything a door imports
+from receiver import cli, core, runtime, config  # everything a host imports
+from receiver.hosts import http
 from providers.registry import BUILT_IN
 adapters = {target.partition(":")[0] for target in BUILT_IN.values()}
 before = sorted(m for m in sys.modules if m in adapters)  # shared helpers may load
@@ -46,7 +47,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from receiver import signing
-from tests.entrypoints import events
+from tests.hosts import events
 
 private = load_pem_private_key(Path(sys.argv[1]).read_bytes(), None)
 claims = signing.notification_claims(
@@ -58,7 +59,7 @@ claims = signing.notification_claims(
 body = signing.envelope(jwt.encode(claims, private, algorithm="RS256"))
 event = events.function_url(body, headers={"content-type": "application/json"})
 
-from receiver.entrypoints import aws_lambda
+from receiver.hosts import aws_lambda
 
 answer = aws_lambda.handler(event, None)
 unwanted = ("aiohttp", "prometheus_client", "importlib.metadata", "boto3", "dns")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from receiver import listener, signing
-from receiver.http import serving
+from receiver.hosts.http import serving
 from receiver.listener import GuardedSite
 
 from . import rawhttp

@@ -17,7 +17,7 @@ import pytest
 
 from receiver import config, signing
 from receiver.errors import ConfigError
-from receiver.http import DNS_ADDRESS
+from receiver.hosts.http import DNS_ADDRESS
 from receiver.state import State
 
 from .backends.postgres import Postgres

@@ -23,7 +23,7 @@ import pytest
 
 from receiver import cli, config, signing, workers
 from receiver.errors import ConfigError
-from receiver.http import _sweep_context, create_app
+from receiver.hosts.http import _sweep_context, create_app
 from receiver.workers import Slot
 
 from .conftest import INSTANCE, FakeIbmCloud, Sender, ServerProcess, shared_store_config

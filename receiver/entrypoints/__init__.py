@@ -1,1 +1,2 @@
-"""Platform shims: translate a platform's request to `core.handle` and back, nothing more."""
+"""The hosts' former home (`receiver.hosts`): handler paths of deployments made before
+the rename keep working (`receiver.entrypoints.aws_lambda.handler`, ...)."""

@@ -19,8 +19,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "aws"
 TEMPLATE = DEPLOY / "template.yaml"
 ADAPTER = Path(__file__).resolve().parents[2] / "providers" / "route53.py"
 HANDLERS = {
-    "ReceiverFunction": "receiver.entrypoints.aws_lambda.handler",
-    "SweepFunction": "receiver.entrypoints.aws_lambda.sweep_handler",
+    "ReceiverFunction": "receiver.hosts.aws_lambda.handler",
+    "SweepFunction": "receiver.hosts.aws_lambda.sweep_handler",
 }
 pytestmark = pytest.mark.slow  # cfn-lint runs as a process
 

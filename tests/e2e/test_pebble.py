@@ -24,7 +24,7 @@ import dns.rcode
 import pyacmedns
 from cryptography import x509
 
-from receiver.http import DNS_ADDRESS
+from receiver.hosts.http import DNS_ADDRESS
 from receiver.sweep import sweep
 
 from ..backends.bind import Bind

@@ -75,7 +75,7 @@ async def test_lambda_under_the_real_runtime_client(
         sys.executable,
         "-m",
         "awslambdaric",
-        "receiver.entrypoints.aws_lambda.handler",
+        "receiver.hosts.aws_lambda.handler",
         env={
             **os.environ,
             CONFIG_ENV: str(config),
@@ -122,7 +122,7 @@ async def test_lambda_on_postgres_closes_its_connection_on_sigterm(
         [{"name": "example.com", "provider": "memory"}], state={"url_env": "DCR_DATABASE_URL"}
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "awslambdaric", "receiver.entrypoints.aws_lambda.handler",
+        sys.executable, "-m", "awslambdaric", "receiver.hosts.aws_lambda.handler",
         env={
             **os.environ,
             CONFIG_ENV: str(config),
@@ -299,9 +299,7 @@ async def test_cloud_functions_sweep_reports_a_broken_config_as_503(
     assert "config_invalid" in sweeper.output and "DCR_UNSET_URL" in sweeper.output
 
 
-@pytest.mark.parametrize(
-    "module", ["receiver.entrypoints.aws_lambda", "receiver.entrypoints.gcp_functions"]
-)
+@pytest.mark.parametrize("module", ["receiver.hosts.aws_lambda", "receiver.hosts.gcp_functions"])
 def test_serverless_doors_do_not_import_aiohttp(module: str) -> None:
     probe = (
         f"import sys, {module}\n"

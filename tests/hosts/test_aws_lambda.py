@@ -18,7 +18,7 @@ import pytest
 from providers.base import ZoneRef
 from providers.memory import MemoryProvider
 from receiver import signing
-from receiver.entrypoints import aws_lambda
+from receiver.hosts import aws_lambda
 
 from ..conftest import INSTANCE, FakeIbmCloud, Sender, ServiceFactory
 from . import events

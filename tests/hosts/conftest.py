@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from receiver.config import CONFIG_ENV
-from receiver.entrypoints import aws_lambda
+from receiver.hosts import aws_lambda
 
 from ..conftest import INSTANCE, OTHER_INSTANCE, FakeIbmCloud
 

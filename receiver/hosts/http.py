@@ -1,4 +1,4 @@
-"""The aiohttp door: an app factory, its middlewares, health endpoints, and `serving`,
+"""The aiohttp host: an app factory, its middlewares, health endpoints, and `serving`,
 which runs the app as the long-running server with its connection limits.
 
 The Runtime is entered in a cleanup context (torn down only if it opened) and kept
@@ -51,7 +51,7 @@ _STATUS_CODES = {
 # it this long, so that the client sees the answer rather than a reset.
 LINGER_SECONDS = 2.0
 
-log = structlog.get_logger("receiver.http")
+log = structlog.get_logger("receiver.hosts.http")
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +137,7 @@ async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
-    """The built-in responder: only in the long-running server, never in serverless doors."""
+    """The built-in responder: only in the long-running server, never on serverless hosts."""
     from receiver import dnsserver  # dnspython is imported only when a zone is `local`
 
     settings, runtime, slot = app[SETTINGS], app[RUNTIME], app[SLOT]
