@@ -32,7 +32,7 @@ import dns.asyncquery
 import dns.message
 from dns_responder import NAME, load_dnsperf, load_python, wait_for_dns
 from harness import CRN, Keys, cpus, free_port, jwks_server, process, receiver
-from throughput import with_python, with_wrk
+from throughput import SignedLoad
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -136,9 +136,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="cross-process visibility")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args()
-    generator = args.generator
-    if generator == "auto":
-        generator = "wrk" if shutil.which("wrk") else "python"
     server = started("dcr-bench-pg-")
     results: dict[str, tuple[float, float, float, float]] = {}
     delays: list[float] = []
@@ -146,14 +143,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             keys = Keys(folder)
-            bodies = keys.bodies(args.pairs)
-            bodies_file = folder / "bodies.txt"
-            bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-
-            def load(url: str) -> tuple[float, float, float]:
-                if generator == "wrk":
-                    return with_wrk(url, bodies_file, args.seconds, args.connections)
-                return with_python(url, bodies, args.seconds, args.connections)
+            load = SignedLoad.prepare(
+                folder, keys, args.pairs, args.generator, args.seconds, args.connections
+            )
+            generator = load.generator
 
             with jwks_server(keys.user_public) as jwks_url:
                 for name, url in (("sqlite", None), ("postgres", server.new_database())):

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -120,6 +121,35 @@ def with_python(
     return asyncio.run(run())
 
 
+@dataclass(frozen=True)
+class SignedLoad:
+    """Distinct signed notifications (with user tokens) sent by wrk when it is installed,
+    else by an asyncio client: the load every receiver benchmark drives."""
+
+    generator: str  # "wrk" or "python"
+    bodies: list[bytes]
+    bodies_file: Path
+    seconds: float
+    connections: int
+
+    @classmethod
+    def prepare(
+        cls, folder: Path, keys: Keys, pairs: int, generator: str, seconds: float, connections: int
+    ) -> SignedLoad:
+        if generator == "auto":
+            generator = "wrk" if shutil.which("wrk") else "python"
+        bodies = keys.bodies(pairs)
+        bodies_file = folder / "bodies.txt"
+        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+        return cls(generator, bodies, bodies_file, seconds, connections)
+
+    def __call__(self, url: str) -> tuple[float, float, float]:
+        """(requests/s, p50 ms, p99 ms) at `url`."""
+        if self.generator == "wrk":
+            return with_wrk(url, self.bodies_file, self.seconds, self.connections)
+        return with_python(url, self.bodies, self.seconds, self.connections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
@@ -127,20 +157,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args()
-    generator = args.generator
-    if generator == "auto":
-        generator = "wrk" if shutil.which("wrk") else "python"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keys = Keys(folder)
-        bodies = keys.bodies(args.pairs)
-        bodies_file = folder / "bodies.txt"
-        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-
-        def load(url: str) -> tuple[float, float, float]:
-            if generator == "wrk":
-                return with_wrk(url, bodies_file, args.seconds, args.connections)
-            return with_python(url, bodies, args.seconds, args.connections)
+        load = SignedLoad.prepare(
+            folder, keys, args.pairs, args.generator, args.seconds, args.connections
+        )
 
         results = {}
         cpu_per_request: dict[str, float] = {}
@@ -170,8 +192,8 @@ def main() -> None:
             config = receiver_config(folder, keys, jwks_url, port, journal=True, propagation=True)
             measure("default", receiver(config), port)
     print(
-        f"load: {generator}, {args.connections} connections, {args.seconds:g} s, "
-        f"{len(bodies)} distinct signed notifications (with user tokens), {cpus()} CPUs"
+        f"load: {load.generator}, {args.connections} connections, {args.seconds:g} s, "
+        f"{len(load.bodies)} distinct signed notifications (with user tokens), {cpus()} CPUs"
     )
     for name, (rps, p50, p99) in results.items():
         print(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from harness import (
     receiver_config,
     tree_cpu,
 )
-from throughput import with_python, with_wrk
+from throughput import SignedLoad
 
 
 def main() -> None:
@@ -59,21 +58,14 @@ def main() -> None:
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--rounds", type=int, default=1, help="the best of this many of each")
     args = parser.parse_args()
-    generator = args.generator
-    if generator == "auto":
-        generator = "wrk" if shutil.which("wrk") else "python"
-    who = resource.RUSAGE_CHILDREN if generator == "wrk" else resource.RUSAGE_SELF
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keys = Keys(folder)
-        bodies = keys.bodies(args.pairs)
-        bodies_file = folder / "bodies.txt"
-        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-
-        def load(url: str) -> tuple[float, float, float]:
-            if generator == "wrk":
-                return with_wrk(url, bodies_file, args.seconds, args.connections)
-            return with_python(url, bodies, args.seconds, args.connections)
+        load = SignedLoad.prepare(
+            folder, keys, args.pairs, args.generator, args.seconds, args.connections
+        )
+        generator, bodies = load.generator, load.bodies
+        who = resource.RUSAGE_CHILDREN if generator == "wrk" else resource.RUSAGE_SELF
 
         results: dict[int, Run] = {}
         with jwks_server(keys.user_public) as jwks_url:
