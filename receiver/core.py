@@ -98,7 +98,8 @@ async def _route(runtime: Runtime, request: InboundRequest, summary: dict[str, A
     door, routes = found
     route = next((r for r in routes if r.method == request.method), None)
     if route is None:
-        raise MethodNotAllowed(f"use {' or '.join(sorted({r.method for r in routes}))}")
+        allowed = tuple(sorted({r.method for r in routes}))
+        raise MethodNotAllowed(f"use {' or '.join(allowed)}", allow=allowed)
     summary["door"] = door.name
     if route.method == "POST":
         _check_body(runtime, request, any_content_type=route.any_content_type)

@@ -60,6 +60,13 @@ class MethodNotAllowed(RequestRejected):
     status = 405
     default_code = "method_not_allowed"
 
+    def __init__(self, detail: str, *, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)} if self.allow else {}  # RFC 9110 15.5.6
+
 
 class PayloadTooLarge(RequestRejected):
     status = 413

@@ -623,6 +623,7 @@ async def test_get_on_the_callback_is_405_json(start_service: ServiceFactory) ->
     resp = await service.client.get("/callback")
     assert resp.status == 405
     assert (await resp.json())["error"] == "method_not_allowed"
+    assert resp.headers["Allow"] == "POST"  # a 405 says what is allowed (RFC 9110)
 
 
 async def test_unknown_path_is_404_json(start_service: ServiceFactory, sender: Sender) -> None:
