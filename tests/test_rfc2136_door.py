@@ -1,0 +1,373 @@
+"""The RFC 2136 door with real clients on loopback: BIND's nsupdate (add, delete one
+value, RRset deletes that take only this key's values, prerequisites, every refusal),
+and dnspython for what nsupdate cannot send (replays, truncated MACs, skewed clocks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.tsig
+import pytest
+
+from providers.base import ChangeContext, ZoneRef
+from receiver.doors import rfc2136
+from receiver.http import RFC2136_ADDRESS
+
+from .conftest import Service, ServiceFactory, service_events
+from .rfc2136_clients import (
+    KEY,
+    OTHER_KEY,
+    digest,
+    exchange,
+    new_secret,
+    nsupdate,
+    raw_udp,
+    signed_update,
+    tsig_keygen,
+)
+
+CHALLENGE = "_acme-challenge.example.com"
+
+
+@dataclass
+class Door:
+    service: Service
+    address: tuple[str, int]
+    secret: str
+    other_secret: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ("hmac-sha256", KEY, self.secret)
+
+    @property
+    def other_key(self) -> tuple[str, str, str]:
+        return ("hmac-sha256", OTHER_KEY, self.other_secret)
+
+    async def records(self, fqdn: str = CHALLENGE) -> frozenset[str]:
+        return await self.service.records(fqdn)
+
+    async def written(self) -> list[tuple[str, str, str, str | None]]:
+        journal = self.service.runtime.journal
+        assert journal is not None
+        return [(e.door, e.action, e.value, e.sender) for e in await journal.entries()]
+
+
+def door_config(secret_env: str = "DOOR_SECRET", **key: Any) -> dict[str, Any]:
+    return {
+        "certificate_manager": {"enabled": False, "allowed_instances": []},
+        "rfc2136_door": {
+            "enabled": True,
+            "listen": "127.0.0.1:0",
+            "keys": [
+                {"name": KEY, "secret_env": secret_env, "zones": ["example.com"], **key},
+                {
+                    "name": OTHER_KEY,
+                    "secret_env": "OTHER_DOOR_SECRET",
+                    "zones": ["example.com", "example.net"],
+                },
+            ],
+        },
+    }
+
+
+@pytest.fixture
+async def door(start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> Door:
+    secret, other = new_secret(), new_secret()
+    monkeypatch.setenv("DOOR_SECRET", secret)
+    monkeypatch.setenv("OTHER_DOOR_SECRET", other)
+    service = await start_service(**door_config())
+    return Door(service, service.client.server.app[RFC2136_ADDRESS], secret, other)
+
+
+def add(value: str, name: str = CHALLENGE) -> str:
+    return f'update add {name}. 60 TXT "{value}"'
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_nsupdate_adds_and_deletes_one_value(door: Door, tcp: bool) -> None:
+    first, second = digest(), digest()
+    run = await nsupdate(door.address, [add(first), add(second)], key=door.key, tcp=tcp)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {first, second}
+
+    run = await nsupdate(
+        door.address, [f'update delete {CHALLENGE}. TXT "{first}"'], key=door.key, tcp=tcp
+    )
+    assert run.returncode == 0, run.output
+    assert await door.records() == {second}
+    assert await door.written() == [
+        ("rfc2136", "add", first, KEY),
+        ("rfc2136", "add", second, KEY),
+        ("rfc2136", "remove", first, KEY),
+    ]
+
+
+async def test_nsupdate_with_a_key_file_from_tsig_keygen(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secret as tsig-keygen prints it, read from a file by the door, `-k` for nsupdate."""
+    made = await tsig_keygen(tmp_path, KEY, "hmac-sha512")
+    secret_file = tmp_path / "door-secret"
+    secret_file.write_text(made.secret + "\n")
+    monkeypatch.setenv("OTHER_DOOR_SECRET", new_secret())
+    config = door_config(algorithm="hmac-sha512")
+    first = config["rfc2136_door"]["keys"][0]
+    del first["secret_env"]
+    first["secret_file"] = str(secret_file)
+    service = await start_service(**config)
+    address = service.client.server.app[RFC2136_ADDRESS]
+    value = digest()
+    run = await nsupdate(address, [add(value)], key_file=made.path)
+    assert run.returncode == 0, run.output
+    assert await service.records(CHALLENGE) == {value}
+    # The same key offered with another algorithm is unknown to the door: BADKEY.
+    sha256 = ("hmac-sha256", KEY, made.secret)
+    run = await nsupdate(address, ["zone example.com", add(digest())], key=sha256)
+    assert run.returncode != 0 and "NOTAUTH(BADKEY)" in run.output, run.output
+    assert await service.records(CHALLENGE) == {value}
+
+
+async def test_wrong_secret_is_badsig_and_unknown_key_badkey(door: Door) -> None:
+    wrong = ("hmac-sha256", KEY, new_secret())
+    run = await nsupdate(door.address, ["zone example.com", add(digest())], key=wrong)
+    assert run.returncode != 0 and "NOTAUTH(BADSIG)" in run.output, run.output
+    stranger = ("hmac-sha256", "stranger", door.secret)
+    run = await nsupdate(door.address, ["zone example.com", add(digest())], key=stranger)
+    assert run.returncode != 0 and "NOTAUTH(BADKEY)" in run.output, run.output
+    assert await door.records() == frozenset()
+    assert await door.written() == []
+
+
+async def test_skewed_clock_is_badtime(door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nsupdate cannot run under libfaketime (BIND's clock use clashes with it), so the
+    skew is on the door's side: the same arithmetic, the other way round."""
+    monkeypatch.setattr(rfc2136, "wall_clock", lambda: time.time() + 3600)
+    run = await nsupdate(door.address, ["zone example.com", add(digest())], key=door.key)
+    assert run.returncode != 0, run.output
+    assert "BADTIME" in run.output or "clocks are unsynchronized" in run.output, run.output
+    assert await door.records() == frozenset()
+
+
+async def test_a_name_outside_the_keys_zones_is_refused(door: Door) -> None:
+    # example.net is a configured zone, but not one of acme-key's.
+    name = "_acme-challenge.example.net"
+    run = await nsupdate(door.address, [add(digest(), name)], key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    # example.org is no zone at all: the door refuses even to say where its zone starts.
+    run = await nsupdate(door.address, [add(digest(), "_acme-challenge.example.org")], key=door.key)
+    assert run.returncode != 0 and "REFUSED" in run.output, run.output
+    # Inside the zone, but outside the key's name patterns.
+    run = await nsupdate(door.address, [add("v=spf1 -all", "example.com")], key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert await door.service.all_records() == {}
+
+
+async def test_a_record_that_is_not_txt_is_refused(door: Door) -> None:
+    commands = ["check-names no", f"update add {CHALLENGE}. 60 A 192.0.2.1"]
+    run = await nsupdate(door.address, commands, key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert await door.service.all_records() == {}
+
+
+async def test_a_value_that_is_no_challenge_digest_is_refused(door: Door) -> None:
+    run = await nsupdate(door.address, [add("not a digest")], key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert await door.records() == frozenset()
+
+
+async def test_one_bad_update_in_a_message_applies_nothing(door: Door) -> None:
+    kept = digest()
+    assert (await nsupdate(door.address, [add(kept)], key=door.key)).returncode == 0
+    commands = [
+        add(digest()),
+        f'update delete {CHALLENGE}. TXT "{kept}"',
+        add(digest(), "_acme-challenge.www.example.com"),
+        add("not a digest", "_acme-challenge.www.example.com"),
+    ]
+    run = await nsupdate(door.address, commands, key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert await door.service.all_records() == {CHALLENGE: {kept}}
+    assert len(await door.written()) == 1
+
+
+async def test_an_rrset_delete_takes_only_what_this_key_wrote(door: Door) -> None:
+    """SPF written behind the receiver's back and another key's challenge both stay."""
+    memory = door.service.memory()
+    ctx = ChangeContext(request_id="behind-the-back")
+    await memory.add_txt(
+        ZoneRef("example.com", "example.com"), CHALLENGE, "v=spf1 -all", 60, ctx=ctx
+    )
+    others = digest()
+    run = await nsupdate(door.address, [add(others)], key=door.other_key)
+    assert run.returncode == 0, run.output
+    mine = [digest(), digest()]
+    run = await nsupdate(door.address, [add(v) for v in mine], key=door.key)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {"v=spf1 -all", others, *mine}
+
+    run = await nsupdate(door.address, [f"update delete {CHALLENGE}. TXT"], key=door.key)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {"v=spf1 -all", others}
+    # `delete <name>` (every RRset at the name) means the same through this door.
+    again = digest()
+    assert (await nsupdate(door.address, [add(again)], key=door.key)).returncode == 0
+    run = await nsupdate(door.address, [f"update delete {CHALLENGE}."], key=door.key)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {"v=spf1 -all", others}
+
+
+async def test_lego_style_delete_and_add_in_one_message(door: Door) -> None:
+    """lego's rfc2136 provider clears the RRset and adds in one message, every time."""
+    others = digest()
+    assert (await nsupdate(door.address, [add(others)], key=door.other_key)).returncode == 0
+    old, new = digest(), digest()
+    assert (await nsupdate(door.address, [add(old)], key=door.key)).returncode == 0
+    commands = [f"update delete {CHALLENGE}. TXT", add(new)]
+    run = await nsupdate(door.address, commands, key=door.key)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {others, new}
+    # The same message again: the value this key wrote is replaced by itself, not lost.
+    run = await nsupdate(door.address, commands, key=door.key)
+    assert run.returncode == 0, run.output
+    assert await door.records() == {others, new}
+
+
+async def test_a_key_cannot_delete_another_keys_value(door: Door) -> None:
+    others = digest()
+    assert (await nsupdate(door.address, [add(others)], key=door.other_key)).returncode == 0
+    run = await nsupdate(door.address, [f'update delete {CHALLENGE}. TXT "{others}"'], key=door.key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert await door.records() == {others}
+
+
+async def test_prerequisites_as_nsupdate_sends_them(door: Door) -> None:
+    first, second = digest(), digest()
+    absent = [f"prereq nxrrset {CHALLENGE}. TXT", add(first)]
+    assert (await nsupdate(door.address, absent, key=door.key)).returncode == 0
+    run = await nsupdate(
+        door.address, [f"prereq nxrrset {CHALLENGE}. TXT", add(second)], key=door.key
+    )
+    assert run.returncode != 0 and "update failed: YXRRSET" in run.output, run.output
+    run = await nsupdate(door.address, [f"prereq nxdomain {CHALLENGE}.", add(second)], key=door.key)
+    assert run.returncode != 0 and "update failed: YXDOMAIN" in run.output, run.output
+    name = "_acme-challenge.www.example.com"
+    run = await nsupdate(
+        door.address, [f"prereq yxdomain {name}.", add(second, name)], key=door.key
+    )
+    assert run.returncode != 0 and "update failed: NXDOMAIN" in run.output, run.output
+    exact = [f'prereq yxrrset {CHALLENGE}. TXT "{second}"', add(second)]
+    run = await nsupdate(door.address, exact, key=door.key)
+    assert run.returncode != 0 and "update failed: NXRRSET" in run.output, run.output
+    exact = [f'prereq yxrrset {CHALLENGE}. TXT "{first}"', add(second)]
+    assert (await nsupdate(door.address, exact, key=door.key)).returncode == 0
+    exists = [f"prereq yxrrset {CHALLENGE}. TXT", f'update delete {CHALLENGE}. TXT "{first}"']
+    assert (await nsupdate(door.address, exists, key=door.key)).returncode == 0
+    assert await door.records() == {second}
+
+
+async def test_the_change_budget_refuses_whole_messages(
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("DOOR_SECRET", secret)
+    monkeypatch.setenv("OTHER_DOOR_SECRET", new_secret())
+    service = await start_service(**door_config(burst=3, changes_per_minute=0.1))
+    address = service.client.server.app[RFC2136_ADDRESS]
+    key = ("hmac-sha256", KEY, secret)
+    values = [digest() for _ in range(3)]
+    assert (await nsupdate(address, [add(v) for v in values[:2]], key=key)).returncode == 0
+    run = await nsupdate(address, [add(digest()), add(digest())], key=key)
+    assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
+    assert (await nsupdate(address, [add(values[2])], key=key)).returncode == 0
+    assert await service.records(CHALLENGE) == set(values)
+
+
+# --- SOA: what clients ask to find the zone ---------------------------------------------
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+async def test_soa_answers_as_an_authoritative_server(door: Door, signed: bool) -> None:
+    def query(name: str) -> dns.message.Message:
+        message = dns.message.make_query(name, "SOA")
+        if signed:
+            message.use_tsig(dns.tsig.Key(KEY, door.secret))
+        return message
+
+    apex = await exchange(door.address, query("example.com."))
+    assert apex.rcode() == dns.rcode.NOERROR and apex.flags & dns.flags.AA
+    assert apex.answer[0].rdtype == dns.rdatatype.SOA
+    assert apex.answer[0].name.to_text() == "example.com."
+    assert apex.had_tsig is signed
+    below = await exchange(door.address, query(f"{CHALLENGE}."))
+    assert below.rcode() == dns.rcode.NOERROR and not below.answer
+    assert below.authority[0].name.to_text() == "example.com."
+    outside = await exchange(door.address, query("_acme-challenge.example.org."))
+    assert outside.rcode() == dns.rcode.REFUSED
+
+
+# --- what nsupdate cannot send ----------------------------------------------------------
+
+
+async def test_a_replayed_update_is_refused(door: Door) -> None:
+    update = signed_update("example.com", door.secret)
+    update.add(f"{CHALLENGE}.", 60, "TXT", digest())
+    wire = update.to_wire()  # signed once; sent twice, byte for byte
+    first = dns.message.from_wire(
+        await raw_udp(door.address, wire), keyring=update.keyring, request_mac=update.mac
+    )
+    assert first.rcode() == dns.rcode.NOERROR
+    again = dns.message.from_wire(await raw_udp(door.address, wire), keyring=False)
+    assert again.rcode() == dns.rcode.NOTAUTH
+    assert again.tsig_error == dns.rcode.BADTIME
+    assert again.mac  # signed: the MAC of the replayed message did verify
+    assert len(await door.written()) == 1
+
+
+async def test_unsigned_updates_are_refused(door: Door) -> None:
+    update = dns.update.UpdateMessage("example.com")
+    update.add(f"{CHALLENGE}.", 60, "TXT", digest())
+    answer = await exchange(door.address, update)
+    assert answer.rcode() == dns.rcode.REFUSED
+    assert await door.written() == []
+
+
+async def test_a_truncated_mac_is_refused(door: Door) -> None:
+    update = signed_update("example.com", door.secret)
+    update.add(f"{CHALLENGE}.", 60, "TXT", digest())
+    update.to_wire()  # signs it
+    assert update.tsig is not None
+    full = update.tsig[0]
+    truncated = full.replace(mac=full.mac[:16])
+    update.tsig.clear()
+    update.tsig.add(truncated)
+    update.want_tsig_sign = False
+    answer = dns.message.from_wire(await raw_udp(door.address, update.to_wire()), keyring=False)
+    assert answer.rcode() == dns.rcode.NOTAUTH
+    assert answer.tsig_error == dns.rcode.BADTRUNC
+    assert await door.written() == []
+
+
+async def test_every_refusal_is_logged_once_with_its_reason_and_no_secret(
+    door: Door, captured: Any
+) -> None:
+    wrong = ("hmac-sha256", KEY, new_secret())
+    await nsupdate(door.address, ["zone example.com", add(digest())], key=wrong)
+    await nsupdate(door.address, ["zone example.com", add("not a digest")], key=door.key)
+    events = [e for e in service_events(captured) if e.get("event") == "rfc2136"]
+    rejected = [e for e in events if e["outcome"] == "rejected"]
+    assert [(e["rcode"], e["event_type"]) for e in rejected] == [
+        ("NOTAUTH", "update"),
+        ("REFUSED", "update"),
+    ]
+    assert all(e["reason"] and e["key_name"] == KEY for e in rejected)
+    assert door.secret not in captured.getvalue()
+    assert json.dumps(events)  # plain JSON fields
