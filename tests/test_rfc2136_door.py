@@ -371,3 +371,107 @@ async def test_every_refusal_is_logged_once_with_its_reason_and_no_secret(
     assert all(e["reason"] and e["key_name"] == KEY for e in rejected)
     assert door.secret not in captured.getvalue()
     assert json.dumps(events)  # plain JSON fields
+
+
+# --- all or nothing, and the listener shared with `local` --------------------------------
+
+FAILING = "F" * 43  # the scripted provider refuses every write of this value
+
+
+async def test_a_failed_write_undoes_the_changes_already_made(
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch, scripted_registered: None
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("DOOR_SECRET", secret)
+    monkeypatch.setenv("OTHER_DOOR_SECRET", new_secret())
+    options = {"fail_value": FAILING, "error": "rejected"}
+    config = door_config()
+    config["rfc2136_door"]["keys"][1]["zones"] = ["example.com"]
+    service = await start_service(
+        **config, zones=[{"name": "example.com", "provider": "scripted", "options": options}]
+    )
+    address = service.client.server.app[RFC2136_ADDRESS]
+    key = ("hmac-sha256", KEY, secret)
+    (provider,) = service.runtime.providers.values()
+    old, new = digest(), digest()
+    assert (await nsupdate(address, [add(old)], key=key)).returncode == 0
+    commands = [f"update delete {CHALLENGE}. TXT", add(new), add(FAILING)]
+    run = await nsupdate(address, commands, key=key)
+    assert run.returncode != 0 and "update failed: SERVFAIL" in run.output, run.output
+    assert await provider.list_txt(ZoneRef("example.com", "example.com"), CHALLENGE) == {old}
+    journal = service.runtime.journal
+    assert journal is not None
+    assert [(e.action, e.value, e.outcome) for e in await journal.entries()] == [
+        ("add", old, "done"),
+        ("remove", old, "done"),
+        ("add", new, "done"),
+        ("add", FAILING, "failed"),
+        ("remove", new, "done"),  # the undo, newest first
+        ("add", old, "done"),
+    ]
+
+
+async def test_the_door_shares_the_local_responders_socket(
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("DOOR_SECRET", secret)
+    monkeypatch.setenv("OTHER_DOOR_SECRET", new_secret())
+    config = door_config(zones=["example.test"])
+    config["rfc2136_door"]["keys"][1]["zones"] = ["example.test"]
+    del config["rfc2136_door"]["listen"]  # default: local.dns_listen
+    service = await start_service(
+        **config,
+        local={"database": str(tmp_path / "local.sqlite3"), "dns_listen": "127.0.0.1:0"},
+        zones=[{"name": "example.test", "provider": "local", "ttl": 30}],
+    )
+    app = service.client.server.app
+    from receiver.http import DNS_ADDRESS
+
+    assert app[RFC2136_ADDRESS] == app[DNS_ADDRESS]
+    value = digest()
+    name = "_acme-challenge.example.test"
+    run = await nsupdate(app[DNS_ADDRESS], [add(value, name)], key=("hmac-sha256", KEY, secret))
+    assert run.returncode == 0, run.output
+    answer = await exchange(app[DNS_ADDRESS], dns.message.make_query(name, "TXT"))
+    assert answer.flags & dns.flags.AA
+    assert [r.strings for rrset in answer.answer for r in rrset] == [(value.encode(),)]
+    soa = await exchange(app[DNS_ADDRESS], dns.message.make_query("example.test", "SOA"))
+    assert soa.answer[0].rdtype == dns.rdatatype.SOA
+    assert str(soa.answer[0][0].mname) == "ns.example.test."  # the local zone's own SOA
+
+
+def test_configuration_problems_name_their_keys() -> None:
+    from receiver import config
+    from receiver.errors import ConfigError
+
+    data = {
+        "certificate_manager": {"enabled": False},
+        "journal": {"enabled": False},
+        "rfc2136_door": {
+            "enabled": True,
+            "listen": "nowhere",
+            "keys": [
+                {
+                    "name": "acme key",
+                    "secret_env": "SHORT",
+                    "zones": ["example.org"],
+                    "names": ["_ACME-CHALLENGE.*"],
+                    "burst": 0,
+                },
+            ],
+        },
+        "zones": [{"name": "example.com", "provider": "memory"}],
+    }
+    with pytest.raises(ConfigError) as raised:
+        config.from_mapping(data, environ={"SHORT": "c2hvcnQ="})
+    assert sorted(p.split(":")[0] for p in raised.value.problems) == [
+        "rfc2136_door.enabled",  # needs the journal
+        "rfc2136_door.keys[0].burst",
+        "rfc2136_door.keys[0].name",
+        "rfc2136_door.keys[0].names[0]",
+        "rfc2136_door.keys[0].secret",
+        "rfc2136_door.keys[0].zones[0]",
+        "rfc2136_door.listen",
+    ]
+    assert "c2hvcnQ=" not in str(raised.value)
