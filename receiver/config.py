@@ -370,7 +370,7 @@ class Rfc2136KeySettings:
     changes_per_minute: float = setting(
         default=60.0,
         help="Record changes this key may make per minute, after its burst (GCRA); beyond"
-        " it, an UPDATE is REFUSED and nothing of it is written (0.1 to 100000).",
+        " it, an UPDATE is REFUSED and nothing of it is written (0.1 to 10000000).",
     )
     burst: int = setting(default=30, help="Record changes this key may make at once (1 to 10000).")
 
@@ -1160,8 +1160,8 @@ def _check_rfc2136_key(
                 f"{prefix}.names[{index}]",
                 "write a pattern in lower case without a trailing dot, e.g. _acme-challenge.*",
             )
-    if not 0.1 <= key.changes_per_minute <= 100_000:
-        reader.problem(f"{prefix}.changes_per_minute", "must be between 0.1 and 100000")
+    if not 0.1 <= key.changes_per_minute <= 10_000_000:
+        reader.problem(f"{prefix}.changes_per_minute", "must be between 0.1 and 10000000")
     if not 1 <= key.burst <= 10_000:
         reader.problem(f"{prefix}.burst", "must be between 1 and 10000")
 

@@ -241,6 +241,7 @@ class Rfc2136Door:
     ) -> None:
         door = settings.rfc2136_door
         self.keys = Keyring(DoorKey.from_settings(key) for key in door.keys)
+        self._tsig_keys = {key.name: key.tsig for key in self.keys.all()}
         self._configured = frozenset(zone.name for zone in settings.zones)
         self._ttl = {zone.name: zone.ttl for zone in settings.zones}
         self.zones = self.keys.zones  # the zones the door serves
@@ -275,7 +276,31 @@ class Rfc2136Door:
         return any(tuple(labels[i:]) in self._zone_labels for i in range(len(labels)))
 
     def receive(self, wire: bytes, now: float) -> Reply | UpdatePlan | None:
-        """The decision for one message; None: drop it (not a query, or no header)."""
+        """The decision for one message; None: drop it (not a query, or no header).
+
+        The usual message (unsigned, or signed by a configured key with a valid MAC) is
+        parsed and verified in one pass; anything else takes `_receive_refused`, which
+        parses without verifying to say what is wrong with it."""
+        try:
+            message = dns.message.from_wire(wire, keyring=self._tsig_keys)
+        except dns.message.ShortHeader:
+            return None
+        except Exception:  # unparsable, or a TSIG that does not verify: find out which
+            return self._receive_refused(wire, now)
+        if message.flags & dns.flags.QR:
+            return None  # a response: never answer one (no reflection loops)
+        key: DoorKey | None = None
+        try:
+            if message.had_tsig:
+                assert message.keyname is not None
+                key = self.keys.get(message.keyname)
+                assert key is not None  # dnspython found it in `_tsig_keys`
+                self._check_fresh(message, key, now)
+            return self._decide(message, key)
+        except DnsRefused as refusal:
+            return self._refusal(message, message, key, refusal, now)
+
+    def _receive_refused(self, wire: bytes, now: float) -> Reply | None:
         try:
             query = dns.message.from_wire(wire, keyring=False)  # verified below
         except dns.message.ShortHeader:
@@ -294,7 +319,8 @@ class Rfc2136Door:
                 assert query.keyname is not None
                 key = self.keys.get(query.keyname)
                 verified = self._authenticate(query, wire, key, now)
-            return self._decide(verified, key)
+            # It verifies: the first parse failed on something else, which is malformed.
+            raise DnsRefused(dns.rcode.FORMERR, "a message dnspython cannot read")
         except DnsRefused as refusal:
             return self._refusal(query, verified, key, refusal, now)
 
@@ -346,9 +372,16 @@ class Rfc2136Door:
             ) from None
         except dns.tsig.PeerError:
             raise DnsRefused(dns.rcode.FORMERR, "a request carrying a TSIG error") from None
+        self._check_fresh(query, key, now)
+        return verified
+
+    def _check_fresh(self, message: dns.message.Message, key: DoorKey, now: float) -> None:
+        """Within this door's fudge (dnspython checked the message's own), and not seen
+        before; a message refused here verified, so its key signs the answer."""
+        tsig = cast(dns.rdtypes.ANY.TSIG.TSIG, message.tsig[0])  # type: ignore[index]
         fudge = min(tsig.fudge, self._fudge)
+        message.keyring = key.tsig
         if abs(tsig.time_signed - now) > fudge:
-            query.keyring = key.tsig
             raise DnsRefused(
                 dns.rcode.NOTAUTH,
                 f"time signed {tsig.time_signed - now:+.0f} s from now (fudge {fudge} s)",
@@ -356,7 +389,6 @@ class Rfc2136Door:
             )
         if not self.replays.first_time(key, tsig.mac, tsig.time_signed + fudge, now):
             raise DnsRefused(dns.rcode.NOTAUTH, "replayed", tsig_error=dns.rcode.BADTIME)
-        return verified
 
     def _refusal(
         self,
@@ -699,7 +731,11 @@ async def _changes(runtime: Runtime, plan: UpdatePlan) -> list[Change]:
     changes = []
     for action, target, value in net_changes(plan.operations, own):
         route = target.route
-        published_by = journal.publisher(zone=route.zone.name, fqdn=route.fqdn, value=value)
+        # Committed entries suffice: a value can be copied only once it is public, and
+        # this door's own writes at the name are committed (the name lock is held).
+        published_by = journal.committed_publisher(
+            zone=route.zone.name, fqdn=route.fqdn, value=value
+        )
         entry = await _journal(published_by)
         if entry is not None and entry.sender != plan.key.label:
             raise DnsRefused(
