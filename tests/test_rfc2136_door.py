@@ -475,3 +475,112 @@ def test_configuration_problems_name_their_keys() -> None:
         "rfc2136_door.listen",
     ]
     assert "c2hvcnQ=" not in str(raised.value)
+
+
+async def test_a_delegated_zone_writes_to_its_target_and_scopes_deletes_there(
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """example.org CNAMEs its challenge names into example.com: the key changes
+    example.org's names, the values land at the target, the RRset delete finds them."""
+    secret = new_secret()
+    monkeypatch.setenv("DOOR_SECRET", secret)
+    monkeypatch.setenv("OTHER_DOOR_SECRET", new_secret())
+    config = door_config(zones=["example.org"])
+    config["rfc2136_door"]["keys"][1]["zones"] = ["example.com"]
+    service = await start_service(
+        **config,
+        zones=[
+            {"name": "example.com", "provider": "memory"},
+            {"name": "example.org", "cname_to": "example.com"},
+        ],
+    )
+    address = service.client.server.app[RFC2136_ADDRESS]
+    key = ("hmac-sha256", KEY, secret)
+    value = digest()
+    run = await nsupdate(address, [add(value, "_acme-challenge.example.org")], key=key)
+    assert run.returncode == 0, run.output
+    assert await service.all_records() == {"example.org.example.com": {value}}
+    run = await nsupdate(address, ["update delete _acme-challenge.example.org. TXT"], key=key)
+    assert run.returncode == 0, run.output
+    assert await service.all_records() == {}
+    # The target zone itself is not this key's.
+    run = await nsupdate(address, [add(digest(), "_acme-challenge.example.com")], key=key)
+    assert run.returncode != 0 and "REFUSED" in run.output, run.output
+
+
+# --- the pieces, without sockets --------------------------------------------------------
+
+
+def test_net_changes_let_the_last_word_on_each_value_win() -> None:
+    from receiver.challenge import Action
+    from receiver.config import ZoneSettings
+    from receiver.doors.rfc2136 import (
+        AddValue,
+        DeleteOwnValues,
+        DeleteValue,
+        Target,
+        net_changes,
+    )
+    from receiver.policy import Route
+
+    zone = ZoneSettings(name="example.com", provider="memory")
+    target = Target(CHALLENGE, "example.com", Route(zone, CHALLENGE), apex=False)
+    own = {("example.com", CHALLENGE): frozenset({"old", "kept-by-delete"})}
+    operations = [DeleteOwnValues(target), AddValue(target, "new"), AddValue(target, "old")]
+    assert net_changes(operations, own) == [
+        (Action.REMOVE, target, "kept-by-delete"),
+        (Action.ADD, target, "old"),  # deleted, then added again: added
+        (Action.ADD, target, "new"),
+    ]
+    later = [AddValue(target, "x"), DeleteOwnValues(target), DeleteValue(target, "y")]
+    assert net_changes(later, {}) == [(Action.REMOVE, target, "x"), (Action.REMOVE, target, "y")]
+
+
+def test_the_change_budget_is_a_gcra_over_changes() -> None:
+    from receiver.doors.tsig_keys import ChangeBudget
+
+    budget = ChangeBudget(per_minute=60, burst=3)  # one a second after a burst of three
+    assert budget.take(2, now=100.0) == 0
+    assert budget.take(2, now=100.0) == pytest.approx(1.0)  # refused, and not counted
+    assert budget.take(1, now=100.0) == 0
+    assert budget.take(1, now=100.5) == pytest.approx(0.5)
+    assert budget.take(1, now=101.0) == 0
+    assert budget.take(4, now=1000.0) > 0  # more than the burst never fits
+
+
+def test_the_replay_guard_forgets_only_what_has_expired() -> None:
+    import dns.name
+    import dns.tsig
+
+    from receiver.doors.tsig_keys import ChangeBudget, DoorKey, ReplayGuard
+
+    def key(name: str) -> DoorKey:
+        tsig = dns.tsig.Key(name, b"k" * 32)
+        return DoorKey(
+            dns.name.from_text(name),
+            name,
+            tsig.algorithm,
+            tsig,
+            frozenset(),
+            (),
+            ChangeBudget(1, 1),
+        )
+
+    guard, one, two = ReplayGuard(capacity=3), key("one"), key("two")
+    assert guard.first_time(one, b"mac", valid_until=10, now=0)
+    assert not guard.first_time(one, b"mac", valid_until=10, now=5)
+    assert guard.first_time(two, b"mac", valid_until=15, now=5)  # another key's MAC
+    assert guard.first_time(one, b"mac", valid_until=20, now=11)  # its window closed
+    assert len(guard) == 2
+
+
+def test_the_listener_peeks_only_at_what_is_the_doors(door: Door) -> None:
+    import dns.update
+
+    listener = rfc2136.Rfc2136Door(door.service.runtime.settings, door.service.runtime.policy)
+    assert listener.claims(dns.update.UpdateMessage("anything.test").to_wire())
+    assert listener.claims(dns.message.make_query("_acme-challenge.EXAMPLE.com", "SOA").to_wire())
+    assert listener.claims(dns.message.make_query("example.net", "SOA").to_wire())
+    assert not listener.claims(dns.message.make_query("example.org", "SOA").to_wire())
+    assert not listener.claims(dns.message.make_query(CHALLENGE, "TXT").to_wire())
+    assert not listener.claims(b"\x00\x01")
