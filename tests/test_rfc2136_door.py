@@ -95,9 +95,11 @@ def add(value: str, name: str = CHALLENGE) -> str:
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 async def test_nsupdate_adds_and_deletes_one_value(door: Door, tcp: bool) -> None:
     first, second = digest(), digest()
-    run = await nsupdate(door.address, [add(first), add(second)], key=door.key, tcp=tcp)
+    longer = f'update add {CHALLENGE}. 3600 TXT "{second}"'
+    run = await nsupdate(door.address, [add(first), longer], key=door.key, tcp=tcp)
     assert run.returncode == 0, run.output
     assert await door.records() == {first, second}
+    assert door.service.memory()._sets[CHALLENGE].ttl == 60  # the zone's TTL, not 3600
 
     run = await nsupdate(
         door.address, [f'update delete {CHALLENGE}. TXT "{first}"'], key=door.key, tcp=tcp
@@ -165,6 +167,12 @@ async def test_a_name_outside_the_keys_zones_is_refused(door: Door) -> None:
     # example.org is no zone at all: the door refuses even to say where its zone starts.
     run = await nsupdate(door.address, [add(digest(), "_acme-challenge.example.org")], key=door.key)
     assert run.returncode != 0 and "REFUSED" in run.output, run.output
+    # A zone section naming a zone the door does not serve; a name outside the zone named.
+    run = await nsupdate(door.address, ["zone example.org", add(digest())], key=door.key)
+    assert run.returncode != 0 and "update failed: NOTAUTH" in run.output, run.output
+    outside = ["zone example.com", add(digest(), "_acme-challenge.example.org")]
+    run = await nsupdate(door.address, outside, key=door.key)
+    assert run.returncode != 0 and "update failed: NOTZONE" in run.output, run.output
     # Inside the zone, but outside the key's name patterns.
     run = await nsupdate(door.address, [add("v=spf1 -all", "example.com")], key=door.key)
     assert run.returncode != 0 and "update failed: REFUSED" in run.output, run.output
