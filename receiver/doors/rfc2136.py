@@ -807,7 +807,8 @@ class Rfc2136Listener:
             "transport": "tcp" if max_size is None else "udp",
         }
         decision = self.door.receive(wire, wall_clock())
-        if decision is None:
+        if decision is None:  # no header to answer, or a response: silence, as BIND does
+            log.debug("rfc2136_dropped", remote=remote, size=len(wire))
             return None
         if isinstance(decision, UpdatePlan):
             try:
