@@ -7,6 +7,8 @@ given as `x_env = "VAR"` or `x_file = "/path"`. Relative paths are relative to t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -336,6 +338,64 @@ class AcmeDnsSettings:
     )
 
 
+TsigAlgorithm = Literal[
+    "hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"
+]
+DEFAULT_DOOR_NAMES = ("_acme-challenge.*",)
+
+
+@dataclass(frozen=True)
+class Rfc2136KeySettings:
+    """One TSIG key of the RFC 2136 door (`[[rfc2136_door.keys]]`): who holds it may change
+    TXT records at the names it allows, in the zones it lists, at the rate it allows."""
+
+    name: str = setting(help="The TSIG key name, as clients send it (tsig-keygen's argument).")
+    secret: Secret = setting(
+        help="The key's base64 secret, as `tsig-keygen` prints it (at least 16 bytes).",
+        secret=True,
+    )
+    algorithm: TsigAlgorithm = setting(
+        default="hmac-sha256",
+        help="The TSIG algorithm; a message signed with any other is refused (BADKEY).",
+    )
+    zones: tuple[str, ...] = setting(
+        default=(), help="Configured [[zones]] this key may change (at least one)."
+    )
+    names: tuple[str, ...] = setting(
+        default=DEFAULT_DOOR_NAMES,
+        help="Patterns of the names this key may change (`*` matches any characters, dots"
+        " included), inside its zones; values at `_acme-challenge` names must be challenge"
+        " digests.",
+    )
+    changes_per_minute: float = setting(
+        default=60.0,
+        help="Record changes this key may make per minute, after its burst (GCRA); beyond"
+        " it, an UPDATE is REFUSED and nothing of it is written (0.1 to 10000000).",
+    )
+    burst: int = setting(default=30, help="Record changes this key may make at once (1 to 10000).")
+
+
+@dataclass(frozen=True)
+class Rfc2136DoorSettings:
+    """RFC 2136 dynamic updates signed with TSIG (nsupdate, certbot-dns-rfc2136, lego,
+    cert-manager), served by the built-in DNS listener on UDP and TCP."""
+
+    enabled: bool = setting(default=False, help="Accept signed UPDATEs and answer SOA queries.")
+    listen: str | None = setting(
+        default=None,
+        help="host:port of the door's UDP and TCP listener; default: local.dns_listen (one"
+        " socket serves both when they are equal).",
+    )
+    fudge_seconds: int = setting(
+        default=300,
+        help="Largest clock difference accepted (1 to 3600): a message's own fudge is"
+        " capped at this; beyond it, BADTIME.",
+    )
+    keys: tuple[Rfc2136KeySettings, ...] = setting(
+        default=(), help="The TSIG keys, `[[rfc2136_door.keys]]` (at least one when enabled)."
+    )
+
+
 @dataclass(frozen=True)
 class DigicertSettings:
     """DigiCert AuthKey request tokens (`dcv_method = http-token` needs `fileauth`)."""
@@ -404,6 +464,7 @@ class Settings:
     httpreq: HttpreqSettings = field(default_factory=HttpreqSettings)
     acme_dns: AcmeDnsSettings = field(default_factory=AcmeDnsSettings)
     digicert: DigicertSettings = field(default_factory=DigicertSettings)
+    rfc2136_door: Rfc2136DoorSettings = field(default_factory=Rfc2136DoorSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -419,6 +480,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "httpreq": HttpreqSettings,
     "acme_dns": AcmeDnsSettings,
     "digicert": DigicertSettings,
+    "rfc2136_door": Rfc2136DoorSettings,
 }
 
 
@@ -730,6 +792,12 @@ class _Reader:
                 return _INVALID
             path = Path(value).expanduser()
             return path if path.is_absolute() else self.base_dir / path
+        if dataclasses.is_dataclass(hint):  # an array of tables ([[rfc2136_door.keys]])
+            if not isinstance(value, Mapping):
+                self.problem(key, "must be a table")
+                return _INVALID
+            built = self.build(hint, value, key)  # type: ignore[arg-type]
+            return _INVALID if built is None else built
         raise TypeError(f"unsupported setting type {hint!r} for {key}")  # programming error
 
     def _either(self, value: Any, hints: tuple[Any, ...], key: str) -> Any:
@@ -994,8 +1062,10 @@ def _check_acting_as_user(settings: Settings, reader: _Reader) -> None:
 
 def _check_doors(settings: Settings, reader: _Reader) -> None:
     httpreq, acme_dns = settings.httpreq, settings.acme_dns
-    if not (settings.certificate_manager.enabled or httpreq.enabled or acme_dns.enabled):
+    doors = (settings.certificate_manager, httpreq, acme_dns, settings.rfc2136_door)
+    if not any(door.enabled for door in doors):
         reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
+    _check_rfc2136_door(settings, reader)
     if httpreq.enabled:
         if not httpreq.username or ":" in httpreq.username:
             reader.problem("httpreq.username", "required, without ':'")
@@ -1018,6 +1088,82 @@ def _check_doors(settings: Settings, reader: _Reader) -> None:
     ):
         if not low <= value <= high:
             reader.problem(f"acme_dns.{key}", f"must be between {low} and {high}")
+
+
+def _check_rfc2136_door(settings: Settings, reader: _Reader) -> None:
+    """Keys that can work and can only reach configured zones; fail closed otherwise."""
+    door = settings.rfc2136_door
+    if not door.enabled:
+        return
+    if door.listen is not None:
+        try:
+            split_host_port(door.listen)
+        except ValueError as exc:
+            reader.problem("rfc2136_door.listen", str(exc))
+    if not 1 <= door.fudge_seconds <= 3600:
+        reader.problem("rfc2136_door.fudge_seconds", "must be between 1 and 3600")
+    if not settings.journal.enabled:
+        reader.problem(
+            "rfc2136_door.enabled",
+            "needs the journal (journal.enabled): an RRset delete removes only the values"
+            " the journal shows this key wrote",
+        )
+    if not door.keys:
+        reader.problem("rfc2136_door.keys", "required: one valid [[rfc2136_door.keys]] or more")
+    zones = {zone.name for zone in settings.zones}
+    seen: set[str] = set()
+    for index, key in enumerate(door.keys):
+        _check_rfc2136_key(key, f"rfc2136_door.keys[{index}]", zones, seen, settings, reader)
+
+
+def _check_rfc2136_key(
+    key: Rfc2136KeySettings,
+    prefix: str,
+    zones: set[str],
+    seen: set[str],
+    settings: Settings,
+    reader: _Reader,
+) -> None:
+    try:
+        name = canonical_name(key.name, allow_underscore=True)
+    except InvalidName as exc:
+        reader.problem(f"{prefix}.name", exc.detail)
+    else:
+        if name in seen:
+            reader.problem(f"{prefix}.name", f"{name!r} names another key too")
+        seen.add(name)
+        if settings.httpreq.enabled and name == settings.httpreq.username:
+            # The journal tells senders apart by name: one name, one sender.
+            reader.problem(f"{prefix}.name", "must differ from httpreq.username")
+    try:
+        secret = base64.b64decode(key.secret.reveal(), validate=True)
+    except (binascii.Error, ValueError):
+        reader.problem(f"{prefix}.secret", "is not valid base64 (tsig-keygen prints it so)")
+    else:
+        if len(secret) < 16:
+            reader.problem(f"{prefix}.secret", "is under 16 bytes: make one with tsig-keygen")
+    if not key.zones:
+        reader.problem(f"{prefix}.zones", "required: the [[zones]] this key may change")
+    for index, zone in enumerate(key.zones):
+        try:
+            canonical = canonical_name(zone, allow_underscore=True)
+        except InvalidName as exc:
+            reader.problem(f"{prefix}.zones[{index}]", exc.detail)
+            continue
+        if canonical not in zones:
+            reader.problem(f"{prefix}.zones[{index}]", f"{canonical!r} is not a [[zones]] entry")
+    if not key.names:
+        reader.problem(f"{prefix}.names", "required: at least one name pattern")
+    for index, pattern in enumerate(key.names):
+        if not pattern or pattern != pattern.lower() or pattern.endswith("."):
+            reader.problem(
+                f"{prefix}.names[{index}]",
+                "write a pattern in lower case without a trailing dot, e.g. _acme-challenge.*",
+            )
+    if not 0.1 <= key.changes_per_minute <= 10_000_000:
+        reader.problem(f"{prefix}.changes_per_minute", "must be between 0.1 and 10000000")
+    if not 1 <= key.burst <= 10_000:
+        reader.problem(f"{prefix}.burst", "must be between 1 and 10000")
 
 
 def _check_digicert(settings: Settings, reader: _Reader) -> None:

@@ -69,6 +69,20 @@ class RecordView(Protocol):
         ...
 
 
+class DoorHandler(Protocol):
+    """A door served on this listener (the RFC 2136 door): the messages it `claims`
+    go to it instead of the `local` answers; it answers them asynchronously."""
+
+    def claims(self, wire: bytes) -> bool: ...
+
+    async def respond(
+        self, wire: bytes, *, remote: str | None, max_size: int | None
+    ) -> bytes | None: ...
+
+
+MAX_DOOR_TASKS = 256  # UDP messages a door works on at once; beyond, dropped (clients retry)
+
+
 @dataclass(frozen=True)
 class ServedZone:
     origin: dns.name.Name
@@ -194,6 +208,11 @@ class Answerer:
         response.authority.append(self._soa(zone, zone.origin))
         return valid_until
 
+    def soa_for(self, origin: dns.name.Name) -> dns.rrset.RRset | None:
+        """The SOA of a zone served here (for a door answering SOA queries), or None."""
+        zone = self._zones.get(origin)
+        return None if zone is None else self._soa(zone, origin)
+
     def _zone_of(self, qname: dns.name.Name) -> ServedZone | None:
         name = qname
         while True:
@@ -273,8 +292,12 @@ class _UdpServer:
     are dropped, as a busy DNS server drops them; the client retries.
     """
 
-    def __init__(self, answerer: Answerer, sock: socket.socket) -> None:
+    def __init__(
+        self, answerer: Answerer | None, sock: socket.socket, door: DoorHandler | None = None
+    ) -> None:
         self._answerer = answerer
+        self.door = door
+        self._door_tasks: set[asyncio.Task[None]] = set()
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._drain)
@@ -284,7 +307,8 @@ class _UdpServer:
         return int(self._sock.getsockname()[1])
 
     def _drain(self) -> None:
-        self._answerer.refresh()
+        if self._answerer is not None:
+            self._answerer.refresh()
         for _ in range(UDP_BATCH):
             try:
                 data, addr = self._sock.recvfrom(PLAIN_UDP_PAYLOAD * 128)
@@ -292,6 +316,10 @@ class _UdpServer:
                 return
             except OSError:  # ICMP errors surface here on some systems: keep serving
                 continue
+            if self.door is not None and (self._answerer is None or self.door.claims(data)):
+                self._to_door(self.door, data, addr)
+                continue
+            assert self._answerer is not None
             try:
                 response = self._answerer.answer(data, max_size=PLAIN_UDP_PAYLOAD, refresh=False)
             except Exception:  # one bad packet must not stop the server
@@ -301,9 +329,28 @@ class _UdpServer:
                 with contextlib.suppress(OSError):
                     self._sock.sendto(response, addr)
 
+    def _to_door(self, door: DoorHandler, data: bytes, addr: tuple[str, int]) -> None:
+        if len(self._door_tasks) >= MAX_DOOR_TASKS:
+            return  # busy: dropped, as a busy server drops; the client retries
+        task = self._loop.create_task(self._door_reply(door, data, addr))
+        self._door_tasks.add(task)
+        task.add_done_callback(self._door_tasks.discard)
+
+    async def _door_reply(self, door: DoorHandler, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            response = await door.respond(data, remote=addr[0], max_size=PLAIN_UDP_PAYLOAD)
+        except Exception:  # one bad packet must not stop the server
+            log.exception("dns_query_failed", transport="udp")
+            return
+        if response is not None:
+            with contextlib.suppress(OSError):
+                self._sock.sendto(response, addr)
+
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        for task in self._door_tasks:
+            task.cancel()
 
 
 def _udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -327,9 +374,17 @@ class Responder:
     (`receiver.workers`): the kernel spreads datagrams and connections over them."""
 
     def __init__(
-        self, answerer: Answerer, host: str, port: int, *, reuse_port: bool = False
+        self,
+        answerer: Answerer | None,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        door: DoorHandler | None = None,
     ) -> None:
+        assert answerer is not None or door is not None
         self._answerer = answerer
+        self._door = door
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
@@ -337,6 +392,16 @@ class Responder:
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] = (host, port)
+
+    @property
+    def answerer(self) -> Answerer | None:
+        return self._answerer
+
+    def attach(self, door: DoorHandler | None) -> None:
+        """Hand `door` the messages it claims from now on (None: take it away again)."""
+        self._door = door
+        if self._udp is not None:
+            self._udp.door = door
 
     async def start(self) -> None:
         # With port 0, the TCP listener picks first: the kernel avoids every TCP port in
@@ -348,7 +413,9 @@ class Responder:
             port = int(tcp.sockets[0].getsockname()[1])
             try:
                 udp = _UdpServer(
-                    self._answerer, _udp_socket(self._host, port, reuse_port=self._reuse_port)
+                    self._answerer,
+                    _udp_socket(self._host, port, reuse_port=self._reuse_port),
+                    self._door,
                 )
             except OSError:
                 tcp.close()
@@ -379,7 +446,14 @@ class Responder:
                 async with asyncio.timeout(TCP_IDLE_SECONDS):
                     (length,) = struct.unpack("!H", await reader.readexactly(2))
                     wire = await reader.readexactly(length)
-                response = self._answerer.answer(wire, max_size=None)
+                if self._door is not None and (self._answerer is None or self._door.claims(wire)):
+                    remote = writer.get_extra_info("peername")
+                    response = await self._door.respond(
+                        wire, remote=remote[0] if remote else None, max_size=None
+                    )
+                else:
+                    assert self._answerer is not None
+                    response = self._answerer.answer(wire, max_size=None)
                 if response is None:
                     break
                 writer.write(struct.pack("!H", len(response)) + response)
@@ -450,6 +524,20 @@ async def running(
                     await purging
             if owned is not None:
                 await owned.aclose()
+
+
+@asynccontextmanager
+async def serving_door(
+    door: DoorHandler, listen: str, *, reuse_port: bool = False
+) -> AsyncIterator[Responder]:
+    """A listener of its own for a door (no `local` zone shares it): it answers all."""
+    host, port = _host_port(listen)
+    responder = Responder(None, host, port, reuse_port=reuse_port, door=door)
+    try:
+        await responder.start()
+        yield responder
+    finally:
+        await responder.close()
 
 
 async def _purge_periodically(records: RecordStore) -> None:

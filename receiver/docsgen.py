@@ -51,6 +51,8 @@ def configuration() -> str:
     parts = []
     for section, cls in config._SECTIONS.items():
         parts.append(f"### `[{section}]`\n\n{_summary(cls)}\n\n{_settings_table(cls)}")
+    keys = config.Rfc2136KeySettings
+    parts.append(f"### `[[rfc2136_door.keys]]`\n\n{_summary(keys)}\n\n{_settings_table(keys)}")
     parts.append(
         "### `[[zones]]`\n\nAt least one. "
         f"{_summary(config.ZoneSettings)}\n\n{_settings_table(config.ZoneSettings)}"
@@ -107,6 +109,8 @@ def _type_name(hint: Any) -> str:
     if origin is Literal:
         return " or ".join(f'`"{a}"`' for a in args)
     if origin is tuple:
+        if args[-1] is Ellipsis and dataclasses.is_dataclass(args[0]):
+            return "array of tables"
         return f"list of {_type_name(args[0])}" if args[-1] is Ellipsis else "table"
     if origin is dict:
         return f"table of {_type_name(args[1])}"
@@ -119,6 +123,8 @@ def _type_name(hint: Any) -> str:
     }
     if hint in plain:
         return plain[hint]
+    if dataclasses.is_dataclass(hint):
+        return "array of tables"
     return "table" if hint is Any else str(hint)
 
 

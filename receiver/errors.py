@@ -92,6 +92,17 @@ class TooManyRequests(RequestRejected):
         return {"Retry-After": str(self.retry_after)}
 
 
+class DnsRefused(RequestRejected):
+    """A DNS message answered with an RCODE other than NOERROR (the RFC 2136 door), and
+    for a TSIG failure the TSIG error of RFC 8945; nothing was written. `detail` is the
+    reason: logged, never sent (DNS answers carry no text)."""
+
+    def __init__(self, rcode: int, reason: str, *, tsig_error: int = 0) -> None:
+        super().__init__(reason, internal=reason)
+        self.rcode = rcode
+        self.tsig_error = tsig_error
+
+
 class ServiceFault(ReceiverError):
     """Our fault or the provider's; the caller may try again later."""
 

@@ -149,6 +149,12 @@ class Journal(Reads, Protocol):
         lost, the entry stays pending and the sweep settles it from the provider's state."""
         ...
 
+    async def committed_publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        """`publisher` as committed, without waiting for this process's queued writes:
+        for checks that only committed entries can defeat (the RFC 2136 door: a value is
+        public, so another sender can copy it, only once its intent committed)."""
+        ...
+
 
 class Settlement(NamedTuple):  # one per change on the request path: a tuple is cheapest
     entry_id: int
@@ -291,6 +297,9 @@ class GroupCommit:
 
     async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
         await self._caught_up()
+        return await self.backend.publisher(zone=zone, fqdn=fqdn, value=value)
+
+    async def committed_publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
         return await self.backend.publisher(zone=zone, fqdn=fqdn, value=value)
 
     async def entries(

@@ -24,6 +24,7 @@ What stays per worker is listed in the README ("Workers").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import select
@@ -216,8 +217,19 @@ def supervise(settings: Settings, count: int, work: Work) -> int:
         if local:
             dns_listen = local[0].options.dns_listen
             dns = _reserve(reservations, "local.dns_listen", dns_listen, datagrams=True)
-            shared = with_dns_listen(shared, dns.listen)
-        return Supervisor(shared, count, work, reservations, http=http, dns=dns).run()
+            if dns.listen != dns_listen:  # port 0 became one (a fixed port is unchanged)
+                shared = with_dns_listen(shared, dns.listen)
+        door = settings.rfc2136_door  # the RFC 2136 door on a port of its own, if it has one
+        door_dns = None
+        shares = door.listen is None or (local and door.listen == local[0].options.dns_listen)
+        if door.enabled and not shares:
+            assert door.listen is not None
+            door_dns = _reserve(reservations, "rfc2136_door.listen", door.listen, datagrams=True)
+            moved = dataclasses.replace(door, listen=door_dns.listen)
+            shared = dataclasses.replace(shared, rfc2136_door=moved)
+        return Supervisor(
+            shared, count, work, reservations, http=http, dns=dns, door_dns=door_dns
+        ).run()
     finally:
         for reservation in reservations:
             reservation.close()
@@ -292,6 +304,7 @@ class Supervisor:
     reservations: Sequence[Reservation]
     http: Reservation
     dns: Reservation | None = None
+    door_dns: Reservation | None = None  # the RFC 2136 door's own port
     clock: Callable[[], float] = time.monotonic
     _workers: list[_Worker] = field(init=False)
     _listening: bool = field(init=False, default=False)
@@ -432,6 +445,9 @@ class Supervisor:
         if self.dns is not None:
             self.dns.release_datagrams()
             fields["dns"] = join_host_port(*self.dns.address)
+        if self.door_dns is not None:
+            self.door_dns.release_datagrams()
+            fields["rfc2136"] = join_host_port(*self.door_dns.address)
         host, port = self.http.address
         log.info(
             "listening",

@@ -35,6 +35,7 @@ class ScriptedSettings:
     hang_seconds: float = setting(default=0.0, help="instead of failing, hang this long")
     failure_rate: float = setting(default=0.0, help="after `failures`, fail at this rate")
     seed: int = setting(default=0, help="random seed for failure_rate")
+    fail_value: str = setting(default="", help="every write of this value fails with `error`")
 
 
 class ScriptedProvider:
@@ -61,9 +62,11 @@ class ScriptedProvider:
     async def list_txt(self, zone: ZoneRef, fqdn: str) -> frozenset[str]:
         return await self.inner.list_txt(zone, fqdn)
 
-    async def _maybe_fail(self, ctx: ChangeContext) -> None:
+    async def _maybe_fail(self, ctx: ChangeContext, value: str) -> None:
         self.calls += 1
         self.contexts.append(ctx)
+        if value == self.settings.fail_value:
+            raise ERRORS[self.settings.error](self.settings)
         if self.calls <= self.settings.failures:
             if self.settings.hang_seconds:
                 await asyncio.sleep(self.settings.hang_seconds)
@@ -78,11 +81,11 @@ class ScriptedProvider:
     async def add_txt(
         self, zone: ZoneRef, fqdn: str, value: str, ttl: int, *, ctx: ChangeContext
     ) -> None:
-        await self._maybe_fail(ctx)
+        await self._maybe_fail(ctx, value)
         await self.inner.add_txt(zone, fqdn, value, ttl, ctx=ctx)
 
     async def remove_txt(self, zone: ZoneRef, fqdn: str, value: str, *, ctx: ChangeContext) -> None:
-        await self._maybe_fail(ctx)
+        await self._maybe_fail(ctx, value)
         await self.inner.remove_txt(zone, fqdn, value, ctx=ctx)
 
     async def aclose(self) -> None:

@@ -85,3 +85,12 @@ def test_workers_benchmark_runs_one_and_two_workers_and_prints_its_ratio() -> No
         ["--workers", "2"],
     ]
     assert last_ratio(lines, "throughput ratio workers 2/1: ") > 0
+
+
+def test_rfc2136_door_benchmark_runs_all_three_and_prints_its_ratios() -> None:
+    lines = run_bench("rfc2136_door.py", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
+    measured = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert measured == ["rfc2136", "httpreq", "BIND"]
+    assert all(" errors 0 " in line for line in lines if line.startswith("  "))
+    assert any(line.startswith("ratio door/httpreq: ") for line in lines)
+    assert last_ratio(lines, "ratio door/bind: ") > 0

@@ -319,3 +319,51 @@ def test_a_worker_that_fails_to_start_stops_the_others_with_its_status() -> None
         signal.signal(signal.SIGALRM, previous)
     assert status == 3
     assert time.monotonic() - began < 10  # neither restarted nor waited out
+
+
+@slow
+async def test_two_workers_share_the_rfc2136_doors_own_port(
+    tmp_path: Path, public_key_file: Path, run_server: Callable[..., Any]
+) -> None:
+    """The door on a port of its own, reserved once and shared like the others: every
+    nsupdate (a new source port each) lands on one worker or the other, and each value
+    is served from the one `local` store."""
+    from .backends.bind import free_port
+    from .rfc2136_clients import KEY, digest, new_secret, nsupdate
+
+    secret = new_secret()
+    (tmp_path / "tsig.secret").write_text(secret)
+    config_file = shared_store_config(tmp_path, public_key_file)
+    # Port 0 for the door, which then cannot share the local responder's (fixed) port:
+    # the supervisor must pick one port for both workers.
+    local = config_file.read_text().replace(
+        'dns_listen = "127.0.0.1:0"', f'dns_listen = "127.0.0.1:{free_port()}"'
+    )
+    config_file.write_text(
+        local
+        + f"""
+[rfc2136_door]
+enabled = true
+listen = "127.0.0.1:0"
+[[rfc2136_door.keys]]
+name = "{KEY}"
+secret_file = "tsig.secret"
+zones = ["example.com"]
+"""
+    )
+    server = await run_server(config_file, "--workers", "2")
+    listening = await server.wait_for("listening")
+    host, _, port = listening["rfc2136"].rpartition(":")
+    door = (host, int(port))
+    assert door != dns_address(listening)
+    values = {}
+    for index in range(12):
+        name = f"_acme-challenge.h{index}.example.com"
+        values[name] = digest()
+        command = f'update add {name}. 60 TXT "{values[name]}"'
+        run = await nsupdate(door, [command], key=("hmac-sha256", KEY, secret))
+        assert run.returncode == 0, run.output
+    assert set(worker_of(server, "rfc2136")) == {0, 1}  # both answered some
+    for name, value in values.items():
+        assert await served(dns_address(listening), name) == {value}
+    assert await stop(server) == 0

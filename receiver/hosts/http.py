@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -36,10 +37,15 @@ from receiver.runtime import Runtime
 from receiver.sweep import sweep_periodically
 from receiver.workers import ALONE, Slot
 
+if TYPE_CHECKING:  # dnspython: imported only when the DNS listener runs
+    from receiver.dnsserver import Responder
+
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
 SLOT = web.AppKey("slot", Slot)
 DNS_ADDRESS = web.AppKey("dns_address", tuple[str, int])
+DNS_RESPONDER: web.AppKey[Responder] = web.AppKey("dns_responder")  # the `local` zones'
+RFC2136_ADDRESS = web.AppKey("rfc2136_address", tuple[str, int])
 REQUEST_ID = web.RequestKey("request_id", str)
 _STATUS_CODES = {
     404: "not_found",
@@ -119,6 +125,8 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app.cleanup_ctx.append(_runtime_context)
     if any(zone.capabilities.serves_dns for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
+    if settings.rfc2136_door.enabled:  # after the local responder: it may share its socket
+        app.cleanup_ctx.append(_rfc2136_context)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -158,8 +166,20 @@ async def _local_dns_context(app: web.Application) -> AsyncIterator[None]:
             )
         )
         app[DNS_ADDRESS] = responder.address
+        app[DNS_RESPONDER] = responder
         host, port = responder.address
         log.info("dns_listening", address=f"{host}:{port}", zones=[z.name for z in local])
+        yield
+
+
+async def _rfc2136_context(app: web.Application) -> AsyncIterator[None]:
+    """The RFC 2136 door on the built-in DNS listener (long-running server only)."""
+    from receiver.doors import rfc2136  # dnspython is imported only when the door is on
+
+    local = app.get(DNS_RESPONDER)
+    async with rfc2136.serving(app[RUNTIME], local, reuse_port=not app[SLOT].alone) as address:
+        app[RFC2136_ADDRESS] = address
+        app.setdefault(DNS_ADDRESS, address)
         yield
 
 
