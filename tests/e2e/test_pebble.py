@@ -154,8 +154,9 @@ async def test_lego_httpreq_issues_a_certificate(
     }
 
 
-def certbot(pebble: Any, folder: Path, credentials: Path) -> list[str]:
-    """certbot with the PyPI plugin certbot-dns-acmedns, as its README runs it."""
+def certbot(pebble: Any, folder: Path, plugin: str, credentials: Path) -> list[str]:
+    """certbot with a DNS plugin from PyPI (`dns-acmedns`, `dns-rfc2136`), as their
+    documentation runs it: credentials file, no propagation wait, apex + wildcard."""
     binary = Path(sys.executable).with_name("certbot")
     return [
         str(binary),
@@ -163,22 +164,14 @@ def certbot(pebble: Any, folder: Path, credentials: Path) -> list[str]:
         "--non-interactive",
         "--agree-tos",
         "--register-unsafely-without-email",
-        "--server",
-        pebble.directory_url,
-        "--config-dir",
-        str(folder / "config"),
-        "--work-dir",
-        str(folder / "work"),
-        "--logs-dir",
-        str(folder / "logs"),
-        "--authenticator",
-        "dns-acmedns",
-        "--dns-acmedns-credentials",
-        str(credentials),
-        "--dns-acmedns-propagation-seconds",
-        "0",
-        "--cert-name",
-        "e2e",
+        *("--server", pebble.directory_url),
+        *("--config-dir", str(folder / "config")),
+        *("--work-dir", str(folder / "work")),
+        *("--logs-dir", str(folder / "logs")),
+        *("--authenticator", plugin),
+        *(f"--{plugin}-credentials", str(credentials)),
+        *(f"--{plugin}-propagation-seconds", "0"),
+        *("--cert-name", "e2e"),
         *[arg for domain in DOMAINS for arg in ("-d", domain)],
     ]
 
@@ -223,7 +216,7 @@ async def test_certbot_acme_dns_plugin_issues_a_certificate(
     try:
         async with running_pebble(tmp_path / "pebble", ("127.0.0.1", bind.port)) as pebble:
             await run(
-                *certbot(pebble, tmp_path / "certbot", credentials),
+                *certbot(pebble, tmp_path / "certbot", "dns-acmedns", credentials),
                 env={"REQUESTS_CA_BUNDLE": str(pebble.ca_bundle)},
             )
         issued = tmp_path / "certbot" / "config" / "live" / "e2e" / "fullchain.pem"

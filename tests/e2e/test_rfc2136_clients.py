@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..conftest import ServiceFactory
 from ..rfc2136_clients import KEY, new_secret
 from .pebble import running_pebble
 from .route53_dns import route53_nameserver
-from .test_pebble import CHALLENGE, DOMAINS, lego, names_in, private_file, run, txt
+from .test_pebble import CHALLENGE, DOMAINS, certbot, lego, names_in, private_file, run, txt
 
 ZONE = "example.test"
 
@@ -143,28 +142,6 @@ async def test_lego_rfc2136_issues_a_certificate_through_the_door(
         assert entries.count(("rfc2136", "add", "done")) == 2
 
 
-def certbot(pebble: Any, folder: Path, credentials: Path) -> list[str]:
-    """certbot with the PyPI plugin certbot-dns-rfc2136, as its documentation runs it."""
-    binary = Path(sys.executable).with_name("certbot")
-    return [
-        str(binary),
-        "certonly",
-        "--non-interactive",
-        "--agree-tos",
-        "--register-unsafely-without-email",
-        "--server",
-        pebble.directory_url,
-        *("--config-dir", str(folder / "config")),
-        *("--work-dir", str(folder / "work")),
-        *("--logs-dir", str(folder / "logs")),
-        *("--authenticator", "dns-rfc2136"),
-        *("--dns-rfc2136-credentials", str(credentials)),
-        *("--dns-rfc2136-propagation-seconds", "0"),
-        *("--cert-name", "e2e"),
-        *[arg for domain in DOMAINS for arg in ("-d", domain)],
-    ]
-
-
 @pytest.mark.parametrize("which", ["local", "route53"])
 async def test_certbot_rfc2136_issues_a_certificate_through_the_door(
     which: str, start_service: ServiceFactory, tmp_path: Path, request: pytest.FixtureRequest
@@ -181,7 +158,7 @@ async def test_certbot_rfc2136_issues_a_certificate_through_the_door(
         )
         async with running_pebble(tmp_path / "pebble", setup.validation) as pebble:
             await run(
-                *certbot(pebble, tmp_path / "certbot", credentials),
+                *certbot(pebble, tmp_path / "certbot", "dns-rfc2136", credentials),
                 env={"REQUESTS_CA_BUNDLE": str(pebble.ca_bundle)},
             )
         issued = tmp_path / "certbot" / "config" / "live" / "e2e" / "fullchain.pem"
