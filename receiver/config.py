@@ -36,7 +36,15 @@ DEFAULT_PUBLIC_KEY_URL = (
     "https://{region}.certificate-manager.cloud.ibm.com/api/v1/instances/"
     "{instance_crn}/notifications/publicKey?keyFormat=pem"
 )
-RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Paths of the other HTTP doors, which the callback must not take while they are open
+# (`tests/test_config.py` holds these equal to the doors' own routes).
+DOOR_PATHS = {
+    "httpreq": frozenset({"/present", "/cleanup"}),
+    "acme_dns": frozenset({"/register", "/update"}),
+    "admin": frozenset({"/journal"}),
+    "fileauth": frozenset({"/.well-known/pki-validation/fileauth.txt"}),
+}
 MAX_WORKERS = 256  # `serve --workers`: a bound on processes forked, far above any core count
 
 
@@ -941,6 +949,15 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     path = server.callback_path
     if not path.startswith("/") or path in RESERVED_PATHS or any(c in path for c in "?#{} "):
         reader.problem("server.callback_path", f"must be a plain absolute path, not {path!r}")
+    open_doors = {
+        "httpreq": settings.httpreq.enabled,
+        "acme_dns": settings.acme_dns.enabled,
+        "admin": settings.journal.enabled and settings.journal.admin_token is not None,
+        "fileauth": settings.digicert.fileauth,
+    }
+    for door, paths in DOOR_PATHS.items():
+        if settings.certificate_manager.enabled and open_doors[door] and path in paths:
+            reader.problem("server.callback_path", f"{path} is already the {door} door's path")
     if not 1024 <= server.max_body_bytes <= 16 * 1024 * 1024:
         reader.problem("server.max_body_bytes", "must be between 1024 and 16777216")
     for name, value, most in [

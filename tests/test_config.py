@@ -284,3 +284,32 @@ def test_state_limits() -> None:
         {**MINIMAL, "state": {"url_env": "DB", "max_connections": 0}}, environ={"DB": URL}
     )
     assert "state.max_connections: must be between 1 and 100" in found
+
+
+def test_the_callback_cannot_take_another_open_doors_path() -> None:
+    """Two doors on one path cannot both answer: said when the file is read, naming the
+    key, rather than found when the server opens its doors."""
+    data = {
+        **MINIMAL,
+        "server": {"callback_path": "/present"},
+        "httpreq": {"enabled": True, "username": "u", "password_env": "P"},
+    }
+    with pytest.raises(ConfigError) as raised:
+        config.from_mapping(data, environ={"P": "secret"})
+    assert "server.callback_path: /present is already the httpreq door's path" in str(
+        raised.value
+    )
+    data["httpreq"] = {"enabled": False}
+    assert config.from_mapping(data).server.callback_path == "/present"  # free while closed
+
+
+def test_the_paths_config_reserves_are_the_doors_own() -> None:
+    from receiver.doors.acme_dns import AcmeDnsDoor
+    from receiver.doors.admin import AdminDoor
+    from receiver.doors.fileauth import FileAuthDoor
+    from receiver.doors.httpreq import HttpreqDoor
+
+    doors = [HttpreqDoor, AcmeDnsDoor, AdminDoor, FileAuthDoor]
+    assert {door.name: frozenset(r.path for r in door.routes) for door in doors} == (
+        config.DOOR_PATHS
+    )
