@@ -296,9 +296,7 @@ def test_the_callback_cannot_take_another_open_doors_path() -> None:
     }
     with pytest.raises(ConfigError) as raised:
         config.from_mapping(data, environ={"P": "secret"})
-    assert "server.callback_path: /present is already the httpreq door's path" in str(
-        raised.value
-    )
+    assert "server.callback_path: /present is already the httpreq door's path" in str(raised.value)
     data["httpreq"] = {"enabled": False}
     assert config.from_mapping(data).server.callback_path == "/present"  # free while closed
 
