@@ -184,7 +184,9 @@ class GroupCommit:
     Each `begin` and `settle` still waits for its own commit, so the promise is unchanged
     (the intent is durable before the provider write); what is shared is the cost. A
     batch is whatever queued while the previous one was committing: no added delay when
-    the journal is idle, one transaction for many requests when it is busy.
+    the journal is idle, one transaction for many requests when it is busy. Busy (a batch
+    within BATCH_INTERVAL_SECONDS), it first yields BATCH_YIELDS times, so that requests
+    already ready on the event loop join the batch rather than start the next one.
 
     `settle_soon` (the long-running server's outcomes, which nobody waits for) starts no
     transaction of its own: it rides with the next `begin`, a read, or at the latest
@@ -207,7 +209,9 @@ class GroupCommit:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._entries.append((entry, future))
         self._kick(future)
-        return await future  # a cancelled request's entry still commits: the sweep settles it
+        # Shielded: a cancelled request must not cancel the future that later reads wait
+        # on (`_caught_up`); its entry still commits, and the sweep settles it.
+        return await asyncio.shield(future)
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
         await asyncio.shield(self._queue_settlement(entry_id, outcome, error))
