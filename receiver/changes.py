@@ -77,12 +77,19 @@ async def published_by(
     published the value, False when it cannot tell (no journal, or no entry: the value
     was never written by us, or is gone). A value another sender published is refused
     (403 `not_publisher`): instances sharing a receiver must not withdraw each other's
-    challenges, as failed-order clean-up never does."""
+    challenges, as failed-order clean-up never does.
+
+    The journal as committed is enough: a value's add commits before it is written, so
+    no publisher is missed; only an outcome still queued (at most SETTLE_SOON_SECONDS
+    old) is not seen, and a removal it would have shown done is then simply made again.
+    Waiting for the queue instead cost every removal a commit of its own."""
     journal = runtime.journal
     if journal is None:
         return False
     try:
-        entry = await journal.publisher(zone=zone.name, fqdn=challenge.fqdn, value=challenge.value)
+        entry = await journal.committed_publisher(
+            zone=zone.name, fqdn=challenge.fqdn, value=challenge.value
+        )
     except Exception as exc:  # any backend failure: refuse rather than remove unchecked
         raise Unavailable(
             "cannot read the journal; nothing was removed",
