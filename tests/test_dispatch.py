@@ -62,8 +62,12 @@ async def test_retry_after_is_honoured(start_service: ServiceFactory, sender: Se
 async def test_persistent_outage_is_503_with_retry_after(
     start_service: ServiceFactory, sender: Sender
 ) -> None:
+    # Short delays well inside a longer deadline: the retry loop gives up (knowing the
+    # next wait would pass the deadline) long before the deadline's own timeout could
+    # fire, however loaded the machine (CI once saw the timeout win at 0.5 s).
     service = await start_service(
-        zones=zones(failures=10_000, error="unavailable"), dispatch={"deadline_seconds": 0.5}
+        zones=zones(failures=10_000, error="unavailable"),
+        dispatch={"deadline_seconds": 3, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.5},
     )
     resp = await service.post(sender.body())
     assert resp.status == 503

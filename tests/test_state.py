@@ -268,7 +268,9 @@ async def test_concurrent_writes_share_transactions_and_each_waits_for_its_own(
         ids = await asyncio.gather(*(one(i) for i in range(40)))
         assert len(set(ids)) == 40
         assert sum(n for n, _ in batches) == 40 and sum(m for _, m in batches) == 40
-        assert len(batches) < 40  # shared
+        # The 40 intents, queued together, share transactions; the settles come one by
+        # one (each after its own cross-process read), so they may not.
+        assert sum(1 for entries, _ in batches if entries) < 40
         stored = {e.value: e for e in await second.journal.entries(limit=10_000)}
         assert all(stored[f"v{i}"].id == ids[i] for i in range(40))
         assert {e.outcome for e in stored.values()} == {"done"}

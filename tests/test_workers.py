@@ -117,10 +117,12 @@ async def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
 async def test_sigterm_stops_every_worker_after_its_notifications_in_flight(
     tmp_path: Path, ibm_cloud: FakeIbmCloud, sender: Sender, run_server: Callable[..., Any]
 ) -> None:
-    config_file = write_config(tmp_path / "r.toml", ibm_cloud, latency_ms=1500)
+    config_file = write_config(tmp_path / "r.toml", ibm_cloud, latency_ms=3000)
     server = await run_server(config_file, "--workers", "2")
     in_flight = [asyncio.create_task(post(server.url, sender.body())) for _ in range(8)]
-    await asyncio.sleep(0.7)  # every request is inside its provider call now
+    # Every request is inside its 3 s provider call by now, even on a loaded machine
+    # (0.7 s of a 1.5 s call was once too little on CI), and none has finished.
+    await asyncio.sleep(1.5)
     server.proc.send_signal(signal.SIGTERM)
     for status, body in await asyncio.gather(*in_flight):
         assert (status, body["status"]) == (200, "published")
