@@ -400,3 +400,42 @@ async def test_trusted_profile_token_file(fake: FakeSecretsManager, tmp_path: Pa
     async with door_of(settings) as (door, _):
         report = await door.sync_once()
     assert report.published == [secret.crn]
+
+
+async def test_the_server_polls(
+    fake: FakeSecretsManager, tmp_path: Path, aiohttp_client: Callable[..., Any]
+) -> None:
+    from receiver.hosts.http import create_app
+    from receiver.workers import ALONE
+
+    secret = await fake.create_secret("example.com")
+    settings = config.from_mapping(
+        {
+            "certificate_manager": {"enabled": False},
+            "propagation": {"check": False},
+            "local": {"database": str(tmp_path / "store.sqlite3"), "dns_listen": "127.0.0.1:0"},
+            "zones": [{"name": "example.com", "provider": "local", "ttl": 30}],
+            "secrets_manager": {
+                "enabled": True,
+                "interval_seconds": 10,  # the first pass within 1 s of the start
+                "instances": [
+                    {
+                        "instance_id": fake.instance_id,
+                        "region": fake.region,
+                        "endpoint": fake.url,
+                        "iam_url": f"{fake.url}/identity/token",
+                        "api_key_env": "SM_API_KEY",
+                    }
+                ],
+            },
+        },
+        base_dir=tmp_path,
+    )
+    assert ALONE.sweeps
+    client = await aiohttp_client(create_app(settings))
+    async with asyncio.timeout(10):
+        while validations(fake) == 0:  # noqa: ASYNC110 - watching another process's work
+            await asyncio.sleep(0.05)
+    assert await fake.settled(secret) == 1
+    metrics = await (await client.get("/metrics")).text()
+    assert 'door="secrets_manager",event_type="order",outcome="validated"' in metrics

@@ -227,7 +227,10 @@ class SecretsManagerDoor:
 
     async def run(self) -> None:
         """The server's loop: a pass, then a jittered pause; a failed pass is logged and
-        the next one comes at the usual time (never a tight loop)."""
+        the next one comes at the usual time (never a tight loop). The first pass comes
+        soon after the start, jittered too: replicas started together do not align."""
+        interval = self.settings.interval_seconds
+        await asyncio.sleep(interval * random.uniform(0, JITTER))  # noqa: S311
         while True:
             try:
                 await self.sync_once()
@@ -235,7 +238,6 @@ class SecretsManagerDoor:
                 raise
             except Exception:
                 log.exception("secrets_manager_pass_failed")
-            interval = self.settings.interval_seconds
             await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311
 
     async def sync_once(self, session: aiohttp.ClientSession | None = None) -> PassReport:
