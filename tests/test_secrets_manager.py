@@ -439,3 +439,14 @@ async def test_the_server_polls(
     assert await fake.settled(secret) == 1
     metrics = await (await client.get("/metrics")).text()
     assert 'door="secrets_manager",event_type="order",outcome="validated"' in metrics
+
+
+async def test_names_are_canonicalised(fake: FakeSecretsManager, tmp_path: Path) -> None:
+    secret = await fake.create_secret("EXAMPLE.com", ["*.Bücher.example.com"])
+    secret.challenges[0]["txt_record_name"] = "_ACME-CHALLENGE.EXAMPLE.COM."
+    secret.challenges[1]["txt_record_name"] = "_acme-challenge.xn--bcher-kva.example.com."
+    async with door_of(sm_settings(fake, tmp_path)) as (door, runtime):
+        report = await door.sync_once()
+        assert report.published == [secret.crn], report.skipped
+        assert len(await served(runtime)) == 1
+        assert len(await served(runtime, "_acme-challenge.xn--bcher-kva.example.com")) == 1
