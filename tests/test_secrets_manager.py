@@ -450,3 +450,15 @@ async def test_names_are_canonicalised(fake: FakeSecretsManager, tmp_path: Path)
         assert report.published == [secret.crn], report.skipped
         assert len(await served(runtime)) == 1
         assert len(await served(runtime, "_acme-challenge.xn--bcher-kva.example.com")) == 1
+
+
+def test_a_previous_orders_validation_time_does_not_count() -> None:
+    crn = "crn:v1:bluemix:public:secrets-manager:us-south:a/acc:inst:secret:x"
+    info = {
+        "state": 0,
+        "ordered_on": "2026-08-10T06:21:33Z",
+        "dns_challenge_validation_time": "2026-05-01T00:00:00Z",
+    }
+    assert not parse_order({"id": "x", "crn": crn, "issuance_info": info}).validation_asked
+    info["dns_challenge_validation_time"] = "2026-08-10T07:00:00Z"
+    assert parse_order({"id": "x", "crn": crn, "issuance_info": info}).validation_asked

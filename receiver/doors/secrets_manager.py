@@ -146,10 +146,34 @@ def parse_order(meta: Any) -> Order:
         name=str(meta.get("name", ""))[:200],
         state=state,
         challenges=tuple(challenges),
-        validation_asked=isinstance(info.get("dns_challenge_validation_time"), str),
+        validation_asked=_validation_asked(info),
         error_code=str(error_code)[:200] if error_code is not None else None,
         error_message=str(error_message)[:500] if error_message is not None else None,
     )
+
+
+def _validation_asked(info: dict[str, Any]) -> bool:
+    """Secrets Manager says validation was asked for this order: its
+    `dns_challenge_validation_time` is set, and not older than the order (a renewal's
+    new order may still show the previous order's time)."""
+    asked = info.get("dns_challenge_validation_time")
+    if not isinstance(asked, str):
+        return False
+    try:
+        asked_at = _timestamp(asked, "dns_challenge_validation_time")
+        ordered = info.get("ordered_on")
+        return ordered is None or asked_at >= _timestamp(ordered, "ordered_on")
+    except BadSecret:
+        return True  # unreadable: assume asked (never validate twice)
+
+
+def is_manual(meta: dict[str, Any]) -> bool:
+    """`dns` is top-level in v2; older documentation examples show it in issuance_info."""
+    info = meta.get("issuance_info")
+    dns = meta.get("dns")
+    if dns is None and isinstance(info, dict):
+        dns = info.get("dns")
+    return dns == "manual"
 
 
 def order_state(meta: dict[str, Any]) -> int:
@@ -290,7 +314,7 @@ class SecretsManagerDoor:
         now = time.time()
         pending: dict[str, dict[str, Any]] = {}
         async for item in client.api.pending_candidates(settings.secret_groups, settings.labels):
-            if item.get("dns") != "manual" or not isinstance(item.get("id"), str):
+            if not is_manual(item) or not isinstance(item.get("id"), str):
                 continue
             try:
                 state = order_state(item)
