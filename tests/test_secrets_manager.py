@@ -462,3 +462,37 @@ def test_a_previous_orders_validation_time_does_not_count() -> None:
     assert not parse_order({"id": "x", "crn": crn, "issuance_info": info}).validation_asked
     info["dns_challenge_validation_time"] = "2026-08-10T07:00:00Z"
     assert parse_order({"id": "x", "crn": crn, "issuance_info": info}).validation_asked
+
+
+async def test_only_pending_challenges_are_published(
+    fake: FakeSecretsManager, tmp_path: Path
+) -> None:
+    secret = await fake.create_secret("example.com", ["www.example.com"])
+    secret.challenges[1]["status"] = "valid"  # validated by an earlier order
+    async with door_of(sm_settings(fake, tmp_path)) as (door, runtime):
+        report = await door.sync_once()
+        assert report.published == [secret.crn]
+        assert len(await served(runtime)) == 1
+        assert await served(runtime, "_acme-challenge.www.example.com") == frozenset()
+
+
+async def test_iam_token_is_cached_and_renewed_before_it_expires(
+    fake: FakeSecretsManager,
+) -> None:
+    import aiohttp
+
+    from providers.secret import Secret
+    from receiver.ibm_iam import IamTokens
+
+    fake.token_lifetime = 100
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        tokens = IamTokens(
+            session, f"{fake.url}/identity/token", api_key=Secret(API_KEY), clock=lambda: now[0]
+        )
+        first = await tokens.token()
+        now[0] += 79
+        assert await tokens.token() == first and fake.token_grants == 1
+        now[0] += 2  # past 80% of its lifetime
+        assert await tokens.token() != first and fake.token_grants == 2
+        assert repr(first) == "Secret('***')"

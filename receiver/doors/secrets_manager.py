@@ -65,6 +65,7 @@ class BadSecret(Exception):
 class PendingChallenge:
     challenge: Challenge
     expiration: float | None
+    status: str | None = None  # "pending" until the CA validated it
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def parse_order(meta: Any) -> Order:
                 _timestamp(expiration, f"challenges[{index}].expiration")
                 if expiration is not None
                 else None,
+                str(item["status"])[:50] if item.get("status") is not None else None,
             )
         )
     error_code, error_message = info.get("error_code"), info.get("error_message")
@@ -349,8 +351,10 @@ class SecretsManagerDoor:
         if not order.challenges:
             self._skip(report, order.crn, "pre-activation without challenges")
             return
-        live = [c for c in order.challenges if c.expiration is None or c.expiration > now]
-        if not live:  # past their expiration: the order is over, whatever its state says
+        unexpired = [c for c in order.challenges if c.expiration is None or c.expiration > now]
+        # Only the challenges not validated yet are published (the CA keeps the others).
+        live = [c for c in unexpired if c.status in (None, "pending")]
+        if not unexpired:  # past their expiration: the order is over, whatever its state says
             await self._remove_values(order.crn, leases, report, why="challenges expired")
             return
         try:
