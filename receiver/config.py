@@ -1083,12 +1083,6 @@ def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
         reader.problem(
             "secrets_manager.instances", "name at least one [[secrets_manager.instances]]"
         )
-    if settings.state.shared:
-        reader.problem(
-            "secrets_manager.enabled",
-            "the Secrets Manager door keeps its leases in the SQLite journal; [state] is not"
-            " supported yet",
-        )
     if not settings.journal.enabled:
         reader.problem("secrets_manager.enabled", "needs the journal (journal.enabled = true)")
     seen: set[tuple[str, str]] = set()

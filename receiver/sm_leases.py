@@ -1,9 +1,10 @@
 """What the Secrets Manager door must remember across passes, processes and restarts:
 who works on a secret now (a lease), and which orders it already asked to validate.
 
-Kept in the journal's SQLite file (WAL, shared by the processes on one host), so two
-replicas on one host, or the server and a cron job, take turns on a secret and never
-ask twice to validate the same challenges.
+Kept where the journal is: its SQLite file (WAL, shared by the processes on one host),
+or the shared PostgreSQL database of `[state]` (every replica, host and job). So two
+replicas, or the server and a cron job, take turns on a secret and never ask twice to
+validate the same challenges.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from providers.sqlite import write_transaction
 from receiver.sqlite import SqliteFile
+
+if TYPE_CHECKING:
+    from receiver.postgres.database import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS secrets_manager_leases (
@@ -31,7 +36,23 @@ CREATE TABLE IF NOT EXISTS secrets_manager_validations (
 """
 
 
+class LeaseStore(Protocol):
+    async def acquire(self, secret: str, holder: str, seconds: float) -> bool:
+        """True when `holder` now holds `secret`'s lease (new, renewed, or expired)."""
+        ...
+
+    async def release(self, secret: str, holder: str) -> None: ...
+
+    async def validated(self, secret: str, order_key: str) -> bool: ...
+
+    async def mark_validated(self, secret: str, order_key: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Leases:
+    """SQLite, in the journal's file."""
+
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self._file = SqliteFile(path, _SCHEMA)
         self._clock = clock
@@ -94,3 +115,56 @@ class Leases:
 
     async def aclose(self) -> None:
         await self._file.aclose()
+
+
+class PostgresLeases:
+    """The shared database of `[state]`: one atomic statement per lease."""
+
+    def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._database = database
+        self._clock = clock
+
+    async def acquire(self, secret: str, holder: str, seconds: float) -> bool:
+        now = self._clock()
+        async with self._database.connection() as db:
+            row = await db.fetchrow(
+                "INSERT INTO secrets_manager_leases (secret, holder, until) VALUES ($1, $2, $3)"
+                " ON CONFLICT (secret) DO UPDATE SET holder = excluded.holder,"
+                " until = excluded.until WHERE secrets_manager_leases.holder = excluded.holder"
+                " OR secrets_manager_leases.until <= $4 RETURNING holder",
+                secret,
+                holder,
+                now + seconds,
+                now,
+            )
+        return row is not None
+
+    async def release(self, secret: str, holder: str) -> None:
+        async with self._database.connection() as db:
+            await db.execute(
+                "DELETE FROM secrets_manager_leases WHERE secret = $1 AND holder = $2",
+                secret,
+                holder,
+            )
+
+    async def validated(self, secret: str, order_key: str) -> bool:
+        async with self._database.connection() as db:
+            found = await db.fetchval(
+                "SELECT 1 FROM secrets_manager_validations WHERE secret = $1 AND order_key = $2",
+                secret,
+                order_key,
+            )
+        return found is not None
+
+    async def mark_validated(self, secret: str, order_key: str) -> None:
+        async with self._database.connection() as db:
+            await db.execute(
+                "INSERT INTO secrets_manager_validations (secret, order_key, asked)"
+                " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                secret,
+                order_key,
+                self._clock(),
+            )
+
+    async def aclose(self) -> None:
+        pass  # the database belongs to the State

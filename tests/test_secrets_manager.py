@@ -496,3 +496,40 @@ async def test_iam_token_is_cached_and_renewed_before_it_expires(
         now[0] += 2  # past 80% of its lifetime
         assert await tokens.token() != first and fake.token_grants == 2
         assert repr(first) == "Secret('***')"
+
+
+async def test_two_replicas_on_postgres_validate_once(
+    fake: FakeSecretsManager, tmp_path: Path, postgres_url: str
+) -> None:
+    """[state]: replicas share the leases and the validations through PostgreSQL."""
+    secret = await fake.create_secret("example.com", ["*.example.com"])
+    data: dict[str, Any] = {
+        "certificate_manager": {"enabled": False},
+        "propagation": {"check": False},
+        "state": {"url_env": "DCR_DATABASE_URL"},
+        "local": {"dns_listen": "127.0.0.1:0"},
+        "zones": [{"name": "example.com", "provider": "local", "ttl": 30}],
+        "secrets_manager": {
+            "enabled": True,
+            "instances": [
+                {
+                    "instance_id": fake.instance_id,
+                    "region": fake.region,
+                    "endpoint": fake.url,
+                    "iam_url": f"{fake.url}/identity/token",
+                    "api_key_env": "SM_API_KEY",
+                }
+            ],
+        },
+    }
+    environ = {"DCR_DATABASE_URL": postgres_url, "SM_API_KEY": API_KEY}
+    settings = config.from_mapping(data, base_dir=tmp_path, environ=environ)
+    async with door_of(settings) as (first, runtime), door_of(settings) as (second, _):
+        reports = await asyncio.gather(first.sync_once(), second.sync_once())
+        assert [r.published for r in reports].count([secret.crn]) == 1
+        assert len(await served(runtime)) == 2
+        await asyncio.gather(first.sync_once(), second.sync_once())  # waiting, on both
+        await fake.settled(secret)
+        await asyncio.gather(first.sync_once(), second.sync_once())
+        assert await served(runtime) == frozenset()
+    assert validations(fake) == 1

@@ -45,7 +45,7 @@ from receiver.ibm_iam import IamTokens
 from receiver.journal import Entry, Origin
 from receiver.runtime import Runtime
 from receiver.secrets_manager_api import SecretGone, SecretsManagerApi
-from receiver.sm_leases import Leases
+from receiver.sm_leases import Leases, LeaseStore, PostgresLeases
 
 log = structlog.get_logger("receiver.secrets_manager")
 
@@ -269,11 +269,9 @@ class SecretsManagerDoor:
     async def sync_once(self, session: aiohttp.ClientSession | None = None) -> PassReport:
         """One pass over every instance; what went wrong with one instance or secret is
         logged and reported, and the pass goes on."""
-        journal_db = self.runtime.settings.journal.database
-        assert journal_db is not None  # config: the door needs the SQLite journal
         started = time.perf_counter()
         report = PassReport()
-        leases = Leases(journal_db)
+        leases = self._leases()
         own_session = session is None
         if session is None:
             session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
@@ -302,6 +300,15 @@ class SecretsManagerDoor:
         log.info("secrets_manager_pass", duration_ms=round(elapsed * 1000, 2), **report.as_dict())
         return report
 
+    def _leases(self) -> LeaseStore:
+        """Where the journal is: the shared database of `[state]`, or the SQLite file."""
+        database = self.runtime.state.database
+        if database is not None:
+            return PostgresLeases(database)
+        journal_db = self.runtime.settings.journal.database
+        assert journal_db is not None  # config: the door needs the journal
+        return Leases(journal_db)
+
     def _client(self, index: int, session: aiohttp.ClientSession) -> InstanceClient:
         client = self._clients.get(index)
         if client is None:
@@ -311,7 +318,9 @@ class SecretsManagerDoor:
         client.api.session = client.api.tokens.session = session
         return client
 
-    async def _instance(self, client: InstanceClient, leases: Leases, report: PassReport) -> None:
+    async def _instance(
+        self, client: InstanceClient, leases: LeaseStore, report: PassReport
+    ) -> None:
         settings = client.settings
         now = time.time()
         pending: dict[str, dict[str, Any]] = {}
@@ -341,7 +350,7 @@ class SecretsManagerDoor:
         self,
         client: InstanceClient,
         order: Order,
-        leases: Leases,
+        leases: LeaseStore,
         report: PassReport,
         now: float,
     ) -> None:
@@ -424,7 +433,7 @@ class SecretsManagerDoor:
             await leases.release(order.crn, self.holder)
 
     async def _finished(
-        self, client: InstanceClient, order: Order, leases: Leases, report: PassReport
+        self, client: InstanceClient, order: Order, leases: LeaseStore, report: PassReport
     ) -> None:
         if order.state == DEACTIVATED:
             log.warning(
@@ -436,7 +445,7 @@ class SecretsManagerDoor:
         await self._remove_values(order.crn, leases, report, why=_state_name(order.state))
 
     async def _follow(
-        self, client: InstanceClient, leases: Leases, report: PassReport, skip: set[str]
+        self, client: InstanceClient, leases: LeaseStore, report: PassReport, skip: set[str]
     ) -> None:
         """Values still published for secrets no longer pending: read each one's state."""
         journal = self.runtime.journal
@@ -461,7 +470,9 @@ class SecretsManagerDoor:
                 continue
             await self._order(client, order, leases, report, now)
 
-    async def _remove_values(self, crn: str, leases: Leases, report: PassReport, why: str) -> None:
+    async def _remove_values(
+        self, crn: str, leases: LeaseStore, report: PassReport, why: str
+    ) -> None:
         journal = self.runtime.journal
         assert journal is not None
         entries = await journal.candidates(certificates=[crn])
