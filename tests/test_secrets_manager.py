@@ -533,3 +533,26 @@ async def test_two_replicas_on_postgres_validate_once(
         await asyncio.gather(first.sync_once(), second.sync_once())
         assert await served(runtime) == frozenset()
     assert validations(fake) == 1
+
+
+async def test_a_lease_lost_during_the_waits_never_validates(
+    fake: FakeSecretsManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.sm_leases import Leases
+
+    secret = await fake.create_secret("example.com")
+    taken = Leases.acquire
+    calls = [0]
+
+    async def acquire(self: Leases, secret_crn: str, holder: str, seconds: float) -> bool:
+        calls[0] += 1
+        if calls[0] == 2:  # the renewal before validating: ours expired, another took it
+            await self.release(secret_crn, holder)
+            assert await taken(self, secret_crn, "another-process", seconds)
+        return await taken(self, secret_crn, holder, seconds)
+
+    monkeypatch.setattr(Leases, "acquire", acquire)
+    async with door_of(sm_settings(fake, tmp_path)) as (door, _):
+        report = await door.sync_once()
+    assert not report.published and validations(fake) == 0
+    assert secret.state == 0

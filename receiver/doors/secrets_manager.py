@@ -405,6 +405,11 @@ class SecretsManagerDoor:
                     fqdn=challenge.fqdn,
                     propagation_s=summary.get("propagation_s"),
                 )
+            # The waits may have outlasted the lease: ask only while it is still ours.
+            renewed = await leases.acquire(order.crn, self.holder, self.settings.lease_seconds)
+            if not renewed or await leases.validated(order.crn, order.key):
+                log.info("secrets_manager_leased", secret_crn=order.crn, reason="lease lost")
+                return
             await client.api.validate(order.secret_id)
             await leases.mark_validated(order.crn, order.key)
             report.published.append(order.crn)
