@@ -556,3 +556,24 @@ async def test_a_lease_lost_during_the_waits_never_validates(
         report = await door.sync_once()
     assert not report.published and validations(fake) == 0
     assert secret.state == 0
+
+
+async def test_an_unexpected_failure_on_one_secret_spares_the_others(
+    fake: FakeSecretsManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.doors import secrets_manager as door_module
+
+    broken = await fake.create_secret("broken.example.com")
+    good = await fake.create_secret("example.com")
+    original = door_module.SecretsManagerDoor._order
+
+    async def order(self: Any, client: Any, order: Any, *args: Any) -> None:
+        if order.crn == broken.crn:
+            raise RuntimeError("a bug")
+        await original(self, client, order, *args)
+
+    monkeypatch.setattr(door_module.SecretsManagerDoor, "_order", order)
+    async with door_of(sm_settings(fake, tmp_path)) as (door, _):
+        report = await door.sync_once()
+    assert report.published == [good.crn]
+    assert report.failed == [(broken.crn, "internal_error")]

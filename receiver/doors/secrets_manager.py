@@ -343,8 +343,26 @@ class SecretsManagerDoor:
                 report.failed.append((crn, exc.code))
                 log.warning("secrets_manager_read_failed", secret_crn=crn, error=exc.code)
                 continue
-            await self._order(client, order, leases, report, now)
+            await self._guarded(client, order, leases, report, now)
         await self._follow(client, leases, report, skip=set(pending))
+
+    async def _guarded(
+        self,
+        client: InstanceClient,
+        order: Order,
+        leases: LeaseStore,
+        report: PassReport,
+        now: float,
+    ) -> None:
+        """One secret; whatever goes wrong with it, the pass goes on with the others."""
+        try:
+            await self._order(client, order, leases, report, now)
+        except ReceiverError as exc:
+            report.failed.append((order.crn, exc.code))
+            log.warning("secrets_manager_secret_failed", secret_crn=order.crn, error=exc.code)
+        except Exception:
+            report.failed.append((order.crn, "internal_error"))
+            log.exception("secrets_manager_secret_failed", secret_crn=order.crn)
 
     async def _order(
         self,
@@ -473,7 +491,7 @@ class SecretsManagerDoor:
             except BadSecret as exc:
                 self._skip(report, crn, f"unusable data from the API: {exc}")
                 continue
-            await self._order(client, order, leases, report, now)
+            await self._guarded(client, order, leases, report, now)
 
     async def _remove_values(
         self, crn: str, leases: LeaseStore, report: PassReport, why: str
