@@ -577,3 +577,20 @@ async def test_an_unexpected_failure_on_one_secret_spares_the_others(
         report = await door.sync_once()
     assert report.published == [good.crn]
     assert report.failed == [(broken.crn, "internal_error")]
+
+
+async def test_neither_the_key_nor_a_token_is_logged(
+    fake: FakeSecretsManager, tmp_path: Path
+) -> None:
+    secret = await fake.create_secret("example.com")
+    fake.expire_tokens_at_call = 2  # two tokens, a 401 and a renewal in between
+    fake.inject(429, retry_after=0.01)
+    with structlog.testing.capture_logs() as logs:
+        async with door_of(sm_settings(fake, tmp_path)) as (door, _):
+            await door.sync_once()
+            await fake.settled(secret)
+            await door.sync_once()
+    text = repr(logs)
+    assert len(fake.tokens) == 2 and API_KEY not in text
+    assert not [token for token in fake.tokens if token in text]
+    assert "secrets_manager_retry" in text
