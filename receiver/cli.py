@@ -108,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="only list what would go")
     sweep.set_defaults(run=_sweep)
 
+    secrets_manager = commands.add_parser(
+        "secrets-manager", help="IBM Cloud Secrets Manager manual-DNS orders"
+    )
+    sm_actions = secrets_manager.add_subparsers(required=True, metavar="ACTION")
+    sm_sync = sm_actions.add_parser(
+        "sync", help="one pass: publish, validate, clean up (for cron and Code Engine jobs)"
+    )
+    _config_option(sm_sync)
+    sm_sync.set_defaults(run=_secrets_manager_sync)
+
     journal = commands.add_parser("journal", help="list what was written and removed")
     _config_option(journal, demo=True)
     journal.add_argument("--since", type=_since, help="a duration (2h, 7d) or an ISO time")
@@ -532,6 +542,36 @@ async def _run_sweep(settings: config.Settings, max_age: float | None, dry_run: 
         print(f"settled {entry.fqdn} {entry.value}: a crashed write, nothing to remove")
     for entry, reason in report.failed + report.skipped:
         print(f"left {entry.fqdn} {entry.value}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _secrets_manager_sync(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    logs.configure(settings.log, sys.stderr)
+    if not settings.secrets_manager.enabled:
+        print("secrets-manager sync: [secrets_manager] enabled = false", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_secrets_manager_sync(settings))
+
+
+async def _run_secrets_manager_sync(settings: config.Settings) -> int:
+    from receiver.doors import serving_runtime
+    from receiver.doors.secrets_manager import SecretsManagerDoor
+
+    async with serving_runtime(settings) as runtime:
+        door = runtime.doors.named("secrets_manager")
+        assert isinstance(door, SecretsManagerDoor)
+        report = await door.sync_once()
+    for crn in report.published:
+        print(f"published and asked to validate {crn}")
+    for crn, why in report.skipped:
+        print(f"skipped {crn}: {why}", file=sys.stderr)
+    for what, code in report.failed:
+        print(f"failed {what}: {code}", file=sys.stderr)
+    print(
+        "secrets-manager sync: "
+        + ", ".join(f"{key} {value}" for key, value in report.as_dict().items())
+    )
     return 1 if report.failed else 0
 
 

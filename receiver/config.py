@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -424,6 +425,64 @@ class DigicertSettings:
 
 
 @dataclass(frozen=True)
+class SecretsManagerInstanceSettings:
+    """One IBM Cloud Secrets Manager instance whose manual-DNS orders this service serves."""
+
+    instance_id: str = setting(help="The instance's GUID.")
+    region: str = setting(help="Its region, e.g. us-south.")
+    endpoint: str = setting(
+        default="private",
+        help='"private" (the default; the private network), "public", or a full https://'
+        " URL used as the base URL as given (http:// only for loopback addresses).",
+    )
+    iam_url: str = setting(
+        default="https://iam.cloud.ibm.com/identity/token",
+        help="The IAM token endpoint.",
+    )
+    api_key: Secret | None = setting(
+        default=None,
+        help="An IAM API key with the Writer role on the instance (api_key_env or api_key_file).",
+        secret=True,
+    )
+    cr_token_file: Path | None = setting(
+        default=None,
+        help="Code Engine: the compute-resource token file, exchanged with trusted_profile_id"
+        " (instead of an API key).",
+    )
+    trusted_profile_id: str = setting(
+        default="", help="The trusted profile the CR token is exchanged for."
+    )
+    secret_groups: tuple[str, ...] = setting(
+        default=(), help="Only secrets in these secret groups (IDs, or default); empty: all."
+    )
+    labels: tuple[str, ...] = setting(
+        default=(), help="Only secrets that carry all of these labels; empty: no filter."
+    )
+
+
+@dataclass(frozen=True)
+class SecretsManagerSettings:
+    """IBM Cloud Secrets Manager: publish the challenges of public certificates ordered
+    with `dns = manual`, ask for validation, and remove the values afterwards."""
+
+    enabled: bool = setting(default=False, help="Poll the instances below.")
+    interval_seconds: float = setting(
+        default=60.0, help="The server's pause between passes (10 to 86400), jittered by 10%."
+    )
+    rate_per_second: float = setting(
+        default=20.0, help="Requests per second to one instance, at most (0.1 to 20)."
+    )
+    lease_seconds: float = setting(
+        default=900.0,
+        help="How long one pass holds a secret: another replica or cron job skips it meanwhile"
+        " (60 to 86400; a pass that dies frees it after this long).",
+    )
+    instances: tuple[SecretsManagerInstanceSettings, ...] = setting(
+        default=(), help="[[secrets_manager.instances]]: the instances polled."
+    )
+
+
+@dataclass(frozen=True)
 class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
@@ -473,6 +532,7 @@ class Settings:
     acme_dns: AcmeDnsSettings = field(default_factory=AcmeDnsSettings)
     digicert: DigicertSettings = field(default_factory=DigicertSettings)
     rfc2136_door: Rfc2136DoorSettings = field(default_factory=Rfc2136DoorSettings)
+    secrets_manager: SecretsManagerSettings = field(default_factory=SecretsManagerSettings)
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -489,6 +549,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "acme_dns": AcmeDnsSettings,
     "digicert": DigicertSettings,
     "rfc2136_door": Rfc2136DoorSettings,
+    "secrets_manager": SecretsManagerSettings,
 }
 
 
@@ -800,11 +861,11 @@ class _Reader:
                 return _INVALID
             path = Path(value).expanduser()
             return path if path.is_absolute() else self.base_dir / path
-        if dataclasses.is_dataclass(hint):  # an array of tables ([[rfc2136_door.keys]])
+        if dataclasses.is_dataclass(hint) and isinstance(hint, type):  # [[section.items]]
             if not isinstance(value, Mapping):
                 self.problem(key, "must be a table")
                 return _INVALID
-            built = self.build(hint, value, key)  # type: ignore[arg-type]
+            built = self.build(hint, value, key)
             return _INVALID if built is None else built
         raise TypeError(f"unsupported setting type {hint!r} for {key}")  # programming error
 
@@ -1053,6 +1114,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
         seen.setdefault(zone.name, index)
     _check_digicert(settings, reader)
     _check_doors(settings, reader)
+    _check_secrets_manager(settings, reader)
     written = [z.name for z in settings.zones if z.cname_to is None]
     for index, zone in enumerate(settings.zones):
         if zone.cname_to is not None and longest_zone(zone.cname_to, written) is None:
@@ -1077,9 +1139,92 @@ def _check_acting_as_user(settings: Settings, reader: _Reader) -> None:
             )
 
 
+SM_REGIONS = frozenset(
+    {
+        "us-south", "us-east", "ca-tor", "ca-mon", "br-sao", "eu-gb", "eu-de", "eu-es",
+        "jp-tok", "jp-osa", "au-syd", "in-mum", "in-che",
+    }
+)  # fmt: skip
+
+
+def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
+    sm = settings.secrets_manager
+    if not sm.enabled:
+        return
+    for key, value, low, high in (
+        ("interval_seconds", sm.interval_seconds, 10, 86400),
+        ("rate_per_second", sm.rate_per_second, 0.1, 20),
+        ("lease_seconds", sm.lease_seconds, 60, 86400),
+    ):
+        if not low <= value <= high:
+            reader.problem(f"secrets_manager.{key}", f"must be between {low} and {high}")
+    if not sm.instances:
+        reader.problem(
+            "secrets_manager.instances", "name at least one [[secrets_manager.instances]]"
+        )
+    if not settings.journal.enabled:
+        reader.problem("secrets_manager.enabled", "needs the journal (journal.enabled = true)")
+    seen: set[tuple[str, str]] = set()
+    for index, instance in enumerate(sm.instances):
+        key = f"secrets_manager.instances[{index}]"
+        if instance is None:
+            continue
+        if not _GUID.fullmatch(instance.instance_id):
+            reader.problem(f"{key}.instance_id", "must be the instance's GUID")
+        if instance.region not in SM_REGIONS:
+            reader.problem(f"{key}.region", f"must be one of {', '.join(sorted(SM_REGIONS))}")
+        if (instance.instance_id, instance.region) in seen:
+            reader.problem(key, "the same instance twice")
+        seen.add((instance.instance_id, instance.region))
+        if instance.endpoint not in ("private", "public"):
+            problem = base_url_problem(instance.endpoint)
+            if problem:
+                reader.problem(f"{key}.endpoint", problem)
+        problem = base_url_problem(instance.iam_url)
+        if problem:
+            reader.problem(f"{key}.iam_url", problem)
+        profile = instance.cr_token_file is not None or instance.trusted_profile_id
+        if (instance.api_key is None) == (not profile):
+            reader.problem(
+                f"{key}.api_key_env",
+                "set exactly one of api_key_env/api_key_file and"
+                " cr_token_file + trusted_profile_id",
+            )
+        elif profile and not (instance.cr_token_file and instance.trusted_profile_id):
+            reader.problem(f"{key}.trusted_profile_id", "cr_token_file needs trusted_profile_id")
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def base_url_problem(url: str) -> str | None:
+    """An https:// URL, or http:// to a loopback address only (tests, local proxies)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "must be an https:// URL"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return None
+        except ValueError:
+            if parts.hostname == "localhost":
+                return None
+        return "http:// only for a loopback address; use https://"
+    return "must be an https:// URL"
+
+
 def _check_doors(settings: Settings, reader: _Reader) -> None:
     httpreq, acme_dns = settings.httpreq, settings.acme_dns
-    doors = (settings.certificate_manager, httpreq, acme_dns, settings.rfc2136_door)
+    doors = (
+        settings.certificate_manager,
+        httpreq,
+        acme_dns,
+        settings.rfc2136_door,
+        settings.secrets_manager,
+    )
     if not any(door.enabled for door in doors):
         reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
     _check_rfc2136_door(settings, reader)

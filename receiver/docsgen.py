@@ -51,8 +51,14 @@ def configuration() -> str:
     parts = []
     for section, cls in config._SECTIONS.items():
         parts.append(f"### `[{section}]`\n\n{_summary(cls)}\n\n{_settings_table(cls)}")
-    keys = config.Rfc2136KeySettings
-    parts.append(f"### `[[rfc2136_door.keys]]`\n\n{_summary(keys)}\n\n{_settings_table(keys)}")
+        hints = typing.get_type_hints(cls)
+        for fld in dataclasses.fields(cls):  # [[section.items]]: a table of tables
+            inner = typing.get_args(hints[fld.name])
+            if inner and dataclasses.is_dataclass(inner[0]) and isinstance(inner[0], type):
+                parts.append(
+                    f"### `[[{section}.{fld.name}]]`\n\n{_summary(inner[0])}"
+                    f"\n\n{_settings_table(inner[0])}"
+                )
     parts.append(
         "### `[[zones]]`\n\nAt least one. "
         f"{_summary(config.ZoneSettings)}\n\n{_settings_table(config.ZoneSettings)}"
@@ -124,7 +130,7 @@ def _type_name(hint: Any) -> str:
     if hint in plain:
         return plain[hint]
     if dataclasses.is_dataclass(hint):
-        return "array of tables"
+        return "table"
     return "table" if hint is Any else str(hint)
 
 

@@ -327,6 +327,14 @@ CODES: tuple[ErrorCode, ...] = (
         "The provider refused the change itself (a TTL, an ambiguous zone name).",
     ),
     ErrorCode("provider_failed", 502, "Any other final provider error."),
+    # 502, logged by the Secrets Manager door's passes (no caller receives them).
+    ErrorCode(
+        "iam_unavailable", 502, "IBM Cloud IAM did not answer, or the CR token is unreadable."
+    ),
+    ErrorCode("iam_refused", 502, "IBM Cloud IAM refused the API key or the trusted profile."),
+    ErrorCode("secrets_manager_bad", 502, "Secrets Manager answered with an unusable document."),
+    ErrorCode("secrets_manager_failed", 502, "Secrets Manager refused a call, or kept failing."),
+    ErrorCode("secret_not_found", 502, "The secret is gone from Secrets Manager (404)."),
     # 503 (with Retry-After): transient.
     ErrorCode(
         "provider_unavailable",

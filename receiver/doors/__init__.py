@@ -41,6 +41,10 @@ def open_doors(runtime: Runtime) -> Doors:
             from receiver.doors.fileauth import FileAuthDoor
 
             doors.append(FileAuthDoor(settings.digicert))
+        if settings.secrets_manager.enabled:
+            from receiver.doors.secrets_manager import SecretsManagerDoor
+
+            doors.append(SecretsManagerDoor(runtime))
         return Doors(doors)
     except BaseException:
         for door in reversed(doors):

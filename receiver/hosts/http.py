@@ -132,6 +132,8 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app.router.add_get("/metrics", metrics)
     if settings.journal.enabled and slot.sweeps:
         app.cleanup_ctx.append(_sweep_context)
+    if settings.secrets_manager.enabled and slot.sweeps:  # one worker polls
+        app.cleanup_ctx.append(_secrets_manager_context)
     # Everything else is a door's, or nobody's: the core routes it (`runtime.doors`).
     app.router.add_route("*", "/{path:.*}", notification)
     return app
@@ -186,6 +188,19 @@ async def _rfc2136_context(app: web.Application) -> AsyncIterator[None]:
 async def _sweep_context(app: web.Application) -> AsyncIterator[None]:
     """The periodic sweep: long-running server only (serverless uses `sweep` on a timer)."""
     task = asyncio.create_task(sweep_periodically(app[RUNTIME]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _secrets_manager_context(app: web.Application) -> AsyncIterator[None]:
+    """The Secrets Manager door's poll loop (`secrets-manager sync` is one pass of it)."""
+    from receiver.doors.secrets_manager import SecretsManagerDoor
+
+    door = app[RUNTIME].doors.named("secrets_manager")
+    assert isinstance(door, SecretsManagerDoor)
+    task = asyncio.create_task(door.run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -70,5 +70,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TABLE store_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
         """,
     ),
+    Migration(
+        2,
+        "Secrets Manager door: per-secret leases, validations asked",
+        """
+        CREATE TABLE secrets_manager_leases (
+            secret TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until  DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE secrets_manager_validations (
+            secret    TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            asked     DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (secret, order_key)
+        );
+        """,
+    ),
 )
 LATEST = MIGRATIONS[-1].version
