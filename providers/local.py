@@ -22,7 +22,7 @@ from typing import ClassVar, ParamSpec, Protocol, Self, TypeVar
 from providers.base import Capabilities, ChangeContext, ZoneRef, setting
 from providers.errors import ProviderUnavailable
 from providers.rate_budget import RateBudget
-from providers.sqlite import write_transaction
+from providers.sqlite import set_wal, write_transaction
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -110,7 +110,7 @@ class ChallengeStore:
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        set_wal(self._db)  # two workers may open a new file at once
         self._db.execute("PRAGMA synchronous = NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:

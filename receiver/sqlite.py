@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+
+from providers.sqlite import set_wal
 
 T = TypeVar("T")
 log = structlog.get_logger("receiver.sqlite")
@@ -51,7 +52,7 @@ class SqliteFile:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = self._connect()
-            _set_wal(db)
+            set_wal(db)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints: `_checkpoint`
             db.executescript(self._schema)
@@ -179,21 +180,3 @@ def _waiting(db: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _set_wal(db: sqlite3.Connection, *, within: float = 5.0) -> None:
-    """Switch to WAL, waiting out another connection that is setting up the same file.
-
-    Changing the journal mode escalates a shared lock, and SQLite answers "database is
-    locked" at once, without its busy handler, while another connection holds a write
-    lock (two stores opening one new file together: the journal and the account store).
-    """
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)

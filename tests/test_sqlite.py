@@ -99,3 +99,23 @@ async def test_writes_on_the_loop_are_checkpointed_off_it(
     check = sqlite3.connect(path)
     assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 2001
     check.close()
+
+
+def test_the_local_store_opening_waits_for_another_process_setting_up_its_file(
+    tmp_path: Path,
+) -> None:
+    """Two `serve --workers` processes open the `local` store's new file together: the
+    switch to WAL must wait out the other's lock, not fail ("database is locked" at once,
+    SQLite's busy handler does not cover it; CI saw a worker die of it)."""
+    from providers.local import ChallengeStore
+
+    path = tmp_path / "local.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE first (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO first VALUES (1)")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    store = ChallengeStore(path, lifetime=60)
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    holder.close()
