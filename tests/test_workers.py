@@ -119,10 +119,12 @@ async def test_sigterm_stops_every_worker_after_its_notifications_in_flight(
 ) -> None:
     config_file = write_config(tmp_path / "r.toml", ibm_cloud, latency_ms=1500)
     server = await run_server(config_file, "--workers", "2")
-    in_flight = [asyncio.create_task(post(server.url, sender.body())) for _ in range(8)]
+    # Eight names: the calls run at once (one name would queue them behind each other,
+    # and SO_REUSEPORT may give seven of eight to one worker: 10.5 s, past the deadline).
+    bodies = [sender.body(sender.claims(domain=f"inflight{i}.example.com")) for i in range(8)]
+    in_flight = [asyncio.create_task(post(server.url, body)) for body in bodies]
     # Every request has reached its worker by now, even on a loaded machine (0.7 s was
-    # once too little on CI), and none has finished: one name, so each worker's run one
-    # 1.5 s provider call after another, within the 10 s deadline.
+    # once too little on CI), and none has finished its 1.5 s provider call.
     await asyncio.sleep(1.0)
     server.proc.send_signal(signal.SIGTERM)
     for status, body in await asyncio.gather(*in_flight):
