@@ -36,7 +36,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import CRN, Keys, free_port, jwks_server, process, receiver, rss_mib, send_pairs
+from harness import (
+    Keys,
+    free_port,
+    jwks_server,
+    process,
+    receiver,
+    rss_mib,
+    send_pairs,
+    signed_sender,
+)
 
 IDLE_SHARE = 0.05  # below 5 % of a core over a second counts as idle
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,14 +61,7 @@ def config(
 listen = "127.0.0.1:{port}"
 [log]
 format = "json"
-[certificate_manager]
-allowed_instances = ["{CRN}"]
-public_key_file = "{keys.sender_public}"
-algorithms = ["{keys.algorithm}"]
-[user_token]
-required = true
-jwks_url = "{jwks_url}"
-[journal]
+{signed_sender(keys, jwks_url)}[journal]
 enabled = false
 database = "{folder}/journal-{port}.sqlite3"
 [propagation]

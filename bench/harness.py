@@ -113,6 +113,19 @@ class Keys:
         return found
 
 
+def signed_sender(keys: Keys, jwks_url: str) -> str:
+    """The TOML every receiver benchmark trusts its senders with: the bench's Certificate
+    Manager instance and key, and user tokens required and checked against `jwks_url`."""
+    return f"""[certificate_manager]
+allowed_instances = ["{CRN}"]
+public_key_file = "{keys.sender_public}"
+algorithms = ["{keys.algorithm}"]
+[user_token]
+required = true
+jwks_url = "{jwks_url}"
+"""
+
+
 def receiver_config(
     folder: Path, keys: Keys, jwks_url: str, port: int, *, journal: bool, propagation: bool = False
 ) -> Path:
@@ -122,14 +135,7 @@ def receiver_config(
 listen = "127.0.0.1:{port}"
 [log]
 format = "json"
-[certificate_manager]
-allowed_instances = ["{CRN}"]
-public_key_file = "{keys.sender_public}"
-algorithms = ["{keys.algorithm}"]
-[user_token]
-required = true
-jwks_url = "{jwks_url}"
-[journal]
+{signed_sender(keys, jwks_url)}[journal]
 enabled = {str(journal).lower()}
 database = "{folder}/journal-{port}.sqlite3"
 [propagation]

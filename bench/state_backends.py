@@ -31,7 +31,7 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 from dns_responder import NAME, load_dnsperf, load_python, wait_for_dns
-from harness import CRN, Keys, cpus, free_port, jwks_server, process, receiver
+from harness import Keys, cpus, free_port, jwks_server, process, receiver, signed_sender
 from throughput import SignedLoad
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +56,7 @@ listen = "127.0.0.1:{port}"
 [log]
 format = "json"
 level = "warning"
-[certificate_manager]
-allowed_instances = ["{CRN}"]
-public_key_file = "{keys.sender_public}"
-algorithms = ["{keys.algorithm}"]
-[user_token]
-required = true
-jwks_url = "{jwks_url}"
-{state}[local]
+{signed_sender(keys, jwks_url)}{state}[local]
 {database}dns_listen = "127.0.0.1:{dns}"
 value_lifetime_seconds = 86400
 [[zones]]
