@@ -12,8 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-import idna
-
 from receiver.errors import BadRequest, InvalidName
 
 CHALLENGE_LABEL = "_acme-challenge"
@@ -62,6 +60,8 @@ def canonical_name(text: object, *, allow_underscore: bool = False) -> str:
 
 
 def _uts46(text: str) -> str:
+    import idna  # only names outside lower-case LDH ASCII: kept off the cold start
+
     try:
         mapped = idna.uts46_remap(text, std3_rules=False, transitional=False)
     except (idna.IDNAError, UnicodeError, ValueError) as exc:
@@ -73,6 +73,8 @@ def _canonical_label(label: str, name: str, allow_underscore: bool) -> str:
     if not label:
         raise InvalidName(f"name {name!r} has an empty label")
     if not label.isascii():
+        import idna
+
         try:
             return idna.alabel(label).decode("ascii")
         except (idna.IDNAError, UnicodeError, ValueError) as exc:
@@ -85,6 +87,8 @@ def _canonical_label(label: str, name: str, allow_underscore: bool) -> str:
     if label[2:4] == "--":
         if not label.startswith("xn--"):
             raise InvalidName(f"name {name!r} has a reserved label {label!r}")
+        import idna
+
         try:
             if idna.alabel(idna.ulabel(label)).decode("ascii") != label:
                 raise InvalidName(f"name {name!r} has a non-canonical A-label {label!r}")

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from receiver.accounts import AccountStore, SqliteAccountStore
 from receiver.config import Settings
 from receiver.errors import ConfigError, StateMisconfigured, StateUnavailable
-from receiver.journal import GroupCommit, Journal, SqliteJournal
+from receiver.journal import GroupCommit, Journal
 
 log = structlog.get_logger("receiver.state")
 
 if TYPE_CHECKING:
     from providers.local import LocalSettings, RecordStore
+    from receiver.accounts import AccountStore
     from receiver.postgres.database import Database
     from receiver.postgres.records import RecordMirror
 
@@ -106,10 +106,14 @@ def _sqlite(settings: Settings, stack: AsyncExitStack) -> State:
     assert database is not None  # set by config whenever [state] is not
     journal = None
     if settings.journal.enabled:
+        from receiver.sqlite.journal import SqliteJournal
+
         journal = GroupCommit(SqliteJournal(database))
         stack.push_async_callback(journal.aclose)
     accounts = None
     if settings.acme_dns.enabled:
+        from receiver.sqlite.accounts import SqliteAccountStore
+
         accounts = SqliteAccountStore(database)
         stack.push_async_callback(accounts.aclose)
     return State(journal=journal, accounts=accounts)

@@ -12,7 +12,8 @@ import pytest
 from providers.base import ZoneRef
 from providers.local import ChallengeStore
 from receiver import signing
-from receiver.journal import Entry, SqliteJournal
+from receiver.journal import Entry
+from receiver.sqlite.journal import SqliteJournal
 
 from .conftest import INSTANCE, OTHER_INSTANCE, Sender, ServiceFactory
 

@@ -307,7 +307,7 @@ async def test_restart_after_validating_never_asks_again(
 
 
 async def _journal(tmp_path: Path) -> list[Any]:
-    from receiver.journal import SqliteJournal
+    from receiver.sqlite.journal import SqliteJournal
 
     journal = SqliteJournal(tmp_path / "store.sqlite3")
     try:

@@ -39,7 +39,6 @@ from receiver.keys import (
 )
 from receiver.logs import merge
 from receiver.runtime import Runtime
-from receiver.sweep import clean_up_certificates
 from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
 
@@ -306,6 +305,8 @@ class CertificateManagerDoor:
 
     async def _clean_up(self, notification: Notification, summary: dict[str, Any]) -> Outcome:
         """A failed order leaves no value behind: each one its certificates published."""
+        from receiver.sweep import clean_up_certificates  # rare: kept off the cold start
+
         report = await clean_up_certificates(
             self.runtime,
             list(notification.certificates),

@@ -1,0 +1,171 @@
+"""The journal in SQLite (WAL mode): the default store, one file shared by the processes
+on one host. Imported only when the journal is on and `[state]` is not set."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from providers.sqlite import write_transaction
+from receiver.journal import COLUMNS, Entry, Outcome, Settlement, publisher_of
+from receiver.sqlite import SqliteFile
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_entries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    created     REAL NOT NULL,
+    settled     REAL,
+    action      TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+    outcome     TEXT NOT NULL CHECK (outcome IN ('pending', 'done', 'failed')),
+    door        TEXT NOT NULL,
+    sender      TEXT,
+    user        TEXT,
+    certificate TEXT,
+    domain      TEXT,
+    fqdn        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    zone        TEXT NOT NULL,
+    request_id  TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_value ON journal_entries (zone, fqdn, value, id);
+CREATE INDEX IF NOT EXISTS journal_certificate ON journal_entries (certificate);
+CREATE INDEX IF NOT EXISTS journal_created ON journal_entries (created);
+"""
+
+
+class SqliteJournal:
+    """SQLite in WAL mode, shared by processes (`receiver.sqlite.SqliteFile`)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._file = SqliteFile(path, _SCHEMA)
+
+    async def begin(self, entry: Entry) -> int:
+        (entry_id,) = await self.write_batch([entry], [])
+        return entry_id
+
+    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
+        await self.write_batch([], [Settlement(entry_id, outcome, error, self._clock())])
+
+    async def write_batch(
+        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
+    ) -> list[int]:
+        def write(db: sqlite3.Connection) -> list[int]:
+            with write_transaction(db):
+                ids = [db.execute(_INSERT, _row(entry)).lastrowid or 0 for entry in entries]
+                if settlements:
+                    db.executemany(
+                        "UPDATE journal_entries SET outcome = ?, settled = ?, error = ?"
+                        " WHERE id = ?",
+                        [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                    )
+            return ids
+
+        return await self._file.write_now(write)
+
+    async def candidates(
+        self,
+        *,
+        added_before: float | None = None,
+        certificates: Sequence[str] = (),
+        sender: str | None = None,
+    ) -> list[Entry]:
+        where = ["NOT (e.action = 'remove' AND e.outcome = 'done')"]
+        params: list[Any] = []
+        if added_before is not None:
+            where.append("last_add.created <= ?")
+            params.append(added_before)
+        if certificates:
+            where.append(f"last_add.certificate IN ({', '.join('?' for _ in certificates)})")
+            params += list(certificates)
+        if sender is not None:
+            where.append("last_add.sender = ?")
+            params.append(sender)
+        query = f"""
+            SELECT {", ".join(f"e.{c}" for c in COLUMNS)} FROM journal_entries e
+            JOIN (SELECT zone, fqdn, value, MAX(id) AS id FROM journal_entries
+                  GROUP BY zone, fqdn, value) latest ON e.id = latest.id
+            JOIN journal_entries last_add ON last_add.id = (
+                SELECT MAX(id) FROM journal_entries a WHERE a.zone = e.zone
+                AND a.fqdn = e.fqdn AND a.value = e.value AND a.action = 'add')
+            WHERE {" AND ".join(where)} ORDER BY e.id"""  # noqa: S608 - only our own fragments
+        rows = await self._file.read(lambda db: db.execute(query, params).fetchall())
+        return [_entry(row) for row in rows]
+
+    async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
+        query = f"""
+            SELECT {", ".join(COLUMNS)} FROM journal_entries
+            WHERE zone = ? AND fqdn = ? AND value = ? AND (action = 'add' OR id = (
+                SELECT MAX(id) FROM journal_entries WHERE zone = ? AND fqdn = ? AND value = ?))
+            ORDER BY id DESC LIMIT 2"""  # noqa: S608 - column names are ours
+        params = (zone, fqdn, value) * 2
+        rows = await self._file.read_now(lambda db: db.execute(query, params).fetchall())
+        return publisher_of([_entry(row) for row in rows])
+
+    async def entries(
+        self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
+    ) -> list[Entry]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("created >= ?")
+            params.append(since)
+        if domain is not None:  # the name and the names below it: never a pattern
+            below = f"%.{_like_literal(domain)}"
+            where.append(
+                "(domain = ? OR fqdn = ? OR domain LIKE ? ESCAPE '\\' OR fqdn LIKE ? ESCAPE '\\')"
+            )
+            params += [domain, domain, below, below]
+        query = (
+            f"SELECT {', '.join(COLUMNS)} FROM journal_entries WHERE "  # noqa: S608
+            f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._file.read(lambda db: db.execute(query, (*params, limit)).fetchall())
+        return [_entry(row) for row in reversed(rows)]
+
+    async def prune(self, before: float) -> int:
+        """Drop settled history older than `before`, except the latest entry of a value
+        that may still be published: the sweep still needs that one."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute(
+                """DELETE FROM journal_entries WHERE created < ? AND outcome != 'pending'
+                   AND id NOT IN (
+                       SELECT e.id FROM journal_entries e
+                       JOIN (SELECT MAX(id) AS id FROM journal_entries
+                             GROUP BY zone, fqdn, value) latest ON e.id = latest.id
+                       WHERE NOT (e.action = 'remove' AND e.outcome = 'done'))""",
+                (before,),
+            ).rowcount
+
+        return await self._file.run(delete)
+
+    async def aclose(self) -> None:
+        await self._file.aclose()
+
+
+def _like_literal(text: str) -> str:
+    """`text` inside a LIKE pattern with ESCAPE '\\': its `%`, `_` and `\\` match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_INSERTED = [c for c in COLUMNS if c != "id"]
+_INSERT = (
+    f"INSERT INTO journal_entries ({', '.join(_INSERTED)})"  # noqa: S608 - column names are ours
+    f" VALUES ({', '.join('?' for _ in _INSERTED)})"
+)
+
+
+def _row(entry: Entry) -> tuple[Any, ...]:
+    return tuple(getattr(entry, c) for c in _INSERTED)  # asdict would deep-copy each one
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = dict(zip(COLUMNS, row, strict=True))
+    return Entry(**values)
