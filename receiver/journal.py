@@ -170,9 +170,10 @@ class GroupCommit:
         self.backend = backend
         self._clock = clock
         self._entries: list[tuple[Entry, asyncio.Future[int]]] = []
-        self._settlements: list[tuple[Settlement, asyncio.Future[int]]] = []
+        self._settlements: list[Settlement] = []
+        self._queued: asyncio.Future[None] | None = None  # the commit of what is queued
+        self._last_queued: asyncio.Future[None] | None = None  # batches commit in order
         self._flushing: asyncio.Task[None] | None = None
-        self._last_queued: asyncio.Future[int] | None = None  # batches commit in order
         self._deferred: asyncio.TimerHandle | None = None  # settle_soon's own flush
         self._due = False  # queued settlements are to be committed now, not deferred
         self._last_batch = -BATCH_INTERVAL_SECONDS
@@ -180,30 +181,37 @@ class GroupCommit:
     async def begin(self, entry: Entry) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._entries.append((entry, future))
-        self._kick(future)
-        # Shielded: a cancelled request must not cancel the future that later reads wait
-        # on (`_caught_up`); its entry still commits, and the sweep settles it.
-        return await asyncio.shield(future)
+        self._batch()
+        self._flush_now()
+        # A cancelled request cancels only its own future: its entry still commits (the
+        # sweep settles it), and reads wait on the batch's future, which nobody cancels.
+        return await future
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        await asyncio.shield(self._queue_settlement(entry_id, outcome, error))
+        committed = self._queue_settlement(entry_id, outcome, error)
+        self._flush_now()
+        await asyncio.shield(committed)  # the batch's: one caller's cancellation is not all's
 
     def settle_soon(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        future = self._queue_settlement(entry_id, outcome, error, at_once=False)
-        future.add_done_callback(_log_failed_settle)
+        self._queue_settlement(entry_id, outcome, error)
         if self._deferred is None and not self._is_flushing():
             loop = asyncio.get_running_loop()
             self._deferred = loop.call_later(SETTLE_SOON_SECONDS, self._flush_now)
 
     def _queue_settlement(
-        self, entry_id: int, outcome: Outcome, error: str | None, *, at_once: bool = True
-    ) -> asyncio.Future[int]:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._settlements.append((Settlement(entry_id, outcome, error, self._clock()), future))
-        self._last_queued = future
-        if at_once:
-            self._flush_now()
-        return future
+        self, entry_id: int, outcome: Outcome, error: str | None
+    ) -> asyncio.Future[None]:
+        self._settlements.append(Settlement(entry_id, outcome, error, self._clock()))
+        return self._batch()
+
+    def _batch(self) -> asyncio.Future[None]:
+        """The future of the batch that what is queued now will commit in (one per batch,
+        not per change: a change on the request path pays for no future of its own)."""
+        if self._queued is None:
+            self._queued = asyncio.get_running_loop().create_future()
+            self._queued.add_done_callback(_log_failed_batch)
+        self._last_queued = self._queued
+        return self._queued
 
     async def _caught_up(self) -> None:
         """Reads see this process's own writes, settlements not waited for included.
@@ -214,10 +222,6 @@ class GroupCommit:
         if last is not None and not last.done():
             self._flush_now()
             await asyncio.wait([last])
-
-    def _kick(self, queued: asyncio.Future[int]) -> None:
-        self._last_queued = queued
-        self._flush_now()
 
     def _is_flushing(self) -> bool:
         return self._flushing is not None and not self._flushing.done()
@@ -239,24 +243,24 @@ class GroupCommit:
             self._due = False
             entries, self._entries = self._entries, []
             settlements, self._settlements = self._settlements, []
+            committed, self._queued = self._queued, None
+            assert committed is not None  # set by whatever queued
             try:
-                ids = await self.backend.write_batch(
-                    [entry for entry, _ in entries], [item for item, _ in settlements]
-                )
+                ids = await self.backend.write_batch([entry for entry, _ in entries], settlements)
             except Exception as exc:  # every waiter of this batch gets the failure
-                for _, future in (*entries, *settlements):
+                for _, future in entries:
                     if not future.done():
                         future.set_exception(exc)
+                if not committed.done():
+                    committed.set_exception(exc)
                 continue
             for (_, future), entry_id in zip(entries, ids, strict=True):
                 if not future.done():
                     future.set_result(entry_id)
-            for _, future in settlements:
-                if not future.done():
-                    future.set_result(0)
+            if not committed.done():
+                committed.set_result(None)
             self._last_batch = loop.time()
         if self._settlements and self._deferred is None:  # came in during the last batch
-            loop = asyncio.get_running_loop()
             self._deferred = loop.call_later(SETTLE_SOON_SECONDS, self._flush_now)
 
     async def candidates(
@@ -296,9 +300,11 @@ class GroupCommit:
         await self.backend.aclose()
 
 
-def _log_failed_settle(future: asyncio.Future[int]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("journal_settle_failed", error=str(future.exception()))
+def _log_failed_batch(committed: asyncio.Future[None]) -> None:
+    """A batch's failure, said once: outcomes nobody waits for (`settle_soon`) are only
+    logged; the sweep settles their entries from the provider."""
+    if not committed.cancelled() and committed.exception() is not None:
+        log.warning("journal_write_failed", error=str(committed.exception()))
 
 
 def publisher_of(latest: Sequence[Entry]) -> Entry | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from receiver import config
 from receiver import journal as journal_module
@@ -385,3 +386,46 @@ async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
     assert all(isinstance(r, RuntimeError) for r in results)  # one batch, all told
     assert isinstance(await journal.begin(entry("after")), int)  # the next batch commits
     assert {e.value for e in await journal.entries()} == {"after"}
+
+
+async def test_a_cancelled_writer_still_commits_and_reads_do_not_wait_for_it(
+    state: State,
+) -> None:
+    """A request cancelled while its intent commits (a client gone) cancels only its own
+    wait: the entry commits (the sweep settles it) and a read after it sees it."""
+    journal = state.journal
+    assert isinstance(journal, GroupCommit)
+    writer = asyncio.create_task(journal.begin(entry("gone")))
+    await asyncio.sleep(0)  # queued, its batch not yet committed
+    writer.cancel()
+    async with asyncio.timeout(5):
+        seen = await journal.entries()
+    assert writer.cancelled()
+    assert [(e.value, e.outcome) for e in seen] == [("gone", "pending")]
+
+
+async def test_a_failed_batch_of_unwaited_outcomes_is_logged_once(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes nobody waits for (`settle_soon`) that fail to commit are logged, once per
+    batch; their entries stay pending for the sweep."""
+    journal = state.journal
+    assert isinstance(journal, GroupCommit)
+    ids = [await journal.begin(entry(f"v{i}")) for i in range(3)]
+    write_batch = journal.backend.write_batch
+    failures = iter([RuntimeError("disk full")])
+
+    async def flaky(entries: Any, settlements: Any) -> list[int]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await write_batch(entries, settlements)
+
+    monkeypatch.setattr(journal.backend, "write_batch", flaky)
+    with structlog.testing.capture_logs() as logs:
+        for entry_id in ids:
+            journal.settle_soon(entry_id, "done")
+        seen = await journal.entries()  # flushes them now: the batch fails
+    failed = [line for line in logs if line["event"] == "journal_write_failed"]
+    assert [line["error"] for line in failed] == ["disk full"]
+    assert {e.outcome for e in seen} == {"pending"}

@@ -111,15 +111,19 @@ class SqliteFile:
         return await asyncio.to_thread(locked)
 
     async def read_now(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """A short read (an indexed lookup), on the event loop when it need not wait."""
-        db = self._reader
-        if db is not None and self._read_lock.acquire(blocking=False):
-            try:
-                result = _at_once(db, operation)
-            finally:
-                self._read_lock.release()
-            if result is not _BUSY:
-                return result
+        """A short read (an indexed lookup), on the event loop when it need not wait.
+
+        It goes through the writer's connection when no thread is using it: that
+        connection's page cache survives this process's own commits, while the reader's
+        is dropped at every read after a commit (~3x the cost of the lookup here)."""
+        for db, lock in ((self._db, self._lock), (self._reader, self._read_lock)):
+            if db is not None and lock.acquire(blocking=False):
+                try:
+                    result = _at_once(db, operation)
+                finally:
+                    lock.release()
+                if result is not _BUSY:
+                    return result
         return await self.read(operation)
 
     def _wrote(self) -> None:
