@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ import structlog
 from providers.base import Secret
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change, published_by
+from receiver.config import ZoneSettings
 from receiver.door import InboundRequest, Outcome
 from receiver.errors import (
     MethodNotAllowed,
@@ -138,23 +140,11 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
         else dataclasses.replace(challenge, fqdn=route.fqdn)
     )
 
-    # A pending propagation check keeps `write` for its rewrite, so `write` keeps only what
-    # a write needs: the request's id, not the request (body and headers), and the user
-    # token only for an adapter that uses it (the dispatcher drops it for the others).
-    request_id = change.request_id
+    # A pending propagation check keeps the write for its rewrite: see `_Write`.
     user_token = change.user_token
     if not runtime.dispatcher.provider_for(route.zone).wants_user_token:
         user_token = None
-
-    async def write(door: str = origin.door) -> None:
-        await apply_change(
-            runtime,
-            written,
-            route.zone,
-            origin if door == origin.door else dataclasses.replace(origin, door=door),
-            request_id=request_id,
-            user_token=user_token,
-        )
+    write = _Write(runtime, written, route.zone, origin, change.request_id, user_token)
 
     if challenge.action is Action.REMOVE and change.remover is not None:
         own = await published_by(runtime, written, route.zone, change.remover)
@@ -167,16 +157,47 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
             )
     if challenge.action is Action.REMOVE:
         runtime.propagation.forget(written)  # before the removal: never rewrite it later
-    await write()
+    await write(origin.door)
     if challenge.action is Action.ADD:
         if change.wait_for_propagation:
             result = await runtime.propagation.wait(route.zone, written)
             summary["propagation_s"] = round(result.seconds, 2)
         elif runtime.long_running and runtime.settings.propagation.check:
-            runtime.propagation.watch(route.zone, written, rewrite=lambda: write("propagation"))
+            runtime.propagation.watch(route.zone, written, rewrite=write.again)
     status = "published" if challenge.action is Action.ADD else "removed"
     summary["outcome"] = status
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One change's provider write, kept by a pending propagation check to write it once
+    more. It keeps only what a write needs: the request's id, not the request (body and
+    headers), and the user token only for an adapter that uses it. One small object, not
+    closures: with `max_pending` checks pending, closures and their cells cost ~900 bytes
+    each, this ~100."""
+
+    runtime: Runtime
+    challenge: Challenge
+    zone: ZoneSettings
+    origin: Origin
+    request_id: str
+    user_token: Secret | None
+
+    async def __call__(self, door: str) -> None:
+        origin = self.origin if door == self.origin.door else replace(self.origin, door=door)
+        await apply_change(
+            self.runtime,
+            self.challenge,
+            self.zone,
+            origin,
+            request_id=self.request_id,
+            user_token=self.user_token,
+        )
+
+    def again(self) -> Awaitable[None]:
+        """The rewrite of a value still missing from a nameserver, journalled as such."""
+        return self("propagation")
 
 
 def _check_body(runtime: Runtime, request: InboundRequest, *, any_content_type: bool) -> None:

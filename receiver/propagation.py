@@ -129,7 +129,7 @@ class _Check:
     rewrite: Rewrite | None = None
     done: asyncio.Future[Result] | None = None
     asked: tuple[Nameserver, ...] = ()  # set at its first round
-    missing: set[Nameserver] | None = None  # None until its first round
+    missing: frozenset[Nameserver] | None = None  # None until its first round; shared
     rewriting: asyncio.Task[None] | None = None
 
 
@@ -365,9 +365,10 @@ class _ZoneChecker:
                 for check in unresolved:
                     self._owner._failed(check, exc)
                 checks = [check for check in checks if check.missing is not None]
-            else:
+            else:  # one tuple and one set for all: a pending check costs little memory
+                asked, everyone = tuple(nameservers), frozenset(nameservers)
                 for check in unresolved:
-                    check.asked, check.missing = tuple(nameservers), set(nameservers)
+                    check.asked, check.missing = asked, everyone
             checks = [check for check in checks if check in self._checks]  # none forgotten
         questions: dict[Nameserver, dict[str, None]] = {}
         for check in checks:
@@ -378,9 +379,11 @@ class _ZoneChecker:
         for check in checks:
             if check not in self._checks or check.missing is None:
                 continue  # forgotten, dropped or failed during the round
-            check.missing = {
+            lacking = [
                 ns for ns in check.missing if check.value not in answers.get((ns, check.fqdn), ())
-            }
+            ]
+            if len(lacking) < len(check.missing):  # else the shared set stays
+                check.missing = frozenset(lacking)
             elapsed = now - check.started
             if not check.missing:
                 self._owner._settled(check, Result(True, elapsed, ()))

@@ -205,7 +205,7 @@ class MemoryHarness:
 
     async def seed_foreign(self, fqdn: str, value: str) -> None:
         current = self.store.sets.get(fqdn)
-        values = (current.values if current else frozenset()) | {value}
+        values = tuple(dict.fromkeys((*(current.values if current else ()), value)))
         self.store.sets[fqdn] = _RecordSet(current.ttl if current else 300, values)
 
     def inject(
