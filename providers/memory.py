@@ -17,6 +17,8 @@ from providers.rate_budget import RateBudget
 
 @dataclass(frozen=True)
 class MemorySettings:
+    """Options of the in-process provider (tests, demos, benchmarks)."""
+
     latency_ms: int = setting(default=0, help="Simulated API latency per call, in milliseconds.")
 
 

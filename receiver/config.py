@@ -518,6 +518,8 @@ class ZoneSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole configuration, validated: every host and door reads only this."""
+
     server: ServerSettings = field(default_factory=ServerSettings)
     log: LogSettings = field(default_factory=LogSettings)
     certificate_manager: CertificateManagerSettings = field(

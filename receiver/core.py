@@ -156,7 +156,7 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
                 code="user_token_required",
             )
     if challenge.action is Action.REMOVE:
-        runtime.propagation.forget(written)  # before the removal: never rewrite it later
+        runtime.forget_check(written)  # before the removal: never rewrite it later
     await write(origin.door)
     if challenge.action is Action.ADD:
         if change.wait_for_propagation:

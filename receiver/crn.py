@@ -21,6 +21,9 @@ class InvalidCrn(ValueError):
 
 @dataclass(frozen=True)
 class InstanceCrn:
+    """A Certificate Manager instance, by CRN: its text is what allow lists and the
+    journal compare; region and account pick its key endpoint and check user tokens."""
+
     text: str
     region: str
     account: str

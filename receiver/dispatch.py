@@ -129,6 +129,8 @@ class Coalescer:
 
 @dataclass(frozen=True)
 class _Submitted:
+    """A change waiting for its batch, and the future its request waits on."""
+
     change: TxtChange
     request_id: str
     user_token: Secret | None

@@ -33,6 +33,8 @@ def request_id(*offered: str | None) -> str:
 
 @dataclass(frozen=True)
 class InboundRequest:
+    """A request as every host hands it to the core: no framework object gets past a host."""
+
     method: str
     path: str
     headers: Mapping[str, str]  # lower-case names

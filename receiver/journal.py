@@ -57,6 +57,9 @@ class Origin:
 
 @dataclass(frozen=True)
 class Entry:
+    """One provider write as the journal keeps it: who asked, for what, and how it ended
+    (`id` is the store's, left out of comparisons)."""
+
     action: Literal["add", "remove"]
     outcome: Outcome
     fqdn: str

@@ -109,6 +109,8 @@ class FileSenderKeys:
 
 @dataclass
 class _Fetched:
+    """One instance's key as last fetched, and when: failures are retried, not hammered."""
+
     key: PublicKey | None = None
     attempted_at: float = float("-inf")
     failed: bool = False

@@ -17,6 +17,8 @@ from receiver.errors import Forbidden, InvalidName
 
 @dataclass(frozen=True)
 class Route:
+    """Where a challenge is written: its zone, and the name after any CNAME delegation."""
+
     zone: ZoneSettings  # the zone written to: always one with a provider
     fqdn: str  # the record name written
     delegated_from: str | None = None  # the challenge name, when it is a CNAME to `fqdn`

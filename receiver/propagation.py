@@ -45,6 +45,8 @@ LOCAL_RESPONDER = "built-in responder"
 
 @dataclass(frozen=True)
 class Nameserver:
+    """An authoritative nameserver, asked directly (no resolver cache in between)."""
+
     name: str
     host: str
     port: int
@@ -52,6 +54,8 @@ class Nameserver:
 
 @dataclass(frozen=True)
 class Result:
+    """A check's end: live everywhere, or which nameservers still lacked the value."""
+
     live: bool
     seconds: float
     missing: tuple[str, ...]  # names of the nameservers that did not serve the value

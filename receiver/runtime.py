@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from providers.base import Provider, StoreBackedProvider
 from providers.errors import ProviderError
@@ -27,23 +27,47 @@ from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
 from receiver.journal import Journal
 from receiver.metrics import Metrics, Uncounted
 from receiver.policy import Policy
-from receiver.propagation import Propagation
 from receiver.state import State
+
+if TYPE_CHECKING:
+    from receiver.challenge import Challenge
+    from receiver.propagation import Propagation
 
 
 @dataclass
 class Runtime:
+    """What every door and host works with, built once per process (or warm function)."""
+
     settings: Settings
     http: HttpGet  # key documents and JWKS, fetched by the doors that verify
     policy: Policy
     dispatcher: Dispatcher
     providers: dict[tuple[str, Any], Provider]
     metrics: Metrics
-    propagation: Propagation
     long_running: bool  # may work on after answering (never on serverless platforms)
     journal: Journal | None
     state: State
     doors: Doors = field(default_factory=Doors)  # set by `receiver.doors.open_doors`
+    _propagation: Propagation | None = field(default=None, init=False, repr=False)
+
+    @property
+    def propagation(self) -> Propagation:
+        """Started on first use: a function whose doors never check never loads it."""
+        if self._propagation is None:
+            from receiver.propagation import Propagation
+
+            self._propagation = Propagation(self.settings.propagation, self.metrics)
+        return self._propagation
+
+    def forget_check(self, challenge: Challenge) -> None:
+        """A value being removed is never checked or written again (`Propagation.forget`);
+        nothing to do when no check was ever started."""
+        if self._propagation is not None:
+            self._propagation.forget(challenge)
+
+    async def _close_propagation(self) -> None:
+        if self._propagation is not None:
+            await self._propagation.aclose()
 
     @classmethod
     @asynccontextmanager
@@ -85,20 +109,19 @@ class Runtime:
                     stack.push_async_callback(adapter.aclose)
                     providers[zone.provider_key] = adapter
             metrics = _metrics(long_running)
-            propagation = Propagation(settings.propagation, metrics)
-            stack.push_async_callback(propagation.aclose)
-            yield cls(
+            runtime = cls(
                 settings=settings,
                 http=http,
                 policy=Policy(settings.zones),
                 dispatcher=Dispatcher(providers, settings.dispatch, metrics=metrics),
                 providers=providers,
                 metrics=metrics,
-                propagation=propagation,
                 long_running=long_running,
                 journal=state.journal,
                 state=state,
             )
+            stack.push_async_callback(runtime._close_propagation)
+            yield runtime
 
     async def readiness(self) -> dict[str, str]:
         """Per-check status; the service is ready when every check passed (`passed`)."""

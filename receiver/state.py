@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class State:
+    """Everything the receiver remembers, on one host's SQLite files or one database."""
+
     journal: Journal | None  # None when `[journal] enabled = false`
     accounts: AccountStore | None  # None when the acme-dns door is off
     database: Database | None = None  # the PostgreSQL pool, when `[state]` is set

@@ -111,7 +111,7 @@ async def _remove(
             challenge = Challenge(
                 Action.REMOVE, entry.domain or entry.fqdn, entry.fqdn, entry.value
             )
-            runtime.propagation.forget(challenge)
+            runtime.forget_check(challenge)
             await apply_change(
                 runtime,
                 challenge,

@@ -32,6 +32,8 @@ _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)
 
 @dataclass(frozen=True)
 class CompactJws:
+    """A JWS split and decoded once: PyJWT only verifies it (its own parse was slow)."""
+
     header: dict[str, Any]
     claims: dict[str, Any]  # not to be trusted before `verify`
     signing_input: bytes

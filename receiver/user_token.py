@@ -23,6 +23,8 @@ WHAT = "user token"
 
 @dataclass(frozen=True)
 class UserIdentity:
+    """Who ordered, from a verified IAM user token: recorded in the journal, never the token."""
+
     subject: str | None
     iam_id: str | None
     account: str

@@ -71,6 +71,8 @@ CLAIMED_TEXT_LIMIT = 100  # unverified text is logged, but never at any length
 
 @dataclass(frozen=True)
 class Notification:
+    """A verified Certificate Manager notification, reduced to what the door acts on."""
+
     instance: InstanceCrn
     event_type: str | None
     certificate_crn: str | None
