@@ -365,11 +365,8 @@ async def test_an_outcome_nobody_waits_for_rides_with_the_next_change_or_commits
         assert await outcome(four) == "done"
 
 
-async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
-    state: State, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    journal = state.journal
-    assert isinstance(journal, GroupCommit)
+def fail_next_batch(journal: GroupCommit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's next batch fails with "disk full"; the ones after it commit."""
     write_batch = journal.backend.write_batch
     failures = iter([RuntimeError("disk full")])
 
@@ -380,6 +377,14 @@ async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
         return await write_batch(entries, settlements)
 
     monkeypatch.setattr(journal.backend, "write_batch", flaky)
+
+
+async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = state.journal
+    assert isinstance(journal, GroupCommit)
+    fail_next_batch(journal, monkeypatch)
     results = await asyncio.gather(
         *(journal.begin(entry(f"v{i}")) for i in range(5)), return_exceptions=True
     )
@@ -412,16 +417,7 @@ async def test_a_failed_batch_of_unwaited_outcomes_is_logged_once(
     journal = state.journal
     assert isinstance(journal, GroupCommit)
     ids = [await journal.begin(entry(f"v{i}")) for i in range(3)]
-    write_batch = journal.backend.write_batch
-    failures = iter([RuntimeError("disk full")])
-
-    async def flaky(entries: Any, settlements: Any) -> list[int]:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        return await write_batch(entries, settlements)
-
-    monkeypatch.setattr(journal.backend, "write_batch", flaky)
+    fail_next_batch(journal, monkeypatch)
     with structlog.testing.capture_logs() as logs:
         for entry_id in ids:
             journal.settle_soon(entry_id, "done")
