@@ -107,7 +107,7 @@ class SqliteJournal:
             key = (zone, fqdn, value)
             rows = db.execute(_LATEST, key).fetchall()
             if rows and rows[0][_ACTION] == "remove" and rows[0][_OUTCOME] != "done":
-                rows += db.execute(_LATEST_ADD, key).fetchall()  # a removal that failed
+                rows += db.execute(_LATEST_ADD, key).fetchall()  # a removal not done
             return rows
 
         rows = await self._file.read_now(lookup)
