@@ -577,3 +577,31 @@ async def test_the_server_answers_before_the_settle_commits(
     release.set()
     (settled,) = await journal.entries()  # a process reads its own settles
     assert settled.outcome == "done"
+
+
+async def test_a_journal_file_made_before_loses_the_unused_certificate_index(
+    tmp_path: Path,
+) -> None:
+    """The index on `certificate` was never used by a query and cost a third of every
+    insert: a file that has it loses it when the journal opens, its entries kept."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE journal_entries (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT"
+        " NULL, settled REAL, action TEXT NOT NULL, outcome TEXT NOT NULL, door TEXT NOT NULL,"
+        " sender TEXT, user TEXT, certificate TEXT, domain TEXT, fqdn TEXT NOT NULL, value TEXT"
+        " NOT NULL, provider TEXT NOT NULL, zone TEXT NOT NULL, request_id TEXT, error TEXT);"
+        "CREATE INDEX journal_certificate ON journal_entries (certificate);"
+        "INSERT INTO journal_entries (created, action, outcome, door, fqdn, value, provider,"
+        " zone) VALUES (1.0, 'add', 'done', 'httpreq', '_acme-challenge.example.com', 'v',"
+        " 'memory', 'example.com');"
+    )
+    old.close()
+    journal = SqliteJournal(path)
+    (kept,) = await journal.entries()
+    await journal.aclose()
+    indexes = sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal_entries'"
+    )
+    assert sorted(name for (name,) in indexes) == ["journal_created", "journal_value"]
+    assert (kept.value, kept.outcome) == ("v", "done")

@@ -104,7 +104,7 @@ async def test_notifications_journal_and_serve_from_postgres(
         ("remove", "done", INSTANCE),
     ]
     ready = await (await service.client.get("/readyz")).json()
-    assert ready["checks"]["database"] == "ok (schema version 2)"
+    assert ready["checks"]["database"] == "ok (schema version 3)"
     assert not list(tmp_path.rglob("*.sqlite3*"))  # with [state], no SQLite file anywhere
 
 
@@ -209,13 +209,19 @@ async def test_migrate_and_probe_commands(postgres_server: Postgres, tmp_path: P
     env = {"DCR_DATABASE_URL": url, "HTTPREQ_PASSWORD": "x"}
     path = str(cli_config(tmp_path))
     code, out, err = await run_cli("migrate", "--config", path, env=env)
-    assert (code, out) == (0, "migrated: applied 1, 2; schema version 2\n")
+    assert (code, out) == (0, "migrated: applied 1, 2, 3; schema version 3\n")
     assert '"event": "database_migrated"' in err
     code, out, _ = await run_cli("migrate", "--config", path, env=env)
-    assert (code, out) == (0, "up to date: schema version 2\n")
+    assert (code, out) == (0, "up to date: schema version 3\n")
+    indexes = postgres_server.psql(
+        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes"
+        " WHERE tablename = 'journal_entries'",
+        database=url.rsplit("/", 1)[1],
+    )
+    assert indexes.strip() == "journal_created,journal_entries_pkey,journal_value"  # 3 dropped one
     code, out, err = await run_cli("check-config", "--probe", "--config", path, env=env)
     assert code == 0, err
-    assert "ok   [state]" in out and "connected; schema version 2" in out
+    assert "ok   [state]" in out and "connected; schema version 3" in out
 
 
 WRONG_DATABASES = [
