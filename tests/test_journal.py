@@ -16,7 +16,7 @@ import pytest
 from providers.base import ZoneRef
 from providers.local import ChallengeStore
 from receiver import signing
-from receiver.journal import Entry
+from receiver.journal import Entry, GroupCommit
 from receiver.sqlite.journal import SqliteJournal
 from receiver.sweep import sweep
 
@@ -266,7 +266,7 @@ async def test_journal_never_holds_a_token(
 
 
 async def test_prune_keeps_what_the_sweep_needs(tmp_path: Path) -> None:
-    journal = SqliteJournal(tmp_path / "j.sqlite3")
+    journal = GroupCommit(SqliteJournal(tmp_path / "j.sqlite3"))
     long_ago = time.time() - 200 * 86400
 
     def entry(action: str, value: str) -> Entry:

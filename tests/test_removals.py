@@ -12,7 +12,7 @@ import pytest
 from providers.base import ZoneRef
 from providers.local import ChallengeStore
 from receiver import signing
-from receiver.journal import Entry
+from receiver.journal import Entry, GroupCommit
 from receiver.sqlite.journal import SqliteJournal
 
 from .conftest import INSTANCE, OTHER_INSTANCE, Sender, ServiceFactory
@@ -92,7 +92,7 @@ async def test_without_a_journal_any_allowed_instance_removes(
 async def test_the_publisher_is_the_latest_add_of_a_value_still_published(
     tmp_path: Path,
 ) -> None:
-    journal = SqliteJournal(tmp_path / "j.sqlite3")
+    journal = GroupCommit(SqliteJournal(tmp_path / "j.sqlite3"))
 
     async def write(action: str, value: str, sender: str, outcome: str = "done") -> None:
         entry = Entry(

@@ -3,13 +3,12 @@ every replica, so a failed order reaching one replica cleans up what another wro
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from receiver.journal import COLUMNS, Entry, Outcome, Settlement, publisher_of
+from receiver.journal import COLUMNS, Entry, Settlement, publisher_of
 from receiver.postgres.database import Database
 
 _SELECTED = ", ".join(f'e."{c}"' for c in COLUMNS)
@@ -29,16 +28,8 @@ _LATEST = """
 
 
 class PostgresJournal:
-    def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: Database) -> None:
         self._database = database
-        self._clock = clock
-
-    async def begin(self, entry: Entry) -> int:
-        (entry_id,) = await self.write_batch([entry], [])
-        return entry_id
-
-    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        await self.write_batch([], [Settlement(entry_id, outcome, error, self._clock())])
 
     async def write_batch(
         self, entries: Sequence[Entry], settlements: Sequence[Settlement]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from providers.sqlite import write_transaction
-from receiver.journal import COLUMNS, Entry, Outcome, Settlement, publisher_of
+from receiver.journal import COLUMNS, Entry, Settlement, publisher_of
 from receiver.sqlite import SqliteFile
 
 _SCHEMA = """
@@ -45,17 +44,9 @@ CREATE INDEX IF NOT EXISTS journal_created ON journal_entries (created);
 class SqliteJournal:
     """SQLite in WAL mode, shared by processes (`receiver.sqlite.SqliteFile`)."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._clock = clock
         self._file = SqliteFile(path, _SCHEMA)
-
-    async def begin(self, entry: Entry) -> int:
-        (entry_id,) = await self.write_batch([entry], [])
-        return entry_id
-
-    async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
-        await self.write_batch([], [Settlement(entry_id, outcome, error, self._clock())])
 
     async def write_batch(
         self, entries: Sequence[Entry], settlements: Sequence[Settlement]
