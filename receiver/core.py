@@ -9,7 +9,6 @@ Exactly one summary log event is emitted per request, here.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
@@ -134,11 +133,7 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
     summary.update(zone=route.zone.name, provider=route.zone.provider, value=challenge.value)
     if route.delegated_from is not None:
         summary["record"] = route.fqdn
-    written = (
-        challenge
-        if route.fqdn == challenge.fqdn
-        else dataclasses.replace(challenge, fqdn=route.fqdn)
-    )
+    written = challenge if route.fqdn == challenge.fqdn else replace(challenge, fqdn=route.fqdn)
 
     # A pending propagation check keeps the write for its rewrite: see `_Write`.
     user_token = change.user_token

@@ -1,9 +1,12 @@
 """One SQLite file used from asyncio: opened on first use (in a worker thread).
 
 Writes go one at a time per process through one connection (several processes are
-serialised by SQLite's own lock). Reads go through a second connection of their own:
-in WAL mode a reader never waits for a writer, so a lookup on the request path does not
-queue behind a batch of journal writes.
+serialised by SQLite's own lock). Reads in worker threads go through a second connection
+of their own: in WAL mode a reader never waits for a writer. A short lookup on the event
+loop uses the writer's connection when no thread holds it, because in WAL mode SQLite
+drops a connection's page cache at its first read after another connection committed:
+the writer's cache survives its own commits, the reader's did not (~3x the lookup's cost
+under load); when a thread holds the writer, the lookup takes the reader's.
 
 Short calls on the request path (`write_now`, `read_now`) run on the event loop itself.
 In WAL mode with `synchronous=NORMAL` a commit is a write to the WAL file, no fsync: about
