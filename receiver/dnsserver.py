@@ -155,7 +155,7 @@ class Answerer:
         except dns.message.ShortHeader:
             return None, 0
         except Exception:  # any parse failure of untrusted bytes
-            return _formerr(wire), 0
+            return formerr(wire), 0
         if query.flags & dns.flags.QR:
             return None, 0  # a response, not a query: never answer (no reflection loops)
         response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
@@ -270,7 +270,7 @@ def _to_wire(response: dns.message.Message, limit: int) -> bytes:
         return response.to_wire(max_size=limit)
 
 
-def _formerr(wire: bytes) -> bytes | None:
+def formerr(wire: bytes) -> bytes | None:
     """A bare FORMERR echoing the id and opcode, when even the header is all we trust."""
     if len(wire) < 12:
         return None

@@ -59,7 +59,7 @@ from receiver.challenge import (
 from receiver.config import Settings
 from receiver.core import ChangeRequest, apply
 from receiver.dispatch import KeyedLocks
-from receiver.dnsserver import Responder, serving_door
+from receiver.dnsserver import Responder, formerr, serving_door
 from receiver.doors.tsig_keys import DoorKey, Keyring, ReplayGuard
 from receiver.errors import DnsRefused, ReceiverError, RequestRejected
 from receiver.journal import Origin
@@ -306,7 +306,7 @@ class Rfc2136Door:
         except dns.message.ShortHeader:
             return None
         except Exception as exc:  # any parse failure of untrusted bytes
-            header = _formerr(wire)
+            header = formerr(wire)
             if header is None:
                 return None
             return Reply(None, "malformed", "rejected", f"unparsable: {exc!r}", header_only=header)
@@ -624,16 +624,6 @@ def _time48(now: float) -> bytes:
     """The server's time as TSIG's 48-bit Other Data of a BADTIME answer."""
     seconds = int(now)
     return struct.pack("!HI", (seconds >> 32) & 0xFFFF, seconds & 0xFFFFFFFF)
-
-
-def _formerr(wire: bytes) -> bytes | None:
-    """A bare FORMERR echoing the id and opcode, when even the header is all we trust."""
-    if len(wire) < 12:
-        return None
-    ident, flags = struct.unpack("!HH", wire[:4])
-    if flags & 0x8000:
-        return None  # was a response
-    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
 def render(reply: Reply, max_size: int | None) -> bytes:
