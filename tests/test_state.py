@@ -68,6 +68,35 @@ def entry(value: str, action: str = "add", **fields: Any) -> Entry:
     return Entry(**{**base, **fields})
 
 
+def recorded_batches(
+    journal: GroupCommit, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, int]]:
+    """(entries, settlements) of each batch the journal writes from now on."""
+    batches: list[tuple[int, int]] = []
+    write_batch = journal.backend.write_batch
+
+    async def counted(entries: Any, settlements: Any) -> list[int]:
+        batches.append((len(entries), len(settlements)))
+        return await write_batch(entries, settlements)
+
+    monkeypatch.setattr(journal.backend, "write_batch", counted)
+    return batches
+
+
+def fail_next_batch(journal: GroupCommit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's next batch fails with "disk full"; the ones after it commit."""
+    write_batch = journal.backend.write_batch
+    failures = iter([RuntimeError("disk full")])
+
+    async def flaky(entries: Any, settlements: Any) -> list[int]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await write_batch(entries, settlements)
+
+    monkeypatch.setattr(journal.backend, "write_batch", flaky)
+
+
 # --- journal -------------------------------------------------------------------------------
 
 
@@ -248,14 +277,7 @@ async def test_concurrent_writes_share_transactions_and_each_waits_for_its_own(
     async with open_state() as first, open_state() as second:
         journal = first.journal
         assert isinstance(journal, GroupCommit)
-        batches: list[tuple[int, int]] = []
-        write_batch = journal.backend.write_batch
-
-        async def counted(entries: Any, settlements: Any) -> list[int]:
-            batches.append((len(entries), len(settlements)))
-            return await write_batch(entries, settlements)
-
-        monkeypatch.setattr(journal.backend, "write_batch", counted)
+        batches = recorded_batches(journal, monkeypatch)
 
         async def one(i: int) -> int:
             entry_id = await journal.begin(entry(f"v{i}"))
@@ -324,14 +346,7 @@ async def test_an_outcome_nobody_waits_for_rides_with_the_next_change_or_commits
     async with open_state() as first, open_state() as second:
         journal, other = first.journal, second.journal
         assert isinstance(journal, GroupCommit) and other is not None
-        batches: list[tuple[int, int]] = []
-        write_batch = journal.backend.write_batch
-
-        async def counted(entries: Any, settlements: Any) -> list[int]:
-            batches.append((len(entries), len(settlements)))
-            return await write_batch(entries, settlements)
-
-        monkeypatch.setattr(journal.backend, "write_batch", counted)
+        batches = recorded_batches(journal, monkeypatch)
         monkeypatch.setattr(journal_module, "SETTLE_SOON_SECONDS", 0.5)  # a loaded CI machine
 
         async def outcome(entry_id: int) -> str:
@@ -363,20 +378,6 @@ async def test_an_outcome_nobody_waits_for_rides_with_the_next_change_or_commits
         journal.settle_soon(four, "done")
         await journal.aclose()
         assert await outcome(four) == "done"
-
-
-def fail_next_batch(journal: GroupCommit, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The journal's next batch fails with "disk full"; the ones after it commit."""
-    write_batch = journal.backend.write_batch
-    failures = iter([RuntimeError("disk full")])
-
-    async def flaky(entries: Any, settlements: Any) -> list[int]:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        return await write_batch(entries, settlements)
-
-    monkeypatch.setattr(journal.backend, "write_batch", flaky)
 
 
 async def test_a_failed_batch_fails_each_of_its_writers_and_not_the_next(
