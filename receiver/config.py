@@ -739,6 +739,11 @@ class _Reader:
             self.problems.append(text)
 
     def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+        if not data:  # an absent table: its defaults, without evaluating its type hints
+            try:
+                return cls()
+            except TypeError:
+                pass  # a required setting: reported below
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         secret_keys = {
