@@ -14,6 +14,10 @@ and stops the clock when the handler's answer is posted back:
 * lib floor: the same handler also importing structlog (and with it asyncio) and PyJWT,
   the libraries every door is built on, so the output separates their import cost from
   the receiver's own.
+* model floor: the library floor also importing one module of dataclasses shaped like
+  those the receiver creates on the same path (same options, field names, annotation
+  texts, kinds of default and docstrings; recorded from a run of the receiver), so the
+  output separates what creating the project's records costs from the rest of its code.
 
 All are timed the same way, under the same runtime client and fake Runtime API, so
 interpreter start, the client's own bootstrap and one exchange are in each.
@@ -26,16 +30,19 @@ Loopback only.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import py_compile
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -154,16 +161,31 @@ def importtime(handler: str, env: dict[str, str], top: int) -> list[str]:
 
 CLASS_CREATION = """
 import dataclasses, json, sys, time
-made = {"seconds": 0.0, "classes": 0}
+made = {"seconds": 0.0, "classes": []}
 plain = dataclasses.dataclass
+
+def shape(cls, options):
+    fields = []
+    for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+        value = cls.__dict__.get(name, dataclasses.MISSING)
+        if isinstance(value, dataclasses.Field):
+            default = "factory" if value.default_factory is not dataclasses.MISSING else (
+                "none" if value.default is dataclasses.MISSING else "value")
+        else:
+            default = "none" if value is dataclasses.MISSING else "value"
+        fields.append([name, str(annotation), default])
+    return {"name": cls.__qualname__, "module": cls.__module__, "options": options,
+            "doc": "__doc__" in cls.__dict__ and cls.__doc__ is not None, "fields": fields}
 
 def timed(cls=None, /, **options):
     def wrap(target):
+        ours = target.__module__.split(".")[0] in ("receiver", "providers")
+        found = shape(target, options) if ours else None  # before fields become defaults
         started = time.perf_counter()
         result = plain(**options)(target)
-        if target.__module__.split(".")[0] in ("receiver", "providers"):
+        if ours:
             made["seconds"] += time.perf_counter() - started
-            made["classes"] += 1
+            made["classes"].append(found)
         return result
     return wrap if cls is None else wrap(cls)
 
@@ -178,9 +200,9 @@ print(json.dumps(made))
 
 def class_creation(
     handler: str, env: dict[str, str], event: dict[str, object]
-) -> tuple[float, int]:
+) -> tuple[float, list[dict[str, Any]]]:
     """Seconds the receiver's own dataclasses take to be created (Python 3.11 compiles each
-    generated method on its own) over the import and first invocation, and how many."""
+    generated method on its own) over the import and first invocation, and their shapes."""
     result = subprocess.run(
         [sys.executable, "-c", CLASS_CREATION, handler, json.dumps(event)],
         env=env,
@@ -191,6 +213,39 @@ def class_creation(
     )
     made = json.loads(result.stdout.strip().splitlines()[-1])
     return made["seconds"], made["classes"]
+
+
+DATA_MODEL_MODULE = "_cold_start_data_model"  # written beside the floor for one run
+_DEFAULTS = {"none": "", "value": " = None", "factory": " = field(default_factory=tuple)"}
+
+
+def data_model_source(classes: list[dict[str, Any]]) -> str:
+    """One module of dataclasses shaped like the receiver's: the same options, field names,
+    annotation texts, kinds of default and docstrings, so that creating them costs what
+    creating the receiver's costs."""
+    lines = ["from __future__ import annotations", "", "from dataclasses import dataclass, field"]
+    for number, cls in enumerate(classes):
+        options = ", ".join(f"{key}={value!r}" for key, value in cls["options"].items())
+        lines += ["", "", f"@dataclass({options})", f"class Record{number}:"]
+        if cls["doc"]:
+            lines.append('    """A record."""')
+        lines += [f"    {name}: {hint}{_DEFAULTS[kind]}" for name, hint, kind in cls["fields"]]
+        if not cls["doc"] and not cls["fields"]:
+            lines.append("    pass")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def data_model_module(classes: list[dict[str, Any]], provider: str) -> Iterator[str]:
+    """The module, compiled as the receiver's are, importable from the floor's folder."""
+    source = HERE / f"{DATA_MODEL_MODULE}_{provider}.py"
+    source.write_text(data_model_source(classes))
+    try:
+        py_compile.compile(str(source), doraise=True)
+        yield source.stem
+    finally:
+        source.unlink()
+        Path(importlib.util.cache_from_source(str(source))).unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -208,7 +263,7 @@ def main() -> None:
         env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
         check=True,
     )
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as modules:
         folder = Path(scratch)
         private = signing.generate_private_key()
         aws = moto() if "route53" in providers else nullcontext(None)
@@ -219,19 +274,6 @@ def main() -> None:
             signer = load_pem_private_key(private, None)
             base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             base.update(AWS_ENV, PYTHONDONTWRITEBYTECODE="1", AWS_LAMBDA_FUNCTION_NAME="bench")
-            variants: dict[str, tuple[str, dict[str, str]]] = {}
-            for provider in providers:
-                config = write_config(folder, key_url, provider, moto_url)
-                boto = "1" if provider == "route53" else ""
-                variants[f"{provider} floor"] = (FLOOR_HANDLER, {**base, "FLOOR_BOTO3": boto})
-                variants[f"{provider} lib floor"] = (
-                    FLOOR_HANDLER,
-                    {**base, "FLOOR_BOTO3": boto, "FLOOR_LIBRARIES": "1"},
-                )
-                variants[f"{provider} receiver"] = (
-                    RECEIVER_HANDLER,
-                    {**base, "DNS_CHALLENGE_RECEIVER_CONFIG": str(config)},
-                )
 
             def event() -> dict[str, object]:
                 claims = signing.notification_claims(
@@ -242,6 +284,36 @@ def main() -> None:
                 )
                 body = signing.envelope(jwt.encode(claims, signer, algorithm="RS256"))
                 return events.function_url(body, headers={"content-type": "application/json"})
+
+            variants: dict[str, tuple[str, dict[str, str]]] = {}
+            made: dict[str, tuple[float, int]] = {}
+            for provider in providers:
+                config = write_config(folder, key_url, provider, moto_url)
+                boto = "1" if provider == "route53" else ""
+                receiver = (
+                    RECEIVER_HANDLER,
+                    {**base, "DNS_CHALLENGE_RECEIVER_CONFIG": str(config)},
+                )
+                # What the receiver's own dataclasses take to create, and their shapes.
+                creations = [class_creation(*receiver, event()) for _ in range(3)]
+                shapes = creations[0][1]
+                made[provider] = (statistics.median(c[0] for c in creations), len(shapes))
+                model = modules.enter_context(data_model_module(shapes, provider))
+                variants[f"{provider} floor"] = (FLOOR_HANDLER, {**base, "FLOOR_BOTO3": boto})
+                variants[f"{provider} lib floor"] = (
+                    FLOOR_HANDLER,
+                    {**base, "FLOOR_BOTO3": boto, "FLOOR_LIBRARIES": "1"},
+                )
+                variants[f"{provider} model floor"] = (
+                    FLOOR_HANDLER,
+                    {
+                        **base,
+                        "FLOOR_BOTO3": boto,
+                        "FLOOR_LIBRARIES": "1",
+                        "FLOOR_DATA_MODEL": model,
+                    },
+                )
+                variants[f"{provider} receiver"] = receiver
 
             for handler, env in variants.values():  # warm the page cache, unmeasured
                 one_run(handler, env, event())
@@ -274,18 +346,20 @@ def main() -> None:
                 "library floor/floor (structlog, asyncio, PyJWT alone): "
                 + ratios("lib floor", "floor")
             )
-            print("receiver/library floor: " + ratios("receiver", "lib floor"))
-            for provider in providers:  # what the receiver's own class creation costs
-                handler, env = variants[f"{provider} receiver"]
-                made = [class_creation(handler, env, event()) for _ in range(3)]
-                seconds = statistics.median(m[0] for m in made)
+            for provider, (seconds, classes) in made.items():
                 ours = statistics.median(r[1] for r in timings[f"{provider} receiver"])
                 floor = statistics.median(r[1] for r in timings[f"{provider} lib floor"])
+                without = (ours - seconds) / floor
                 print(
-                    f"{provider}: the receiver's {made[0][1]} dataclasses take"
-                    f" {seconds * 1000:.1f} ms to create; receiver/library floor without"
-                    f" them {(ours - seconds) / floor:.2f}"
+                    f"{provider}: the receiver's {classes} dataclasses take {seconds * 1000:.1f} ms"
+                    f" to create; receiver/library floor without them {without:.2f}"
                 )
+            print(
+                "model floor/library floor (the same dataclasses, in one module): "
+                + ratios("model floor", "lib floor")
+            )
+            print("receiver/model floor: " + ratios("receiver", "model floor"))
+            print("receiver/library floor: " + ratios("receiver", "lib floor"))
             print("cold start ratio receiver/floor: " + ratios("receiver", "floor"))
 
 

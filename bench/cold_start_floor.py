@@ -3,8 +3,13 @@ avoid (cryptography's RSA module; boto3 too when FLOOR_BOTO3 is set) and answers
 
 With FLOOR_LIBRARIES set it also imports the libraries the product is built on and that
 every door loads: structlog (which imports asyncio itself) and PyJWT. That second floor
-shows how much of the gap is those libraries' import cost rather than the receiver's."""
+shows how much of the gap is those libraries' import cost rather than the receiver's.
 
+With FLOOR_DATA_MODEL (a module name) it also imports that module: `cold_start.py` writes
+one that defines dataclasses shaped like the ones the receiver creates on its cold path, so
+that floor includes the cost of the data model the project keeps its records in."""
+
+import importlib
 import os
 
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: F401 - the floor itself
@@ -17,6 +22,9 @@ if os.environ.get("FLOOR_LIBRARIES"):
 
     import jwt  # noqa: F401
     import structlog  # noqa: F401
+
+if os.environ.get("FLOOR_DATA_MODEL"):
+    importlib.import_module(os.environ["FLOOR_DATA_MODEL"])
 
 
 def handler(event: object, context: object) -> dict[str, object]:
