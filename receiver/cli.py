@@ -548,7 +548,7 @@ async def _run_sweep(settings: config.Settings, max_age: float | None, dry_run: 
 def _secrets_manager_sync(args: argparse.Namespace) -> int:
     settings = _load(args)
     logs.configure(settings.log, sys.stderr)
-    if not settings.secrets_manager.enabled:
+    if settings.secrets_manager is None or not settings.secrets_manager.enabled:
         print("secrets-manager sync: [secrets_manager] enabled = false", file=sys.stderr)
         return 2
     return asyncio.run(_run_secrets_manager_sync(settings))

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from providers.base import Capabilities, setting, settings_acting_as_user
 from providers.registry import UnknownProvider, is_provider, load_provider_class, provider_names
@@ -28,6 +28,16 @@ from providers.secret import Secret
 from receiver.challenge import canonical_name, longest_zone
 from receiver.crn import InstanceCrn, InvalidCrn
 from receiver.errors import ConfigError, InvalidName
+
+if TYPE_CHECKING:
+    from receiver.door_settings import (
+        AcmeDnsSettings,
+        DigicertSettings,
+        HttpreqSettings,
+        Rfc2136DoorSettings,
+        Rfc2136KeySettings,
+        SecretsManagerSettings,
+    )
 
 CONFIG_ENV = "DNS_CHALLENGE_RECEIVER_CONFIG"
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -308,181 +318,6 @@ class StateSettings:
 
 
 @dataclass(frozen=True)
-class HttpreqSettings:
-    """lego's `httpreq` protocol: POST /present and /cleanup with HTTP basic auth."""
-
-    enabled: bool = setting(default=False, help="Serve POST /present and POST /cleanup.")
-    username: str = setting(default="", help="Basic-auth user name (required when enabled).")
-    password: Secret | None = setting(
-        default=None, help="Basic-auth password (required when enabled).", secret=True
-    )
-
-
-@dataclass(frozen=True)
-class AcmeDnsSettings:
-    """The acme-dns API: POST /update (and /register when allowed) for one served zone."""
-
-    enabled: bool = setting(default=False, help="Serve POST /update (and /register).")
-    zone: str = setting(
-        default="",
-        help="Registrations live at <subdomain>.<zone>; a [[zones]] entry with a provider,"
-        " typically local.",
-    )
-    allow_register: bool = setting(
-        default=False, help="Serve POST /register, which needs no credentials."
-    )
-    # What an unauthenticated caller can cost: registrations per source address (a
-    # burst, then a steady rate), accounts in all, and password checks waiting.
-    register_burst: int = setting(
-        default=10, help="Registrations at once per source address (an IPv6 /64 is one)."
-    )
-    register_per_hour: float = setting(
-        default=30, help="Rate at which the burst refills; beyond it, 429."
-    )
-    max_accounts: int = setting(
-        default=10_000, help="Accounts in all; then 403 account_limit_reached."
-    )
-    max_pending_password_checks: int = setting(
-        default=16, help="Password checks running or waiting; beyond: 503 busy."
-    )
-
-
-TsigAlgorithm = Literal[
-    "hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"
-]
-DEFAULT_DOOR_NAMES = ("_acme-challenge.*",)
-
-
-@dataclass(frozen=True)
-class Rfc2136KeySettings:
-    """One TSIG key of the RFC 2136 door (`[[rfc2136_door.keys]]`): who holds it may change
-    TXT records at the names it allows, in the zones it lists, at the rate it allows."""
-
-    name: str = setting(help="The TSIG key name, as clients send it (tsig-keygen's argument).")
-    secret: Secret = setting(
-        help="The key's base64 secret, as `tsig-keygen` prints it (at least 16 bytes).",
-        secret=True,
-    )
-    algorithm: TsigAlgorithm = setting(
-        default="hmac-sha256",
-        help="The TSIG algorithm; a message signed with any other is refused (BADKEY).",
-    )
-    zones: tuple[str, ...] = setting(
-        default=(), help="Configured [[zones]] this key may change (at least one)."
-    )
-    names: tuple[str, ...] = setting(
-        default=DEFAULT_DOOR_NAMES,
-        help="Patterns of the names this key may change (`*` matches any characters, dots"
-        " included), inside its zones; values at `_acme-challenge` names must be challenge"
-        " digests.",
-    )
-    changes_per_minute: float = setting(
-        default=60.0,
-        help="Record changes this key may make per minute, after its burst (GCRA); beyond"
-        " it, an UPDATE is REFUSED and nothing of it is written (0.1 to 10000000).",
-    )
-    burst: int = setting(default=30, help="Record changes this key may make at once (1 to 10000).")
-
-
-@dataclass(frozen=True)
-class Rfc2136DoorSettings:
-    """RFC 2136 dynamic updates signed with TSIG (nsupdate, certbot-dns-rfc2136, lego,
-    cert-manager), served by the built-in DNS listener on UDP and TCP."""
-
-    enabled: bool = setting(default=False, help="Accept signed UPDATEs and answer SOA queries.")
-    listen: str | None = setting(
-        default=None,
-        help="host:port of the door's UDP and TCP listener; default: local.dns_listen (one"
-        " socket serves both when they are equal).",
-    )
-    fudge_seconds: int = setting(
-        default=300,
-        help="Largest clock difference accepted (1 to 3600): a message's own fudge is"
-        " capped at this; beyond it, BADTIME.",
-    )
-    keys: tuple[Rfc2136KeySettings, ...] = setting(
-        default=(), help="The TSIG keys, `[[rfc2136_door.keys]]` (at least one when enabled)."
-    )
-
-
-@dataclass(frozen=True)
-class DigicertSettings:
-    """DigiCert AuthKey request tokens (`dcv_method = http-token` needs `fileauth`)."""
-
-    auth_key: Secret | None = setting(
-        default=None, help="The DigiCert AuthKey (required with fileauth).", secret=True
-    )
-    fileauth: bool = setting(
-        default=False,
-        help="Serve GET /.well-known/pki-validation/fileauth.txt for the hosts below.",
-    )
-    fileauth_csr_files: dict[str, Path] = field(
-        default_factory=dict,
-        metadata={
-            "help": "host -> the PEM CSR file (hashed byte for byte) whose token that host serves."
-        },
-    )
-
-
-@dataclass(frozen=True)
-class SecretsManagerInstanceSettings:
-    """One IBM Cloud Secrets Manager instance whose manual-DNS orders this service serves."""
-
-    instance_id: str = setting(help="The instance's GUID.")
-    region: str = setting(help="Its region, e.g. us-south.")
-    endpoint: str = setting(
-        default="private",
-        help='"private" (the default; the private network), "public", or a full https://'
-        " URL used as the base URL as given (http:// only for loopback addresses).",
-    )
-    iam_url: str = setting(
-        default="https://iam.cloud.ibm.com/identity/token",
-        help="The IAM token endpoint.",
-    )
-    api_key: Secret | None = setting(
-        default=None,
-        help="An IAM API key with the Writer role on the instance (api_key_env or api_key_file).",
-        secret=True,
-    )
-    cr_token_file: Path | None = setting(
-        default=None,
-        help="Code Engine: the compute-resource token file, exchanged with trusted_profile_id"
-        " (instead of an API key).",
-    )
-    trusted_profile_id: str = setting(
-        default="", help="The trusted profile the CR token is exchanged for."
-    )
-    secret_groups: tuple[str, ...] = setting(
-        default=(), help="Only secrets in these secret groups (IDs, or default); empty: all."
-    )
-    labels: tuple[str, ...] = setting(
-        default=(), help="Only secrets that carry all of these labels; empty: no filter."
-    )
-
-
-@dataclass(frozen=True)
-class SecretsManagerSettings:
-    """IBM Cloud Secrets Manager: publish the challenges of public certificates ordered
-    with `dns = manual`, ask for validation, and remove the values afterwards."""
-
-    enabled: bool = setting(default=False, help="Poll the instances below.")
-    interval_seconds: float = setting(
-        default=60.0, help="The server's pause between passes (10 to 86400), jittered by 10%."
-    )
-    rate_per_second: float = setting(
-        default=20.0, help="Requests per second to one instance, at most (0.1 to 20)."
-    )
-    lease_seconds: float = setting(
-        default=900.0,
-        help="How long one pass holds a secret: another replica or cron job skips it meanwhile"
-        " (60 to 86400; a pass that dies frees it after this long).",
-    )
-    instances: tuple[SecretsManagerInstanceSettings, ...] = setting(
-        default=(), help="[[secrets_manager.instances]]: the instances polled."
-    )
-
-
-@dataclass(frozen=True)
 class ZoneSettings:
     """A zone the receiver may write to (`provider`), or a zone whose challenge names are
     CNAMEs into one that it writes to (`cname_to`): exactly one of the two is set."""
@@ -530,11 +365,13 @@ class Settings:
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     state: StateSettings = field(default_factory=StateSettings)
-    httpreq: HttpreqSettings = field(default_factory=HttpreqSettings)
-    acme_dns: AcmeDnsSettings = field(default_factory=AcmeDnsSettings)
-    digicert: DigicertSettings = field(default_factory=DigicertSettings)
-    rfc2136_door: Rfc2136DoorSettings = field(default_factory=Rfc2136DoorSettings)
-    secrets_manager: SecretsManagerSettings = field(default_factory=SecretsManagerSettings)
+    # The doors that are off unless configured (`receiver.door_settings`): None without
+    # their table.
+    httpreq: HttpreqSettings | None = None
+    acme_dns: AcmeDnsSettings | None = None
+    digicert: DigicertSettings | None = None
+    rfc2136_door: Rfc2136DoorSettings | None = None
+    secrets_manager: SecretsManagerSettings | None = None
     zones: tuple[ZoneSettings, ...] = ()
 
 
@@ -547,12 +384,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "propagation": PropagationSettings,
     "journal": JournalSettings,
     "state": StateSettings,
-    "httpreq": HttpreqSettings,
-    "acme_dns": AcmeDnsSettings,
-    "digicert": DigicertSettings,
-    "rfc2136_door": Rfc2136DoorSettings,
-    "secrets_manager": SecretsManagerSettings,
 }
+# Built from `receiver.door_settings.SECTIONS`, imported only when one of these is given.
+DOOR_SECTIONS = ("httpreq", "acme_dns", "digicert", "rfc2136_door", "secrets_manager")
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
@@ -583,16 +417,22 @@ def from_mapping(
     reader = _Reader(base_dir or Path.cwd(), os.environ if environ is None else environ)
     provider_tables = []
     for key in data:
-        if key in _SECTIONS or key == "zones":
+        if key in _SECTIONS or key in DOOR_SECTIONS or key == "zones":
             continue
         if is_provider(key):
             provider_tables.append(key)
         else:
-            known = ", ".join([*_SECTIONS, "zones", *provider_names()])
+            known = ", ".join([*_SECTIONS, *DOOR_SECTIONS, "zones", *provider_names()])
             reader.problem(key, f"unknown section (known: {known})")
     sections = {
         name: reader.build(cls, _table(reader, data, name), name) for name, cls in _SECTIONS.items()
     }
+    if any(name in data for name in DOOR_SECTIONS):
+        from receiver import door_settings
+
+        for name, cls in door_settings.SECTIONS.items():
+            if name in data:
+                sections[name] = reader.build(cls, _table(reader, data, name), name)
     # A top-level table named after a provider holds defaults for every zone using it.
     reader.provider_defaults = {name: _table(reader, data, name) for name in provider_tables}
     raw_zones = data.get("zones", [])
@@ -1018,10 +858,10 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
     if not path.startswith("/") or path in RESERVED_PATHS or any(c in path for c in "?#{} "):
         reader.problem("server.callback_path", f"must be a plain absolute path, not {path!r}")
     open_doors = {
-        "httpreq": settings.httpreq.enabled,
-        "acme_dns": settings.acme_dns.enabled,
+        "httpreq": settings.httpreq is not None and settings.httpreq.enabled,
+        "acme_dns": settings.acme_dns is not None and settings.acme_dns.enabled,
         "admin": settings.journal.enabled and settings.journal.admin_token is not None,
-        "fileauth": settings.digicert.fileauth,
+        "fileauth": settings.digicert is not None and settings.digicert.fileauth,
     }
     for door, paths in DOOR_PATHS.items():
         if settings.certificate_manager.enabled and open_doors[door] and path in paths:
@@ -1119,6 +959,9 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
             )
         seen.setdefault(zone.name, index)
+    doors = [getattr(settings, name) for name in DOOR_SECTIONS]
+    if not cm.enabled and not any(door is not None and door.enabled for door in doors):
+        reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
     _check_digicert(settings, reader)
     _check_doors(settings, reader)
     _check_secrets_manager(settings, reader)
@@ -1146,6 +989,25 @@ def _check_acting_as_user(settings: Settings, reader: _Reader) -> None:
             )
 
 
+def base_url_problem(url: str) -> str | None:
+    """An https:// URL, or http:// to a loopback address only (tests, local proxies)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "must be an https:// URL"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return None
+        except ValueError:
+            if parts.hostname == "localhost":
+                return None
+        return "http:// only for a loopback address; use https://"
+    return "must be an https:// URL"
+
+
 SM_REGIONS = frozenset(
     {
         "us-south", "us-east", "ca-tor", "ca-mon", "br-sao", "eu-gb", "eu-de", "eu-es",
@@ -1156,7 +1018,7 @@ SM_REGIONS = frozenset(
 
 def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
     sm = settings.secrets_manager
-    if not sm.enabled:
+    if sm is None or not sm.enabled:
         return
     for key, value, low, high in (
         ("interval_seconds", sm.interval_seconds, 10, 86400),
@@ -1204,42 +1066,17 @@ def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def base_url_problem(url: str) -> str | None:
-    """An https:// URL, or http:// to a loopback address only (tests, local proxies)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "must be an https:// URL"
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and parts.hostname:
-        try:
-            if ipaddress.ip_address(parts.hostname).is_loopback:
-                return None
-        except ValueError:
-            if parts.hostname == "localhost":
-                return None
-        return "http:// only for a loopback address; use https://"
-    return "must be an https:// URL"
-
-
 def _check_doors(settings: Settings, reader: _Reader) -> None:
-    httpreq, acme_dns = settings.httpreq, settings.acme_dns
-    doors = (
-        settings.certificate_manager,
-        httpreq,
-        acme_dns,
-        settings.rfc2136_door,
-        settings.secrets_manager,
-    )
-    if not any(door.enabled for door in doors):
-        reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
     _check_rfc2136_door(settings, reader)
-    if httpreq.enabled:
+    httpreq = settings.httpreq
+    if httpreq is not None and httpreq.enabled:
         if not httpreq.username or ":" in httpreq.username:
             reader.problem("httpreq.username", "required, without ':'")
         if httpreq.password is None:
             reader.problem("httpreq.password", "required: set password_env or password_file")
+    acme_dns = settings.acme_dns
+    if acme_dns is None:
+        return
     if acme_dns.enabled:
         try:
             zone = canonical_name(acme_dns.zone)
@@ -1262,7 +1099,7 @@ def _check_doors(settings: Settings, reader: _Reader) -> None:
 def _check_rfc2136_door(settings: Settings, reader: _Reader) -> None:
     """Keys that can work and can only reach configured zones; fail closed otherwise."""
     door = settings.rfc2136_door
-    if not door.enabled:
+    if door is None or not door.enabled:
         return
     if door.listen is not None:
         try:
@@ -1301,7 +1138,8 @@ def _check_rfc2136_key(
         if name in seen:
             reader.problem(f"{prefix}.name", f"{name!r} names another key too")
         seen.add(name)
-        if settings.httpreq.enabled and name == settings.httpreq.username:
+        httpreq = settings.httpreq
+        if httpreq is not None and httpreq.enabled and name == httpreq.username:
             # The journal tells senders apart by name: one name, one sender.
             reader.problem(f"{prefix}.name", "must differ from httpreq.username")
     try:
@@ -1337,7 +1175,7 @@ def _check_rfc2136_key(
 
 def _check_digicert(settings: Settings, reader: _Reader) -> None:
     digicert = settings.digicert
-    if not digicert.fileauth:
+    if digicert is None or not digicert.fileauth:
         return
     if digicert.auth_key is None:
         reader.problem("digicert.auth_key", "required with fileauth: set auth_key_env or _file")

@@ -19,7 +19,7 @@ import structlog
 
 from providers.rate_budget import RateBudget
 from providers.retry_after import retry_after_seconds
-from receiver.config import SecretsManagerInstanceSettings
+from receiver.door_settings import SecretsManagerInstanceSettings
 from receiver.errors import UpstreamFailed
 from receiver.ibm_iam import IamTokens
 

@@ -113,7 +113,7 @@ def _sqlite(settings: Settings, stack: AsyncExitStack) -> State:
         journal = GroupCommit(SqliteJournal(database))
         stack.push_async_callback(journal.aclose)
     accounts = None
-    if settings.acme_dns.enabled:
+    if settings.acme_dns is not None and settings.acme_dns.enabled:
         from receiver.sqlite.accounts import SqliteAccountStore
 
         accounts = SqliteAccountStore(database)
@@ -132,8 +132,9 @@ async def _postgres(settings: Settings, stack: AsyncExitStack) -> State:
     if settings.journal.enabled:  # closed before the database: its last batch goes out
         journal = GroupCommit(PostgresJournal(database))
         stack.push_async_callback(journal.aclose)
+    acme_dns = settings.acme_dns is not None and settings.acme_dns.enabled
     return State(
         journal=journal,
-        accounts=PostgresAccountStore(database) if settings.acme_dns.enabled else None,
+        accounts=PostgresAccountStore(database) if acme_dns else None,
         database=database,
     )

@@ -221,9 +221,12 @@ def supervise(settings: Settings, count: int, work: Work) -> int:
                 shared = with_dns_listen(shared, dns.listen)
         door = settings.rfc2136_door  # the RFC 2136 door on a port of its own, if it has one
         door_dns = None
-        shares = door.listen is None or (local and door.listen == local[0].options.dns_listen)
-        if door.enabled and not shares:
-            assert door.listen is not None
+        if (
+            door is not None
+            and door.enabled
+            and door.listen is not None
+            and not (local and door.listen == local[0].options.dns_listen)
+        ):
             door_dns = _reserve(reservations, "rfc2136_door.listen", door.listen, datagrams=True)
             moved = dataclasses.replace(door, listen=door_dns.listen)
             shared = dataclasses.replace(shared, rfc2136_door=moved)

@@ -311,3 +311,22 @@ def test_the_paths_config_reserves_are_the_doors_own() -> None:
     assert {door.name: frozenset(r.path for r in door.routes) for door in doors} == (
         config.DOOR_PATHS
     )
+
+
+def test_the_sections_of_doors_that_are_off_are_none_until_given() -> None:
+    """A door's table that is absent leaves its section None (the door is off, and its
+    classes are never defined on a cold start); a given one is built, defaults and all."""
+    from receiver import door_settings
+
+    assert tuple(door_settings.SECTIONS) == config.DOOR_SECTIONS
+    settings = config.from_mapping(MINIMAL)
+    assert all(getattr(settings, name) is None for name in config.DOOR_SECTIONS)
+    with pytest.raises(ConfigError, match=r"rfc2136_door: no \[rfc2136_door\] table"):
+        door_settings.configured(settings.rfc2136_door, "rfc2136_door")
+    given = config.from_mapping({**MINIMAL, "httpreq": {}, "acme_dns": {"register_burst": 5}})
+    assert given.httpreq == door_settings.HttpreqSettings()
+    assert given.acme_dns == door_settings.AcmeDnsSettings(register_burst=5)
+    assert given.digicert is None and given.secrets_manager is None
+    # An out-of-range value in a given table is still reported, door on or off.
+    found = problems({**MINIMAL, "acme_dns": {"register_burst": 0}})
+    assert "acme_dns.register_burst: must be between 1 and 10000" in found

@@ -25,26 +25,27 @@ def open_doors(runtime: Runtime) -> Doors:
             from receiver.doors.certificate_manager import CertificateManagerDoor
 
             doors.append(CertificateManagerDoor(runtime))
-        if settings.httpreq.enabled:
+        if settings.httpreq is not None and settings.httpreq.enabled:
             from receiver.doors.httpreq import HttpreqDoor
 
-            doors.append(HttpreqDoor(runtime))
-        if runtime.state.accounts is not None:  # acme_dns.enabled: its accounts are open
+            doors.append(HttpreqDoor(runtime, settings.httpreq))
+        accounts = runtime.state.accounts  # open when acme_dns.enabled
+        if settings.acme_dns is not None and accounts is not None:
             from receiver.doors.acme_dns import AcmeDnsDoor
 
-            doors.append(AcmeDnsDoor(runtime, runtime.state.accounts))
+            doors.append(AcmeDnsDoor(runtime, settings.acme_dns, accounts))
         if runtime.journal is not None and settings.journal.admin_token is not None:
             from receiver.doors.admin import AdminDoor
 
             doors.append(AdminDoor(runtime.journal, settings.journal.admin_token))
-        if settings.digicert.fileauth:
+        if settings.digicert is not None and settings.digicert.fileauth:
             from receiver.doors.fileauth import FileAuthDoor
 
             doors.append(FileAuthDoor(settings.digicert))
-        if settings.secrets_manager.enabled:
+        if settings.secrets_manager is not None and settings.secrets_manager.enabled:
             from receiver.doors.secrets_manager import SecretsManagerDoor
 
-            doors.append(SecretsManagerDoor(runtime))
+            doors.append(SecretsManagerDoor(runtime, settings.secrets_manager))
         return Doors(doors)
     except BaseException:
         for door in reversed(doors):

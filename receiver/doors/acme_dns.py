@@ -25,9 +25,9 @@ from typing import Any
 from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
 from receiver.challenge import Action, Challenge, canonical_name
 from receiver.changes import apply_change
-from receiver.config import AcmeDnsSettings
 from receiver.core import ChangeRequest, apply
 from receiver.door import InboundRequest, Outcome, Route
+from receiver.door_settings import AcmeDnsSettings
 from receiver.doors.body import json_value
 from receiver.errors import (
     BadRequest,
@@ -194,8 +194,8 @@ class AcmeDnsDoor(AcmeDns):
     routes = tuple(Route("POST", path, any_content_type=True) for path in sorted(PATHS))
     events = frozenset(path.lstrip("/") for path in PATHS)
 
-    def __init__(self, runtime: Runtime, store: AccountStore) -> None:
-        super().__init__(runtime.settings.acme_dns, store, runtime.metrics)
+    def __init__(self, runtime: Runtime, settings: AcmeDnsSettings, store: AccountStore) -> None:
+        super().__init__(settings, store, runtime.metrics)
         self.runtime = runtime
 
     async def handle(self, request: InboundRequest, summary: dict[str, Any]) -> Outcome:

@@ -14,8 +14,8 @@ import structlog
 from providers.base import Secret
 from receiver import digicert
 from receiver.challenge import canonical_name
-from receiver.config import DigicertSettings
 from receiver.door import InboundRequest, Outcome, Route
+from receiver.door_settings import DigicertSettings
 from receiver.errors import InvalidName, NotFound, ServiceFault
 
 DOOR = "fileauth"

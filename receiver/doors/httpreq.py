@@ -25,9 +25,9 @@ from receiver.challenge import (
     challenge_name,
     check_challenge_value,
 )
-from receiver.config import HttpreqSettings
 from receiver.core import ChangeRequest, apply
 from receiver.door import InboundRequest, Outcome, Route
+from receiver.door_settings import HttpreqSettings
 from receiver.doors.body import json_object
 from receiver.errors import BadRequest, Unauthorized
 from receiver.journal import Origin
@@ -128,14 +128,13 @@ class HttpreqDoor:
     routes = tuple(Route("POST", path) for path in PATHS)
     events = frozenset(path.lstrip("/") for path in PATHS)
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, settings: HttpreqSettings) -> None:
         self.runtime = runtime
+        self.settings = settings
 
     async def handle(self, request: InboundRequest, summary: dict[str, Any]) -> Outcome:
         summary["event_type"] = request.path.lstrip("/")
-        received = receive(
-            self.runtime.settings.httpreq, request.path, request.headers, request.body
-        )
+        received = receive(self.settings, request.path, request.headers, request.body)
         challenge = received.challenge
         summary.update(user=received.user, mode=received.mode, domain=challenge.domain)
         summary["fqdn"] = challenge.fqdn

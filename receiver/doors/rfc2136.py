@@ -60,6 +60,7 @@ from receiver.config import Settings
 from receiver.core import ChangeRequest, apply
 from receiver.dispatch import KeyedLocks
 from receiver.dnsserver import Responder, formerr, serving_door
+from receiver.door_settings import configured
 from receiver.doors.tsig_keys import DoorKey, Keyring, ReplayGuard
 from receiver.errors import DnsRefused, ReceiverError, RequestRejected
 from receiver.journal import Origin
@@ -239,7 +240,7 @@ class Rfc2136Door:
         *,
         local_soa: Callable[[dns.name.Name], dns.rrset.RRset | None] | None = None,
     ) -> None:
-        door = settings.rfc2136_door
+        door = configured(settings.rfc2136_door, "rfc2136_door")
         self.keys = Keyring(DoorKey.from_settings(key) for key in door.keys)
         self._tsig_keys = {key.name: key.tsig for key in self.keys.all()}
         self._configured = frozenset(zone.name for zone in settings.zones)
@@ -839,7 +840,7 @@ async def serving(
     settings = runtime.settings
     local_zones = [zone for zone in settings.zones if zone.capabilities.serves_dns]
     local_listen = local_zones[0].options.dns_listen if local_zones else LocalSettings().dns_listen
-    listen = settings.rfc2136_door.listen or local_listen
+    listen = configured(settings.rfc2136_door, "rfc2136_door").listen or local_listen
     answerer = local.answerer if local is not None else None
     local_soa = answerer.soa_for if answerer is not None else None
     door = Rfc2136Door(settings, runtime.policy, local_soa=local_soa)

@@ -36,9 +36,9 @@ import structlog
 
 from providers.rate_budget import RateBudget
 from receiver.challenge import Action, Challenge, challenge_record_name, check_challenge_value
-from receiver.config import SecretsManagerInstanceSettings
 from receiver.core import ChangeRequest, apply
 from receiver.door import InboundRequest, Outcome, Route
+from receiver.door_settings import SecretsManagerInstanceSettings, SecretsManagerSettings
 from receiver.errors import BadRequest, NotFound, PropagationTimeout, ReceiverError
 from receiver.fetch import USER_AGENT
 from receiver.ibm_iam import IamTokens
@@ -235,9 +235,9 @@ class SecretsManagerDoor:
     routes: tuple[Route, ...] = ()
     events = EVENTS
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, settings: SecretsManagerSettings) -> None:
         self.runtime = runtime
-        self.settings = runtime.settings.secrets_manager
+        self.settings = settings
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._skipped_logged: set[tuple[str, str]] = set()
         self._clients: dict[int, InstanceClient] = {}  # tokens are cached across passes

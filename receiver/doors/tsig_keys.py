@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import dns.name
 import dns.tsig
 
-from receiver.config import Rfc2136KeySettings
+from receiver.door_settings import Rfc2136KeySettings
 
 ALGORITHMS: Mapping[str, dns.name.Name] = {
     "hmac-sha256": dns.tsig.HMAC_SHA256,

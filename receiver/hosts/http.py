@@ -125,14 +125,16 @@ def create_app(settings: Settings, slot: Slot = ALONE) -> web.Application:
     app.cleanup_ctx.append(_runtime_context)
     if any(zone.capabilities.serves_dns for zone in settings.zones):
         app.cleanup_ctx.append(_local_dns_context)
-    if settings.rfc2136_door.enabled:  # after the local responder: it may share its socket
+    door = settings.rfc2136_door
+    if door is not None and door.enabled:  # after the local responder: it may share its socket
         app.cleanup_ctx.append(_rfc2136_context)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     if settings.journal.enabled and slot.sweeps:
         app.cleanup_ctx.append(_sweep_context)
-    if settings.secrets_manager.enabled and slot.sweeps:  # one worker polls
+    sm = settings.secrets_manager
+    if sm is not None and sm.enabled and slot.sweeps:  # one worker polls
         app.cleanup_ctx.append(_secrets_manager_context)
     # Everything else is a door's, or nobody's: the core routes it (`runtime.doors`).
     app.router.add_route("*", "/{path:.*}", notification)
