@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
 from providers.secret import Secret
 from receiver.challenge import Challenge
 from receiver.config import ZoneSettings
+from receiver.door import Origin
 from receiver.errors import Forbidden, ReceiverError, Unavailable
-from receiver.journal import Entry, Origin, Outcome
 from receiver.runtime import Runtime
+
+if TYPE_CHECKING:
+    from receiver.journal import Outcome
 
 log = structlog.get_logger("receiver.changes")
 
@@ -34,6 +38,8 @@ async def apply_change(
     journal = runtime.journal
     entry_id = None
     if journal is not None:
+        from receiver.journal import Entry  # loaded once there is a journal: not on cold paths
+
         try:
             entry_id = await journal.begin(
                 Entry(

@@ -1038,7 +1038,7 @@ def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
         key = f"secrets_manager.instances[{index}]"
         if instance is None:
             continue
-        if not _GUID.fullmatch(instance.instance_id):
+        if not re.fullmatch(_GUID, instance.instance_id):
             reader.problem(f"{key}.instance_id", "must be the instance's GUID")
         if instance.region not in SM_REGIONS:
             reader.problem(f"{key}.region", f"must be one of {', '.join(sorted(SM_REGIONS))}")
@@ -1063,7 +1063,8 @@ def _check_secrets_manager(settings: Settings, reader: _Reader) -> None:
             reader.problem(f"{key}.trusted_profile_id", "cr_token_file needs trusted_profile_id")
 
 
-_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Compiled (and cached by `re`) only when a Secrets Manager instance is checked.
+_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 
 def _check_doors(settings: Settings, reader: _Reader) -> None:

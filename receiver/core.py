@@ -20,7 +20,7 @@ from providers.base import Secret
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change, published_by
 from receiver.config import ZoneSettings
-from receiver.door import InboundRequest, Outcome
+from receiver.door import InboundRequest, Origin, Outcome
 from receiver.errors import (
     MethodNotAllowed,
     NotFound,
@@ -30,7 +30,6 @@ from receiver.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from receiver.journal import Origin
 from receiver.logs import bind_request
 from receiver.runtime import Runtime, passed
 
@@ -164,7 +163,7 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
     return Outcome(200, {"status": status, "fqdn": challenge.fqdn, "record": route.fqdn})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Write:
     """One change's provider write, kept by a pending propagation check to write it once
     more. It keeps only what a write needs: the request's id, not the request (body and

@@ -19,7 +19,7 @@ from receiver import digicert
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
 from receiver.digicert import DOOR
-from receiver.journal import Origin
+from receiver.door import Origin
 from receiver.policy import Route
 from receiver.runtime import Runtime
 

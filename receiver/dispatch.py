@@ -127,7 +127,7 @@ class Coalescer:
         return len(self._pending)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each waits on its own future
 class _Submitted:
     """A change waiting for its batch, and the future its request waits on."""
 

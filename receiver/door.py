@@ -32,6 +32,17 @@ def request_id(*offered: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Who asked for a write, and why: recorded with it."""
+
+    door: str
+    sender: str | None = None  # instance CRN, httpreq user, "sweep", ...
+    user: str | None = None  # the ordering user's IAM id or subject (never a token)
+    certificate: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
 class InboundRequest:
     """A request as every host hands it to the core: no framework object gets past a host."""
 

@@ -45,17 +45,6 @@ COLUMNS = (
 
 
 @dataclass(frozen=True)
-class Origin:
-    """Who asked for a write, and why: recorded with it."""
-
-    door: str
-    sender: str | None = None  # instance CRN, httpreq user, "sweep", ...
-    user: str | None = None  # the ordering user's IAM id or subject (never a token)
-    certificate: str | None = None
-    domain: str | None = None
-
-
-@dataclass(frozen=True)
 class Entry:
     """One provider write as the journal keeps it: who asked, for what, and how it ended
     (`id` is the store's, left out of comparisons)."""

@@ -107,7 +107,7 @@ class FileSenderKeys:
         return None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Fetched:
     """One instance's key as last fetched, and when: failures are retried, not hammered."""
 

@@ -24,17 +24,17 @@ from receiver.dispatch import Dispatcher
 from receiver.door import Doors
 from receiver.errors import ConfigError
 from receiver.fetch import USER_AGENT, AiohttpGet, HttpGet
-from receiver.journal import Journal
 from receiver.metrics import Metrics, Uncounted
 from receiver.policy import Policy
 from receiver.state import State
 
 if TYPE_CHECKING:
     from receiver.challenge import Challenge
+    from receiver.journal import Journal
     from receiver.propagation import Propagation
 
 
-@dataclass
+@dataclass(eq=False)  # a service, equal only to itself
 class Runtime:
     """What every door and host works with, built once per process (or warm function)."""
 

@@ -18,18 +18,18 @@ import structlog
 
 from receiver.config import Settings
 from receiver.errors import ConfigError, StateMisconfigured, StateUnavailable
-from receiver.journal import GroupCommit, Journal
 
 log = structlog.get_logger("receiver.state")
 
 if TYPE_CHECKING:
     from providers.local import LocalSettings, RecordStore
     from receiver.accounts import AccountStore
+    from receiver.journal import Journal
     from receiver.postgres.database import Database
     from receiver.postgres.records import RecordMirror
 
 
-@dataclass
+@dataclass(eq=False)  # open stores, equal only to themselves
 class State:
     """Everything the receiver remembers, on one host's SQLite files or one database."""
 
@@ -108,6 +108,7 @@ def _sqlite(settings: Settings, stack: AsyncExitStack) -> State:
     assert database is not None  # set by config whenever [state] is not
     journal = None
     if settings.journal.enabled:
+        from receiver.journal import GroupCommit
         from receiver.sqlite.journal import SqliteJournal
 
         journal = GroupCommit(SqliteJournal(database))
@@ -130,6 +131,8 @@ async def _postgres(settings: Settings, stack: AsyncExitStack) -> State:
     stack.push_async_callback(database.aclose)
     journal = None
     if settings.journal.enabled:  # closed before the database: its last batch goes out
+        from receiver.journal import GroupCommit
+
         journal = GroupCommit(PostgresJournal(database))
         stack.push_async_callback(journal.aclose)
     acme_dns = settings.acme_dns is not None and settings.acme_dns.enabled

@@ -20,8 +20,9 @@ from receiver import digicert
 from receiver.challenge import Action, Challenge
 from receiver.changes import apply_change
 from receiver.config import ZoneSettings
+from receiver.door import Origin
 from receiver.errors import ReceiverError
-from receiver.journal import Entry, Journal, Origin
+from receiver.journal import Entry, Journal
 from receiver.runtime import Runtime
 
 log = structlog.get_logger("receiver.sweep")

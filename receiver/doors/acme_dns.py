@@ -26,7 +26,7 @@ from receiver.accounts import Account, AccountStore, InvalidNetwork, networks
 from receiver.challenge import Action, Challenge, canonical_name
 from receiver.changes import apply_change
 from receiver.core import ChangeRequest, apply
-from receiver.door import InboundRequest, Outcome, Route
+from receiver.door import InboundRequest, Origin, Outcome, Route
 from receiver.door_settings import AcmeDnsSettings
 from receiver.doors.body import json_value
 from receiver.errors import (
@@ -37,7 +37,6 @@ from receiver.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from receiver.journal import Origin
 from receiver.metrics import Metrics
 from receiver.passwords import PasswordChecks
 from receiver.ratelimit import RateLimit

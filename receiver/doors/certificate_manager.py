@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.base import Secret
 from receiver import tokens
@@ -26,10 +26,9 @@ from receiver.challenge import Action, Challenge, challenge_record_name, check_c
 from receiver.config import CertificateManagerSettings, Settings, UserTokenSettings
 from receiver.core import ChangeRequest, apply
 from receiver.crn import InstanceCrn
-from receiver.door import InboundRequest, Outcome, Route
+from receiver.door import InboundRequest, Origin, Outcome, Route
 from receiver.errors import BadRequest, ConfigError, Forbidden, Unauthorized, Unavailable
 from receiver.fetch import HttpGet
-from receiver.journal import Entry, Origin
 from receiver.keys import (
     FetchedSenderKeys,
     FileSenderKeys,
@@ -41,6 +40,9 @@ from receiver.logs import merge
 from receiver.runtime import Runtime
 from receiver.untrusted import json_loads
 from receiver.user_token import UserIdentity, VerifiedTokens, verify_user_token
+
+if TYPE_CHECKING:
+    from receiver.journal import Entry
 
 DOOR = "certificate_manager"
 VALIDATION_REQUIRED = "cert_domain_validation_required"
@@ -99,7 +101,7 @@ class Notification:
         return fields
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Verifier:
     """What this door needs to authenticate a notification (`build_verifier`)."""
 

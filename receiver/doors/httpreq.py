@@ -26,11 +26,10 @@ from receiver.challenge import (
     check_challenge_value,
 )
 from receiver.core import ChangeRequest, apply
-from receiver.door import InboundRequest, Outcome, Route
+from receiver.door import InboundRequest, Origin, Outcome, Route
 from receiver.door_settings import HttpreqSettings
 from receiver.doors.body import json_object
 from receiver.errors import BadRequest, Unauthorized
-from receiver.journal import Origin
 from receiver.runtime import Runtime
 
 DOOR = "httpreq"

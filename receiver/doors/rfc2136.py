@@ -60,10 +60,10 @@ from receiver.config import Settings
 from receiver.core import ChangeRequest, apply
 from receiver.dispatch import KeyedLocks
 from receiver.dnsserver import Responder, formerr, serving_door
+from receiver.door import Origin
 from receiver.door_settings import configured
 from receiver.doors.tsig_keys import DoorKey, Keyring, ReplayGuard
 from receiver.errors import DnsRefused, ReceiverError, RequestRejected
-from receiver.journal import Origin
 from receiver.logs import bind_request
 from receiver.policy import Policy, Route
 from receiver.runtime import Runtime

@@ -37,12 +37,12 @@ import structlog
 from providers.rate_budget import RateBudget
 from receiver.challenge import Action, Challenge, challenge_record_name, check_challenge_value
 from receiver.core import ChangeRequest, apply
-from receiver.door import InboundRequest, Outcome, Route
+from receiver.door import InboundRequest, Origin, Outcome, Route
 from receiver.door_settings import SecretsManagerInstanceSettings, SecretsManagerSettings
 from receiver.errors import BadRequest, NotFound, PropagationTimeout, ReceiverError
 from receiver.fetch import USER_AGENT
 from receiver.ibm_iam import IamTokens
-from receiver.journal import Entry, Origin
+from receiver.journal import Entry
 from receiver.runtime import Runtime
 from receiver.secrets_manager_api import SecretGone, SecretsManagerApi
 from receiver.sm_leases import Leases, LeaseStore, PostgresLeases
