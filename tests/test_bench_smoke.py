@@ -51,6 +51,17 @@ def test_throughput_benchmark_runs_every_app_and_prints_its_ratios() -> None:
     assert last_ratio(lines, "throughput ratio default/floor-with-journal: ") > 0
 
 
+def test_ab_benchmark_compares_checkouts() -> None:
+    lines = run_bench(
+        "ab.py",
+        *(f"off={ROOT}:off", f"default={ROOT}:default"),
+        *("--rounds", "1", "--seconds", "0.5", "--pairs", "20", "--generator", "python"),
+        timeout=180,
+    )
+    medians = [line for line in lines if "CPU per request median" in line]
+    assert [line.split()[0] for line in medians] == ["off", "default"], lines
+
+
 def test_state_backends_benchmark_runs_and_prints_its_ratios() -> None:
     lines = run_bench(
         "state_backends.py",

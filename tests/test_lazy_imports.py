@@ -74,8 +74,9 @@ def test_a_serverless_invocation_imports_no_server_metrics_or_entry_point_scan(
 ) -> None:
     """A whole Lambda invocation on a built-in adapter: no aiohttp, no Prometheus registry
     (nobody scrapes a function), no importlib.metadata scan (~40 ms of cold start); with
-    the journal off, no SQLite and no journal module; for an ASCII name, no IDNA tables; no sweep; with checks
-    off, no propagation checker; no settings classes of the doors that are off."""
+    the journal off, no SQLite and no journal module; for an ASCII name, no IDNA tables;
+    no sweep; with checks off, no propagation checker; no settings classes of the doors
+    that are off."""
     public = signing.write_key_pair(tmp_path / "sender.pem", "RS256")
     config = tmp_path / "receiver.toml"
     config.write_text(f"""
