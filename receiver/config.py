@@ -959,7 +959,7 @@ def _check(settings: Settings, reader: _Reader, *, zones_given: bool) -> None:
                 f"zones[{index}].name", f"{zone.name!r} repeats zones[{seen[zone.name]}]"
             )
         seen.setdefault(zone.name, index)
-    doors = [getattr(settings, name) for name in DOOR_SECTIONS]
+    doors = (settings.httpreq, settings.acme_dns, settings.rfc2136_door, settings.secrets_manager)
     if not cm.enabled and not any(door is not None and door.enabled for door in doors):
         reader.problem("certificate_manager.enabled", "every door is disabled: enable at least one")
     _check_digicert(settings, reader)

@@ -330,3 +330,13 @@ def test_the_sections_of_doors_that_are_off_are_none_until_given() -> None:
     # An out-of-range value in a given table is still reported, door on or off.
     found = problems({**MINIMAL, "acme_dns": {"register_burst": 0}})
     assert "acme_dns.register_burst: must be between 1 and 10000" in found
+
+
+def test_a_configuration_with_every_door_off_is_refused_whichever_tables_it_has() -> None:
+    off = {"certificate_manager": {"enabled": False}, "zones": MINIMAL["zones"]}
+    message = "certificate_manager.enabled: every door is disabled: enable at least one"
+    assert message in problems(off)
+    # DigiCert's table opens no door of its own (fileauth serves a file, writes nothing).
+    assert message in problems({**off, "digicert": {}, "httpreq": {"enabled": False}})
+    on = {**off, "digicert": {}, "httpreq": {"enabled": True, "username": "lego"}}
+    assert message not in problems(on)  # (its password is missing: still a problem)
