@@ -13,8 +13,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,6 +32,9 @@ from receiver.challenge import Action, Challenge
 from receiver.config import DispatchSettings, ZoneSettings
 from receiver.errors import Unavailable, UpstreamFailed
 from receiver.metrics import Metrics, Uncounted
+
+if TYPE_CHECKING:
+    from receiver.coalescer import Coalescer
 
 log = structlog.get_logger("receiver.dispatch")
 
@@ -63,80 +65,6 @@ class KeyedLocks:
         return len(self._locks)
 
 
-class Coalescer:
-    """Collects changes for one zone during `window` seconds and runs them as batches.
-
-    One round per zone is in flight at a time; changes arriving meanwhile form the next.
-    A round runs one batch per user token (a batch acts as one identity: changes of
-    different users never share one), in arrival order. Every submitter learns the
-    outcome of the batch its change went out in.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[list[TxtChange], list[str], Secret | None], Awaitable[None]],
-        window: float,
-    ) -> None:
-        self._run = run
-        self._window = window
-        self._pending: list[_Submitted] = []
-        self._worker: asyncio.Task[None] | None = None
-
-    async def submit(
-        self, change: TxtChange, request_id: str, user_token: Secret | None = None
-    ) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submitted(change, request_id, user_token, future))
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._drain())
-        # Shielded: a caller that gives up (deadline) must not cancel everyone's batch.
-        await asyncio.shield(future)
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                await asyncio.sleep(self._window)
-                round_, self._pending = self._pending, []
-                by_token: dict[Secret | None, list[_Submitted]] = {}
-                for submitted in round_:
-                    by_token.setdefault(submitted.user_token, []).append(submitted)
-                for token, batch in by_token.items():
-                    await self._one_batch(token, batch, round_)
-        finally:
-            self._worker = None
-
-    async def _one_batch(
-        self, token: Secret | None, batch: list[_Submitted], round_: list[_Submitted]
-    ) -> None:
-        try:
-            await self._run([s.change for s in batch], [s.request_id for s in batch], token)
-        except asyncio.CancelledError:  # shutting down: nobody may wait forever
-            for submitted in round_ + self._pending:
-                submitted.future.cancel()
-            raise
-        except Exception as exc:  # every waiter of this batch gets it; go on
-            for submitted in batch:
-                if not submitted.future.done():
-                    submitted.future.set_exception(exc)
-        else:
-            for submitted in batch:
-                if not submitted.future.done():
-                    submitted.future.set_result(None)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
-@dataclass(frozen=True, eq=False)  # each waits on its own future
-class _Submitted:
-    """A change waiting for its batch, and the future its request waits on."""
-
-    change: TxtChange
-    request_id: str
-    user_token: Secret | None
-    future: asyncio.Future[None]
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -152,7 +80,7 @@ class Dispatcher:
         self._jitter = jitter
         self._zone_refs: dict[tuple[str, str], ZoneRef] = {}
         self._locks = KeyedLocks()
-        self._coalescers: dict[tuple[str, str], Coalescer] = {}
+        self._coalescers: dict[tuple[str, str], Coalescer] = {}  # batching adapters only
         # isinstance() on a runtime-checkable Protocol is slow: decide once per adapter.
         self._batching = {key: isinstance(p, BatchingProvider) for key, p in providers.items()}
 
@@ -239,6 +167,8 @@ class Dispatcher:
         key = (zone.provider, zone.name)
         coalescer = self._coalescers.get(key)
         if coalescer is None:
+            from receiver.coalescer import Coalescer  # only for adapters that batch
+
             assert isinstance(provider, BatchingProvider)
             batching: BatchingProvider = provider
 

@@ -185,7 +185,7 @@ async def test_coalescer_batches_and_reports_per_batch() -> None:
     import asyncio
 
     from providers.base import TxtChange
-    from receiver.dispatch import Coalescer
+    from receiver.coalescer import Coalescer
 
     batches: list[list[str]] = []
     fail_next = [True]

@@ -64,7 +64,7 @@ from receiver.hosts import aws_lambda
 answer = aws_lambda.handler(event, None)
 unwanted = ("aiohttp", "prometheus_client", "importlib.metadata", "boto3", "dns", "sqlite3",
             "idna", "receiver.sweep", "receiver.digicert", "receiver.propagation",
-            "receiver.door_settings", "receiver.journal")
+            "receiver.door_settings", "receiver.journal", "receiver.coalescer")
 print(answer["statusCode"], sorted(m for m in sys.modules if m.startswith(unwanted)))
 """
 
@@ -76,7 +76,7 @@ def test_a_serverless_invocation_imports_no_server_metrics_or_entry_point_scan(
     (nobody scrapes a function), no importlib.metadata scan (~40 ms of cold start); with
     the journal off, no SQLite and no journal module; for an ASCII name, no IDNA tables;
     no sweep; with checks off, no propagation checker; no settings classes of the doors
-    that are off."""
+    that are off; no coalescer for an adapter that does not batch."""
     public = signing.write_key_pair(tmp_path / "sender.pem", "RS256")
     config = tmp_path / "receiver.toml"
     config.write_text(f"""
