@@ -120,11 +120,14 @@ class Journal(Reads, Protocol):
         ...
 
 
-class Settlement(NamedTuple):  # one per change on the request path: a tuple is cheapest
-    entry_id: int
+class Settlement(NamedTuple):
+    """One per change on the request path: a tuple is cheapest, and its fields are in the
+    stores' UPDATE parameter order, so a batch's settlements are their parameters as is."""
+
     outcome: Outcome
-    error: str | None
     settled: float
+    error: str | None
+    entry_id: int
 
 
 class Store(Reads, Protocol):
@@ -193,7 +196,7 @@ class GroupCommit:
     def _queue_settlement(
         self, entry_id: int, outcome: Outcome, error: str | None
     ) -> asyncio.Future[None]:
-        self._settlements.append(Settlement(entry_id, outcome, error, self._clock()))
+        self._settlements.append(Settlement(outcome, self._clock(), error, entry_id))
         return self._batch()
 
     def _batch(self) -> asyncio.Future[None]:

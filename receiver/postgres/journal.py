@@ -46,7 +46,7 @@ class PostgresJournal:
                 await db.executemany(
                     "UPDATE journal_entries SET outcome = $1, settled = $2, error = $3"
                     " WHERE id = $4",
-                    [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                    settlements,
                 )
         return ids
 

@@ -58,7 +58,7 @@ class SqliteJournal:
                     db.executemany(
                         "UPDATE journal_entries SET outcome = ?, settled = ?, error = ?"
                         " WHERE id = ?",
-                        [(s.outcome, s.settled, s.error, s.entry_id) for s in settlements],
+                        settlements,
                     )
             return ids
 
