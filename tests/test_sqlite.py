@@ -101,6 +101,57 @@ async def test_writes_on_the_loop_are_checkpointed_off_it(
     check.close()
 
 
+async def test_the_wal_stays_bounded_under_writes_that_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady load the writer commits while a checkpoint runs. A PASSIVE
+    checkpoint copies only the frames that were there when it started, so it never
+    caught up, the WAL was never restarted, and it grew without bound (1.4 GB after a
+    minute of bench/throughput.py's load): a checkpoint now waits for the writer's turn
+    and leaves the WAL to start over."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 50)
+    path = tmp_path / "f.sqlite3"
+    file = SqliteFile(path, "CREATE TABLE IF NOT EXISTS t (v);")
+    await file.run(_insert(0))
+    wal = path.with_name("f.sqlite3-wal")
+    sizes = []
+    for i in range(4000):
+        await file.write_now(_insert(i))
+        await asyncio.sleep(0)  # the loop goes on; the checkpoint thread runs meanwhile
+        if i % 500 == 499:
+            sizes.append(wal.stat().st_size)
+    await file.aclose()
+    # Never restarted, the WAL holds every commit: 4,000 x (header + 4 KiB page), 16 MB.
+    assert max(sizes) < 4_000_000, sizes
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 4001
+    check.close()
+
+
+def test_a_grown_wal_is_cut_back_when_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAL that grew before (a long burst, or the bug above) shrinks to
+    WAL_SIZE_LIMIT once a checkpoint lets it start over: SQLite otherwise keeps the
+    file at its largest and reuses it."""
+    monkeypatch.setattr(sqlite, "WAL_SIZE_LIMIT", 100_000)
+    path = tmp_path / "f.sqlite3"
+    grower = sqlite3.connect(path, isolation_level=None)
+    grower.execute("PRAGMA journal_mode = WAL")
+    grower.execute("PRAGMA wal_autocheckpoint = 0")
+    grower.execute("CREATE TABLE t (v)")
+    for _ in range(300):
+        grower.execute("INSERT INTO t VALUES (?)", (b"x" * 8000,))
+    wal = path.with_name("f.sqlite3-wal")
+    assert wal.stat().st_size > 2_000_000
+    file = SqliteFile(path, "CREATE TABLE IF NOT EXISTS t (v);")
+    file._checkpoint()  # what the writes' checkpoint thread runs
+    grower.close()
+    file._connection().execute("INSERT INTO t VALUES (1)")  # the WAL starts over
+    assert wal.stat().st_size <= 100_000
+    assert file._connection().execute("SELECT COUNT(*) FROM t").fetchone()[0] == 301
+
+
 def test_the_local_store_opening_waits_for_another_process_setting_up_its_file(
     tmp_path: Path,
 ) -> None:

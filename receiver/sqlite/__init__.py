@@ -16,6 +16,11 @@ process's connection is busy in a thread, or another process holds the write loc
 busy timeout is 0 on this path), it is retried in a worker thread, where waiting is fine.
 The fsync moves to checkpoints, which the writer never runs itself
 (`wal_autocheckpoint = 0`): one runs in a worker thread every CHECKPOINT_EVERY writes.
+It copies the bulk beside the writer, then ends with a RESTART checkpoint on the writer's
+connection: it takes the writer (the loop's writes meanwhile go to a worker thread, as
+when another process holds the lock), copies what is left and lets the next write start
+the WAL over. PASSIVE alone never caught up with a writer that kept committing, and the
+WAL grew without bound under steady load.
 Everything long (scans, prunes, the sweep's reads) stays in worker threads.
 """
 
@@ -37,6 +42,7 @@ log = structlog.get_logger("receiver.sqlite")
 
 BUSY_TIMEOUT_MS = 5000  # in worker threads; on the event loop, 0
 CHECKPOINT_EVERY = 500  # writes; with SQLite's default 4 KiB pages, a WAL of a few MB
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL keeps when it starts over (SQLite: all)
 
 
 class SqliteFile:
@@ -66,6 +72,7 @@ class SqliteFile:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         return db
 
     def _read_connection(self) -> sqlite3.Connection:
@@ -138,11 +145,16 @@ class SqliteFile:
             self._checkpointing = asyncio.create_task(asyncio.to_thread(self._checkpoint))
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database and sync it, beside readers and the writer
-        (PASSIVE: it waits for nobody, and what it could not copy waits for the next)."""
+        """Copy the WAL into the database, sync it, and let the next write start the WAL
+        over. The bulk is copied beside the writer (PASSIVE); then what it wrote
+        meanwhile, holding this process's writer (its writes wait in a worker thread for
+        that short while). RESTART waits up to BUSY_TIMEOUT_MS for other processes'
+        writers and for readers of the WAL; what it could not copy waits for the next."""
         try:
             with self._read_lock:
-                self._read_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _waiting(self._read_connection(), _copy_wal)
+            with self._lock:
+                _waiting(self._connection(), _restart_wal)
         except sqlite3.Error as exc:  # the next one tries again; writes go on meanwhile
             log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
 
@@ -183,6 +195,14 @@ def _waiting(db: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T
         return operation(db)
     finally:
         db.execute("PRAGMA busy_timeout = 0")
+
+
+def _copy_wal(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _restart_wal(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
