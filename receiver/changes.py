@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from providers.secret import Secret
-from receiver.challenge import Challenge
+from receiver.challenge import Action, Challenge
 from receiver.config import ZoneSettings
 from receiver.door import Origin
-from receiver.errors import Forbidden, ReceiverError, Unavailable
+from receiver.errors import Forbidden, ReceiverError, Unauthorized, Unavailable
 from receiver.runtime import Runtime
 
 if TYPE_CHECKING:
-    from receiver.journal import Outcome
+    from receiver.journal import Entry, Outcome
 
 log = structlog.get_logger("receiver.changes")
 
@@ -34,36 +34,57 @@ async def apply_change(
     *,
     request_id: str,
     user_token: Secret | None = None,
-) -> None:
+    remover: str | None = None,
+    own_only: bool = False,
+) -> bool:
+    """Journal, write, settle. A removal for `remover` is refused (403 `not_publisher`)
+    when the journal shows another sender published the value: instances sharing a
+    receiver must not withdraw each other's challenges, as failed-order clean-up never
+    does. With `own_only` (a removal without the required user token) the journal must
+    show that `remover` published it (else 401). Both are judged in the transaction that
+    records the removal, so no add can come between the check and the record. Returns
+    whether the journal showed `remover` as the publisher."""
     journal = runtime.journal
     entry_id = None
+    own = False
     if journal is not None:
-        from receiver.journal import Entry  # loaded once there is a journal: not on cold paths
+        from receiver.journal import Entry, RemovalCheck  # not on cold paths without one
 
+        entry = Entry(
+            action=challenge.action.value,
+            outcome="pending",
+            fqdn=challenge.fqdn,
+            value=challenge.value,
+            provider=zone.provider,
+            zone=zone.name,
+            door=origin.door,
+            sender=origin.sender,
+            user=origin.user,
+            certificate=origin.certificate,
+            domain=origin.domain or challenge.domain,
+            request_id=request_id,
+            created=time.time(),
+        )
+        publisher = None
         try:
-            entry_id = await journal.begin(
-                Entry(
-                    action=challenge.action.value,
-                    outcome="pending",
-                    fqdn=challenge.fqdn,
-                    value=challenge.value,
-                    provider=zone.provider,
-                    zone=zone.name,
-                    door=origin.door,
-                    sender=origin.sender,
-                    user=origin.user,
-                    certificate=origin.certificate,
-                    domain=origin.domain or challenge.domain,
-                    request_id=request_id,
-                    created=time.time(),
-                )
-            )
+            if remover is None:
+                entry_id = await journal.begin(entry)
+            else:
+                check = RemovalCheck(remover, own_only)
+                entry_id, publisher = await journal.begin_removal(entry, check)
         except Exception as exc:  # any backend failure: refuse rather than write unrecorded
             raise Unavailable(
                 "cannot record the change in the journal; nothing was written",
                 code="journal_unavailable",
                 internal=str(exc),
             ) from exc
+        if entry_id is None:
+            raise _refused(publisher)
+        own = publisher is not None
+    elif remover is not None and own_only:
+        raise _refused(None)  # without a journal nothing shows who published it
+    if challenge.action is Action.REMOVE:
+        runtime.forget_check(challenge)  # before the removal: never rewrite it later
     try:
         await runtime.dispatcher.apply(
             challenge, zone, request_id=request_id, user_token=user_token
@@ -74,43 +95,21 @@ async def apply_change(
         raise
     if entry_id is not None:
         await _settle(runtime, entry_id, "done")
+    return own
 
 
-async def published_by(
-    runtime: Runtime, challenge: Challenge, zone: ZoneSettings, sender: str
-) -> bool:
-    """Before a removal on `sender`'s behalf: True when the journal shows that `sender`
-    published the value, False when it cannot tell (no journal, or no entry: the value
-    was never written by us, or is gone). A value another sender published is refused
-    (403 `not_publisher`): instances sharing a receiver must not withdraw each other's
-    challenges, as failed-order clean-up never does.
-
-    The journal as committed is enough: a value's add commits before it is written, so
-    no publisher is missed; only an outcome still queued (at most SETTLE_SOON_SECONDS
-    old) is not seen, and a removal it would have shown done is then simply made again.
-    Waiting for the queue instead cost every removal a commit of its own."""
-    journal = runtime.journal
-    if journal is None:
-        return False
-    try:
-        entry = await journal.committed_publisher(
-            zone=zone.name, fqdn=challenge.fqdn, value=challenge.value
-        )
-    except Exception as exc:  # any backend failure: refuse rather than remove unchecked
-        raise Unavailable(
-            "cannot read the journal; nothing was removed",
-            code="journal_unavailable",
-            internal=str(exc),
-        ) from exc
-    if entry is None:
-        return False
-    if entry.sender != sender:
-        raise Forbidden(
+def _refused(publisher: Entry | None) -> ReceiverError:
+    if publisher is not None:
+        return Forbidden(
             "another sender published this value; only it may remove it",
             code="not_publisher",
-            internal=f"published by {entry.sender} (journal entry {entry.id})",
+            internal=f"published by {publisher.sender} (journal entry {publisher.id})",
         )
-    return True
+    return Unauthorized(
+        "notification carries no userToken, and the journal does not show that"
+        " this instance published the value",
+        code="user_token_required",
+    )
 
 
 async def _settle(

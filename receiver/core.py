@@ -10,7 +10,6 @@ Exactly one summary log event is emitted per request, here.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,7 +17,7 @@ import structlog
 
 from providers.base import Secret
 from receiver.challenge import Action, Challenge
-from receiver.changes import apply_change, published_by
+from receiver.changes import apply_change
 from receiver.config import ZoneSettings
 from receiver.door import InboundRequest, Origin, Outcome
 from receiver.errors import (
@@ -27,7 +26,6 @@ from receiver.errors import (
     PayloadTooLarge,
     ReceiverError,
     RequestRejected,
-    Unauthorized,
     UnsupportedMediaType,
 )
 from receiver.logs import bind_request
@@ -141,17 +139,10 @@ async def apply(runtime: Runtime, change: ChangeRequest, summary: dict[str, Any]
     write = _Write(runtime, written, route.zone, origin, change.request_id, user_token)
 
     if challenge.action is Action.REMOVE and change.remover is not None:
-        own = await published_by(runtime, written, route.zone, change.remover)
+        own = await write(origin.door, remover=change.remover, own_only=change.own_values_only)
         summary["publisher"] = "self" if own else "unknown"
-        if change.own_values_only and not own:
-            raise Unauthorized(
-                "notification carries no userToken, and the journal does not show that"
-                " this instance published the value",
-                code="user_token_required",
-            )
-    if challenge.action is Action.REMOVE:
-        runtime.forget_check(written)  # before the removal: never rewrite it later
-    await write(origin.door)
+    else:
+        await write(origin.door)
     if challenge.action is Action.ADD:
         if change.wait_for_propagation:
             result = await runtime.propagation.wait(route.zone, written)
@@ -178,20 +169,24 @@ class _Write:
     request_id: str
     user_token: Secret | None
 
-    async def __call__(self, door: str) -> None:
+    async def __call__(
+        self, door: str, *, remover: str | None = None, own_only: bool = False
+    ) -> bool:
         origin = self.origin if door == self.origin.door else replace(self.origin, door=door)
-        await apply_change(
+        return await apply_change(
             self.runtime,
             self.challenge,
             self.zone,
             origin,
             request_id=self.request_id,
             user_token=self.user_token,
+            remover=remover,
+            own_only=own_only,
         )
 
-    def again(self) -> Awaitable[None]:
+    async def again(self) -> None:
         """The rewrite of a value still missing from a nameserver, journalled as such."""
-        return self("propagation")
+        await self("propagation")
 
 
 def _check_body(runtime: Runtime, request: InboundRequest, *, any_content_type: bool) -> None:

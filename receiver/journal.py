@@ -104,6 +104,10 @@ class Journal(Reads, Protocol):
         """Record the intent; return its id once committed. Raise if it cannot be."""
         ...
 
+    async def begin_removal(self, entry: Entry, check: RemovalCheck) -> Recorded:
+        """`begin` for a removal that `check` may refuse (then its id is None)."""
+        ...
+
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
         """Record the outcome; return once committed."""
         ...
@@ -130,13 +134,41 @@ class Settlement(NamedTuple):
     entry_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class RemovalCheck:
+    """Who may remove a value, judged in the transaction that records the removal: no
+    add can come between the check and the record. Never a value the journal shows
+    another sender published; with `own_only`, only one it shows `remover` published."""
+
+    remover: str
+    own_only: bool = False
+
+    def admits(self, publisher: Entry | None) -> bool:
+        if publisher is None:
+            return not self.own_only
+        return publisher.sender == self.remover
+
+
+class Recorded(NamedTuple):
+    """What a batch did with one entry: its id, or None when its check refused it
+    (nothing was recorded); for a checked removal, the add that published the value."""
+
+    entry_id: int | None
+    publisher: Entry | None = None
+
+
 class Store(Reads, Protocol):
     """What a journal store implements (`SqliteJournal`, `PostgresJournal`)."""
 
     async def write_batch(
-        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
-    ) -> list[int]:
-        """In one transaction: insert `entries` (their ids, in order) and settle others."""
+        self,
+        entries: Sequence[Entry],
+        checks: Sequence[RemovalCheck | None],
+        settlements: Sequence[Settlement],
+    ) -> list[Recorded]:
+        """In one transaction: settle `settlements`, then record `entries` in order, each
+        whose check (same position in `checks`) admits it against the journal as it
+        stands, this batch's earlier entries included."""
         ...
 
 
@@ -164,7 +196,9 @@ class GroupCommit:
     def __init__(self, backend: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self._clock = clock
-        self._entries: list[tuple[Entry, asyncio.Future[int]]] = []
+        self._entries: list[Entry] = []
+        self._checks: list[RemovalCheck | None] = []
+        self._recorded: list[asyncio.Future[Recorded]] = []
         self._settlements: list[Settlement] = []
         self._queued: asyncio.Future[None] | None = None  # the commit of what is queued
         self._last_queued: asyncio.Future[None] | None = None  # batches commit in order
@@ -174,13 +208,23 @@ class GroupCommit:
         self._last_batch = -BATCH_INTERVAL_SECONDS
 
     async def begin(self, entry: Entry) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._entries.append((entry, future))
-        self._batch()
-        self._flush_now()
+        entry_id = (await self._record(entry, None)).entry_id
+        assert entry_id is not None  # only a check refuses
+        return entry_id
+
+    async def begin_removal(self, entry: Entry, check: RemovalCheck) -> Recorded:
+        return await self._record(entry, check)
+
+    def _record(self, entry: Entry, check: RemovalCheck | None) -> asyncio.Future[Recorded]:
         # A cancelled request cancels only its own future: its entry still commits (the
         # sweep settles it), and reads wait on the batch's future, which nobody cancels.
-        return await future
+        future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._entries.append(entry)
+        self._checks.append(check)
+        self._recorded.append(future)
+        self._batch()
+        self._flush_now()
+        return future
 
     async def settle(self, entry_id: int, outcome: Outcome, error: str | None = None) -> None:
         committed = self._queue_settlement(entry_id, outcome, error)
@@ -237,21 +281,23 @@ class GroupCommit:
         while self._entries or (self._settlements and self._due):
             self._due = False
             entries, self._entries = self._entries, []
+            checks, self._checks = self._checks, []
+            waiting, self._recorded = self._recorded, []
             settlements, self._settlements = self._settlements, []
             committed, self._queued = self._queued, None
             assert committed is not None  # set by whatever queued
             try:
-                ids = await self.backend.write_batch([entry for entry, _ in entries], settlements)
+                recorded = await self.backend.write_batch(entries, checks, settlements)
             except Exception as exc:  # every waiter of this batch gets the failure
-                for _, future in entries:
+                for future in waiting:
                     if not future.done():
                         future.set_exception(exc)
                 if not committed.done():
                     committed.set_exception(exc)
                 continue
-            for (_, future), entry_id in zip(entries, ids, strict=True):
+            for future, result in zip(waiting, recorded, strict=True):
                 if not future.done():
-                    future.set_result(entry_id)
+                    future.set_result(result)
             if not committed.done():
                 committed.set_result(None)
             self._last_batch = loop.time()

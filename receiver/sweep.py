@@ -112,7 +112,6 @@ async def _remove(
             challenge = Challenge(
                 Action.REMOVE, entry.domain or entry.fqdn, entry.fqdn, entry.value
             )
-            runtime.forget_check(challenge)
             await apply_change(
                 runtime,
                 challenge,

@@ -564,10 +564,10 @@ async def test_the_server_answers_before_the_settle_commits(
     release = asyncio.Event()
     write_batch = journal.backend.write_batch
 
-    async def slow_settles(entries: Any, settlements: Any) -> list[int]:
+    async def slow_settles(entries: Any, checks: Any, settlements: Any) -> Any:
         if settlements:
             await release.wait()
-        return await write_batch(entries, settlements)
+        return await write_batch(entries, checks, settlements)
 
     monkeypatch.setattr(journal.backend, "write_batch", slow_settles)
     async with asyncio.timeout(5):

@@ -48,9 +48,14 @@ async def notify(service: Any, sender: Sender, event: str, value: str, **claims:
 
 
 async def test_an_instance_cannot_remove_what_another_published(
-    start_service: ServiceFactory, sender: Sender, tmp_path: Path
+    start_service: ServiceFactory,
+    sender: Sender,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await start_service(**local_sections(tmp_path))
+    forgotten: list[str] = []
+    monkeypatch.setattr(service.runtime, "forget_check", lambda c: forgotten.append(c.value))
     value = signing.challenge_value()
     assert (await notify(service, sender, REQUIRED, value))[0] == 200
     entries = len(await service.runtime.journal.entries())
@@ -59,10 +64,12 @@ async def test_an_instance_cannot_remove_what_another_published(
     assert (status, body["error"]) == (403, "not_publisher"), body
     assert store_values(tmp_path) == {value}
     assert len(await service.runtime.journal.entries()) == entries  # nothing written
+    assert forgotten == []  # the publisher's propagation check goes on
 
     status, body = await notify(service, sender, COMPLETED, value)  # the publisher may
     assert (status, body["status"]) == (200, "removed")
     assert store_values(tmp_path) == set()
+    assert forgotten == [value]
 
 
 async def test_a_removal_the_journal_cannot_attribute_proceeds(

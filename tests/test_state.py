@@ -17,7 +17,7 @@ import structlog
 from receiver import config
 from receiver import journal as journal_module
 from receiver.accounts import Account
-from receiver.journal import Entry, GroupCommit
+from receiver.journal import Entry, GroupCommit, RemovalCheck
 from receiver.state import State
 
 BACKENDS = ["sqlite", "postgres"]
@@ -75,9 +75,9 @@ def recorded_batches(
     batches: list[tuple[int, int]] = []
     write_batch = journal.backend.write_batch
 
-    async def counted(entries: Any, settlements: Any) -> list[int]:
+    async def counted(entries: Any, checks: Any, settlements: Any) -> Any:
         batches.append((len(entries), len(settlements)))
-        return await write_batch(entries, settlements)
+        return await write_batch(entries, checks, settlements)
 
     monkeypatch.setattr(journal.backend, "write_batch", counted)
     return batches
@@ -88,11 +88,11 @@ def fail_next_batch(journal: GroupCommit, monkeypatch: pytest.MonkeyPatch) -> No
     write_batch = journal.backend.write_batch
     failures = iter([RuntimeError("disk full")])
 
-    async def flaky(entries: Any, settlements: Any) -> list[int]:
+    async def flaky(entries: Any, checks: Any, settlements: Any) -> Any:
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        return await write_batch(entries, settlements)
+        return await write_batch(entries, checks, settlements)
 
     monkeypatch.setattr(journal.backend, "write_batch", flaky)
 
@@ -268,6 +268,55 @@ async def test_the_publisher_of_a_value_still_published(state: State) -> None:
     assert await journal.publisher(**{**where, "zone": "other.com"}, value="v") is None
 
 
+async def test_a_checked_removal_is_judged_where_it_is_recorded(state: State) -> None:
+    """A removal for a sender is recorded only if the journal shows no other sender
+    published the value (and, `own_only`, that this one did); refused, nothing is
+    recorded, and the publisher found says why."""
+    journal = state.journal
+    assert journal is not None
+    theirs = await journal.begin(entry("theirs", sender="crn:b"))
+    mine = await journal.begin(entry("mine", sender="crn:a"))
+    a, a_own_only = RemovalCheck("crn:a"), RemovalCheck("crn:a", own_only=True)
+
+    refused = await journal.begin_removal(entry("theirs", "remove"), a)
+    assert refused.entry_id is None and refused.publisher is not None
+    assert (refused.publisher.id, refused.publisher.sender) == (theirs, "crn:b")
+    assert await journal.begin_removal(entry("unknown", "remove"), a_own_only) == (None, None)
+
+    unknown = await journal.begin_removal(entry("unknown", "remove"), a)
+    assert unknown.entry_id is not None and unknown.publisher is None
+    own = await journal.begin_removal(entry("mine", "remove"), a_own_only)
+    assert own.entry_id is not None and own.publisher is not None
+    assert own.publisher.id == mine
+    recorded = [(e.value, e.action) for e in await journal.entries()]
+    assert recorded == [("theirs", "add"), ("mine", "add"), ("unknown", "remove"),
+                        ("mine", "remove")]  # fmt: skip
+
+
+async def test_a_checked_removal_sees_the_adds_committed_with_it(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add and a removal of the same value in one transaction: the check sees the add
+    queued before it, as if each had committed alone."""
+    journal = state.journal
+    assert isinstance(journal, GroupCommit)
+    batches = recorded_batches(journal, monkeypatch)
+    added, refused, removed = await asyncio.gather(
+        journal.begin(entry("v", sender="crn:b")),
+        journal.begin_removal(entry("v", "remove", sender="crn:a"), RemovalCheck("crn:a")),
+        journal.begin_removal(entry("v", "remove", sender="crn:b"), RemovalCheck("crn:b")),
+    )
+    assert batches == [(3, 0)]  # one transaction
+    assert refused.entry_id is None and refused.publisher is not None
+    assert (refused.publisher.id, refused.publisher.sender) == (added, "crn:b")
+    assert removed.entry_id is not None and removed.publisher is not None
+    assert removed.publisher.id == added
+    assert [(e.id, e.action) for e in await journal.entries()] == [
+        (added, "add"),
+        (removed.entry_id, "remove"),
+    ]
+
+
 # --- group commit --------------------------------------------------------------------------
 
 
@@ -309,11 +358,11 @@ async def test_a_read_waits_for_earlier_writes_not_for_the_journal_to_fall_idle(
     write_batch = journal.backend.write_batch
     batches = 0
 
-    async def counted(entries: Any, settlements: Any) -> list[int]:
+    async def counted(entries: Any, checks: Any, settlements: Any) -> Any:
         nonlocal batches
         batches += 1
         await asyncio.sleep(0.002)
-        return await write_batch(entries, settlements)
+        return await write_batch(entries, checks, settlements)
 
     monkeypatch.setattr(journal.backend, "write_batch", counted)
     writing = True

@@ -215,7 +215,6 @@ class AcmeDnsDoor(AcmeDns):
         route = self.runtime.policy.route(challenge)
         for value in evicted:
             stale = dataclasses.replace(challenge, action=Action.REMOVE, value=value)
-            self.runtime.forget_check(stale)
             try:
                 await apply_change(
                     self.runtime, stale, route.zone, origin, request_id=request.request_id

@@ -3,13 +3,14 @@ every replica, so a failed order reaching one replica cleans up what another wro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from receiver.journal import COLUMNS, Entry, Settlement, publisher_of
-from receiver.postgres.database import Database
+from receiver.journal import COLUMNS, Entry, Recorded, RemovalCheck, Settlement, publisher_of
+from receiver.postgres.database import Connection, Database
 
 _SELECTED = ", ".join(f'e."{c}"' for c in COLUMNS)
 _INSERTED = [c for c in COLUMNS if c != "id"]
@@ -26,29 +27,44 @@ _LATEST = """
     ORDER BY zone, fqdn, value, id DESC
 """
 
+# A value's latest entry and its latest add, newest first (`publisher_of`).
+_PUBLISHER = f"""
+    SELECT {_SELECTED} FROM journal_entries e
+    WHERE e.zone = $1 AND e.fqdn = $2 AND e.value = $3 AND (e.action = 'add' OR e.id = (
+        SELECT max(id) FROM journal_entries WHERE zone = $1 AND fqdn = $2 AND value = $3))
+    ORDER BY e.id DESC LIMIT 2"""  # noqa: S608 - column names are ours
+
 
 class PostgresJournal:
     def __init__(self, database: Database) -> None:
         self._database = database
 
     async def write_batch(
-        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
-    ) -> list[int]:
-        """One transaction; ids are drawn first so that each entry knows its own."""
+        self,
+        entries: Sequence[Entry],
+        checks: Sequence[RemovalCheck | None],
+        settlements: Sequence[Settlement],
+    ) -> list[Recorded]:
+        """One transaction; ids are drawn first so that each entry knows its own (one a
+        check refuses leaves a gap)."""
         async with self._database.connection() as db, db.transaction():
-            ids: list[int] = []
-            if entries:
-                rows = await db.fetch(_NEXT_IDS, len(entries))
-                ids = [int(row[0]) for row in rows]
-                rows_in = [(i, *_values(e)) for i, e in zip(ids, entries, strict=True)]
-                await db.executemany(_INSERT, rows_in)
             if settlements:
                 await db.executemany(
                     "UPDATE journal_entries SET outcome = $1, settled = $2, error = $3"
                     " WHERE id = $4",
                     settlements,
                 )
-        return ids
+            if not entries:
+                return []
+            ids = [int(row[0]) for row in await db.fetch(_NEXT_IDS, len(entries))]
+            if any(check is not None for check in checks):
+                recorded = await _judged(db, entries, checks, ids)
+            else:
+                recorded = [Recorded(entry_id) for entry_id in ids]
+            admitted = zip(recorded, entries, strict=True)
+            rows = [(r.entry_id, *_values(e)) for r, e in admitted if r.entry_id is not None]
+            await db.executemany(_INSERT, rows)
+        return recorded
 
     async def candidates(
         self,
@@ -82,13 +98,8 @@ class PostgresJournal:
 
     async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
         """The latest add of a value that may still be published (see `Journal`)."""
-        query = f"""
-            SELECT {_SELECTED} FROM journal_entries e
-            WHERE e.zone = $1 AND e.fqdn = $2 AND e.value = $3 AND (e.action = 'add' OR e.id = (
-                SELECT max(id) FROM journal_entries WHERE zone = $1 AND fqdn = $2 AND value = $3))
-            ORDER BY e.id DESC LIMIT 2"""  # noqa: S608 - column names are ours
         async with self._database.connection() as db:
-            rows = await db.fetch(query, zone, fqdn, value)
+            rows = await db.fetch(_PUBLISHER, zone, fqdn, value)
         return publisher_of([_entry(row) for row in rows])
 
     async def entries(
@@ -132,6 +143,35 @@ class PostgresJournal:
 
     async def aclose(self) -> None:
         return None  # the Database is closed by its owner
+
+
+async def _judged(
+    db: Connection,
+    entries: Sequence[Entry],
+    checks: Sequence[RemovalCheck | None],
+    ids: Sequence[int],
+) -> list[Recorded]:
+    """What each check makes of its entry against the committed journal and this
+    batch's earlier admitted entries (not inserted yet: they go in together)."""
+    latest: dict[tuple[str, str, str], list[Entry]] = {}  # checked values, newest first
+    for entry, check in zip(entries, checks, strict=True):
+        key = (entry.zone, entry.fqdn, entry.value)
+        if check is not None and key not in latest:
+            latest[key] = [_entry(row) for row in await db.fetch(_PUBLISHER, *key)]
+    recorded = []
+    for entry, check, entry_id in zip(entries, checks, ids, strict=True):
+        history = latest.get((entry.zone, entry.fqdn, entry.value))
+        publisher = None
+        if check is not None:
+            assert history is not None
+            publisher = publisher_of(history)
+            if not check.admits(publisher):
+                recorded.append(Recorded(None, publisher))
+                continue
+        if history is not None:
+            history.insert(0, dataclasses.replace(entry, id=entry_id))
+        recorded.append(Recorded(entry_id, publisher))
+    return recorded
 
 
 def _values(entry: Entry) -> list[object]:

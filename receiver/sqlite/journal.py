@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from providers.sqlite import write_transaction
-from receiver.journal import COLUMNS, Entry, Settlement, publisher_of
+from receiver.journal import COLUMNS, Entry, Recorded, RemovalCheck, Settlement, publisher_of
 from receiver.sqlite import SqliteFile
 
 _SCHEMA = """
@@ -49,18 +49,30 @@ class SqliteJournal:
         self._file = SqliteFile(path, _SCHEMA)
 
     async def write_batch(
-        self, entries: Sequence[Entry], settlements: Sequence[Settlement]
-    ) -> list[int]:
-        def write(db: sqlite3.Connection) -> list[int]:
+        self,
+        entries: Sequence[Entry],
+        checks: Sequence[RemovalCheck | None],
+        settlements: Sequence[Settlement],
+    ) -> list[Recorded]:
+        def write(db: sqlite3.Connection) -> list[Recorded]:
             with write_transaction(db):
-                ids = [db.execute(_INSERT, _row(entry)).lastrowid or 0 for entry in entries]
                 if settlements:
                     db.executemany(
                         "UPDATE journal_entries SET outcome = ?, settled = ?, error = ?"
                         " WHERE id = ?",
                         settlements,
                     )
-            return ids
+                recorded = []
+                for entry, check in zip(entries, checks, strict=True):
+                    publisher = None
+                    if check is not None:  # sees this batch's earlier entries: inserted
+                        publisher = _publisher(db, entry.zone, entry.fqdn, entry.value)
+                        if not check.admits(publisher):
+                            recorded.append(Recorded(None, publisher))
+                            continue
+                    entry_id = db.execute(_INSERT, _row(entry)).lastrowid or 0
+                    recorded.append(Recorded(entry_id, publisher))
+            return recorded
 
         return await self._file.write_now(write)
 
@@ -94,15 +106,7 @@ class SqliteJournal:
         return [_entry(row) for row in rows]
 
     async def publisher(self, *, zone: str, fqdn: str, value: str) -> Entry | None:
-        def lookup(db: sqlite3.Connection) -> list[Any]:
-            key = (zone, fqdn, value)
-            rows = db.execute(_LATEST, key).fetchall()
-            if rows and rows[0][_ACTION] == "remove" and rows[0][_OUTCOME] != "done":
-                rows += db.execute(_LATEST_ADD, key).fetchall()  # a removal not done
-            return rows
-
-        rows = await self._file.read_now(lookup)
-        return publisher_of([_entry(row) for row in rows])
+        return await self._file.read_now(lambda db: _publisher(db, zone, fqdn, value))
 
     async def entries(
         self, *, since: float | None = None, domain: str | None = None, limit: int = 1000
@@ -144,6 +148,14 @@ class SqliteJournal:
 
     async def aclose(self) -> None:
         await self._file.aclose()
+
+
+def _publisher(db: sqlite3.Connection, zone: str, fqdn: str, value: str) -> Entry | None:
+    key = (zone, fqdn, value)
+    rows = db.execute(_LATEST, key).fetchall()
+    if rows and rows[0][_ACTION] == "remove" and rows[0][_OUTCOME] != "done":
+        rows += db.execute(_LATEST_ADD, key).fetchall()  # a removal not done
+    return publisher_of([_entry(row) for row in rows])
 
 
 def _like_literal(text: str) -> str:
