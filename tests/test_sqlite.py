@@ -107,9 +107,10 @@ async def test_the_wal_stays_bounded_under_writes_that_never_pause(
     """Under steady load the writer commits while a checkpoint runs. A PASSIVE
     checkpoint copies only the frames that were there when it started, so it never
     caught up, the WAL was never restarted, and it grew without bound (1.4 GB after a
-    minute of bench/throughput.py's load): a checkpoint now waits for the writer's turn
-    and leaves the WAL to start over."""
+    minute of bench/throughput.py's load): a long WAL is now finished off holding the
+    writer, and starts over."""
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 50)
+    monkeypatch.setattr(sqlite, "RESTART_FRAMES", 200)
     path = tmp_path / "f.sqlite3"
     file = SqliteFile(path, "CREATE TABLE IF NOT EXISTS t (v);")
     await file.run(_insert(0))
@@ -145,6 +146,7 @@ def test_a_grown_wal_is_cut_back_when_it_starts_over(
     wal = path.with_name("f.sqlite3-wal")
     assert wal.stat().st_size > 2_000_000
     file = SqliteFile(path, "CREATE TABLE IF NOT EXISTS t (v);")
+    monkeypatch.setattr(sqlite, "RESTART_FRAMES", 0)
     file._checkpoint()  # what the writes' checkpoint thread runs
     grower.close()
     file._connection().execute("INSERT INTO t VALUES (1)")  # the WAL starts over

@@ -16,11 +16,10 @@ process's connection is busy in a thread, or another process holds the write loc
 busy timeout is 0 on this path), it is retried in a worker thread, where waiting is fine.
 The fsync moves to checkpoints, which the writer never runs itself
 (`wal_autocheckpoint = 0`): one runs in a worker thread every CHECKPOINT_EVERY writes.
-It copies the bulk beside the writer, then ends with a RESTART checkpoint on the writer's
-connection: it takes the writer (the loop's writes meanwhile go to a worker thread, as
-when another process holds the lock), copies what is left and lets the next write start
-the WAL over. PASSIVE alone never caught up with a writer that kept committing, and the
-WAL grew without bound under steady load.
+It copies beside the writer; a WAL that has grown to RESTART_FRAMES is then finished off
+holding the writer (the loop's writes meanwhile go to a worker thread, as when another
+process holds the lock), so that the next write starts it over: copies beside a writer
+that kept committing never caught up, and the WAL grew without bound under steady load.
 Everything long (scans, prunes, the sweep's reads) stays in worker threads.
 """
 
@@ -42,6 +41,8 @@ log = structlog.get_logger("receiver.sqlite")
 
 BUSY_TIMEOUT_MS = 5000  # in worker threads; on the event loop, 0
 CHECKPOINT_EVERY = 500  # writes; with SQLite's default 4 KiB pages, a WAL of a few MB
+RESTART_FRAMES = 8192  # a WAL this long (32 MiB of 4 KiB pages) is made to start over
+RESTART_WAIT_MS = 100  # how long that may hold this process's writes for others' locks
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL keeps when it starts over (SQLite: all)
 
 
@@ -145,16 +146,20 @@ class SqliteFile:
             self._checkpointing = asyncio.create_task(asyncio.to_thread(self._checkpoint))
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database, sync it, and let the next write start the WAL
-        over. The bulk is copied beside the writer (PASSIVE); then what it wrote
-        meanwhile, holding this process's writer (its writes wait in a worker thread for
-        that short while). RESTART waits up to BUSY_TIMEOUT_MS for other processes'
-        writers and for readers of the WAL; what it could not copy waits for the next."""
+        """Copy the WAL into the database and sync it, beside the writer (PASSIVE). The
+        next write starts the WAL over only if the copy found no write beside it, which
+        under steady load never happens; so a WAL of RESTART_FRAMES is finished off
+        holding this process's writer (its writes wait in a worker thread meanwhile:
+        a few ms, the fsyncs and the GIL's hand-back), by a RESTART that waits up to
+        RESTART_WAIT_MS for other processes' writers and readers of the WAL. What could
+        not be copied waits for the next."""
         try:
             with self._read_lock:
-                _waiting(self._read_connection(), _copy_wal)
+                frames = _waiting(self._read_connection(), _copy_wal)
+            if frames < RESTART_FRAMES:
+                return
             with self._lock:
-                _waiting(self._connection(), _restart_wal)
+                _restart_wal(self._connection())
         except sqlite3.Error as exc:  # the next one tries again; writes go on meanwhile
             log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
 
@@ -197,12 +202,18 @@ def _waiting(db: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T
         db.execute("PRAGMA busy_timeout = 0")
 
 
-def _copy_wal(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _copy_wal(db: sqlite3.Connection) -> int:
+    """The frames in the WAL, once what it could copy is copied."""
+    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)
 
 
 def _restart_wal(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    db.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+    try:
+        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    finally:
+        db.execute("PRAGMA busy_timeout = 0")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
