@@ -105,3 +105,17 @@ def test_rfc2136_door_benchmark_runs_all_three_and_prints_its_ratios() -> None:
     assert all(" errors 0 " in line for line in lines if line.startswith("  "))
     assert any(line.startswith("ratio door/httpreq: ") for line in lines)
     assert last_ratio(lines, "ratio door/bind: ") > 0
+
+
+def test_journal_growth_benchmark_runs_its_rounds_and_prints_its_verdict() -> None:
+    lines = run_bench(
+        "journal_growth.py",
+        *("--rounds", "2", "--seconds", "0.5", "--connections", "4", "--pairs", "20"),
+        *("--generator", "python"),
+        timeout=180,
+    )
+    assert [line.split()[:2] for line in lines if "round" in line.split()[:1]] == [
+        ["round", "1"],
+        ["round", "2"],
+    ], lines
+    assert lines[-1].startswith("largest WAL: ") and lines[-1].endswith("within"), lines

@@ -17,9 +17,9 @@ busy timeout is 0 on this path), it is retried in a worker thread, where waiting
 The fsync moves to checkpoints, which the writer never runs itself
 (`wal_autocheckpoint = 0`): one runs in a worker thread every CHECKPOINT_EVERY writes.
 It copies beside the writer; a WAL that has grown to RESTART_FRAMES is then finished off
-holding the writer (the loop's writes meanwhile go to a worker thread, as when another
-process holds the lock), so that the next write starts it over: copies beside a writer
-that kept committing never caught up, and the WAL grew without bound under steady load.
+on the event loop between two writes (what is left is a few batches' frames), so that
+the next write starts it over: copies beside a writer that kept committing never caught
+up, and the WAL grew without bound under steady load (1.4 GB in a minute).
 Everything long (scans, prunes, the sweep's reads) stays in worker threads.
 """
 
@@ -42,7 +42,6 @@ log = structlog.get_logger("receiver.sqlite")
 BUSY_TIMEOUT_MS = 5000  # in worker threads; on the event loop, 0
 CHECKPOINT_EVERY = 500  # writes; with SQLite's default 4 KiB pages, a WAL of a few MB
 RESTART_FRAMES = 8192  # a WAL this long (32 MiB of 4 KiB pages) is made to start over
-RESTART_WAIT_MS = 100  # how long that may hold this process's writes for others' locks
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL keeps when it starts over (SQLite: all)
 
 
@@ -143,25 +142,37 @@ class SqliteFile:
             self._checkpointing is None or self._checkpointing.done()
         ):
             self._writes_since_checkpoint = 0
-            self._checkpointing = asyncio.create_task(asyncio.to_thread(self._checkpoint))
+            self._checkpointing = asyncio.create_task(self._checkpoint_soon())
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database and sync it, beside the writer (PASSIVE). The
-        next write starts the WAL over only if the copy found no write beside it, which
-        under steady load never happens; so a WAL of RESTART_FRAMES is finished off
-        holding this process's writer (its writes wait in a worker thread meanwhile:
-        a few ms, the fsyncs and the GIL's hand-back), by a RESTART that waits up to
-        RESTART_WAIT_MS for other processes' writers and readers of the WAL. What could
-        not be copied waits for the next."""
+    async def _checkpoint_soon(self) -> None:
+        if await asyncio.to_thread(self._checkpoint) >= RESTART_FRAMES:
+            self._finish_wal()
+
+    def _checkpoint(self) -> int:
+        """Copy the WAL into the database and sync it, beside the writer (PASSIVE), in a
+        worker thread; the frames left in the WAL (0 when it could not run)."""
         try:
             with self._read_lock:
-                frames = _waiting(self._read_connection(), _copy_wal)
-            if frames < RESTART_FRAMES:
-                return
-            with self._lock:
-                _restart_wal(self._connection())
+                return _waiting(self._read_connection(), _copy_wal)
         except sqlite3.Error as exc:  # the next one tries again; writes go on meanwhile
             log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
+            return 0
+
+    def _finish_wal(self) -> None:
+        """The next write starts the WAL over only if a copy found no write beside it,
+        which under steady load never happens: a WAL of RESTART_FRAMES is finished off on
+        the event loop, between two writes of this process (what the copy beside them
+        left: a few batches' frames, and its fsyncs). Not waiting for anybody: when a
+        thread holds the writer, or another process writes meanwhile, the next copy
+        tries again."""
+        db = self._db
+        if db is not None and self._lock.acquire(blocking=False):
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
+            finally:
+                self._lock.release()
 
     async def aclose(self) -> None:
         if self._checkpointing is not None:
@@ -206,14 +217,6 @@ def _copy_wal(db: sqlite3.Connection) -> int:
     """The frames in the WAL, once what it could copy is copied."""
     _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(frames)
-
-
-def _restart_wal(db: sqlite3.Connection) -> None:
-    db.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-    try:
-        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-    finally:
-        db.execute("PRAGMA busy_timeout = 0")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
