@@ -122,8 +122,9 @@ async def test_the_wal_stays_bounded_under_writes_that_never_pause(
         if i % 500 == 499:
             sizes.append(wal.stat().st_size)
     await file.aclose()
-    # Never restarted, the WAL holds every commit: 4,000 x (header + 4 KiB page), 16 MB.
-    assert max(sizes) < 4_000_000, sizes
+    # Never restarted, the WAL holds every commit: 4,000 x (header + 4 KiB page), 16 MB,
+    # growing 2 MB every 500 writes. Restarted, it levels off (2-4.5 MB, CI under load).
+    assert max(sizes) < 8_000_000, sizes
     check = sqlite3.connect(path)
     assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 4001
     check.close()
