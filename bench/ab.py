@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from harness import Keys, free_port, jwks_server, process, receiver, receiver_config, tree_cpu
-from throughput import SignedLoad
+from throughput import SignedLoad, add_load_arguments
 
 
 def system_seconds(pid: int) -> float:
@@ -30,14 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("specs", nargs="+", metavar="label=CHECKOUT:MODE")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    add_load_arguments(parser, seconds=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         keys = Keys(folder)
-        load = SignedLoad.prepare(folder, keys, args.pairs, args.generator, args.seconds, 32)
+        load = SignedLoad.from_args(folder, keys, args)
         jwks_url = stack.enter_context(jwks_server(keys.user_public))
         servers = {}
         for spec in args.specs:

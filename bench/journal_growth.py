@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from harness import Keys, free_port, jwks_server, process, receiver, receiver_config, tree_cpu
-from throughput import SignedLoad
+from throughput import SignedLoad, add_load_arguments
 
 from receiver.sqlite import WAL_SIZE_LIMIT
 
@@ -26,17 +26,12 @@ from receiver.sqlite import WAL_SIZE_LIMIT
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    add_load_arguments(parser, seconds=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keys = Keys(folder)
-        load = SignedLoad.prepare(
-            folder, keys, args.pairs, args.generator, args.seconds, args.connections
-        )
+        load = SignedLoad.from_args(folder, keys, args)
         largest_wal = 0
         with jwks_server(keys.user_public) as jwks_url:
             port = free_port()

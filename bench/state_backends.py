@@ -32,7 +32,7 @@ import dns.asyncquery
 import dns.message
 from dns_responder import NAME, load_dnsperf, load_python, wait_for_dns
 from harness import Keys, cpus, free_port, jwks_server, process, receiver, signed_sender
-from throughput import SignedLoad
+from throughput import SignedLoad, add_load_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -123,11 +123,8 @@ async def notify_and_time(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
+    add_load_arguments(parser)
     parser.add_argument("--samples", type=int, default=50, help="cross-process visibility")
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args()
     server = started("dcr-bench-pg-")
     results: dict[str, tuple[float, float, float, float]] = {}
@@ -136,9 +133,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             keys = Keys(folder)
-            load = SignedLoad.prepare(
-                folder, keys, args.pairs, args.generator, args.seconds, args.connections
-            )
+            load = SignedLoad.from_args(folder, keys, args)
             generator = load.generator
 
             with jwks_server(keys.user_public) as jwks_url:

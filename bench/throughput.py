@@ -143,6 +143,11 @@ class SignedLoad:
         bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
         return cls(generator, bodies, bodies_file, seconds, connections)
 
+    @classmethod
+    def from_args(cls, folder: Path, keys: Keys, args: argparse.Namespace) -> SignedLoad:
+        """`prepare`, from the options `add_load_arguments` declared."""
+        return cls.prepare(folder, keys, args.pairs, args.generator, args.seconds, args.connections)
+
     def __call__(self, url: str) -> tuple[float, float, float]:
         """(requests/s, p50 ms, p99 ms) at `url`."""
         if self.generator == "wrk":
@@ -150,19 +155,22 @@ class SignedLoad:
         return with_python(url, self.bodies, self.seconds, self.connections)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
+def add_load_arguments(parser: argparse.ArgumentParser, *, seconds: float = 10) -> None:
+    """The options of every benchmark that drives a `SignedLoad` (`SignedLoad.from_args`)."""
+    parser.add_argument("--seconds", type=float, default=seconds)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keys = Keys(folder)
-        load = SignedLoad.prepare(
-            folder, keys, args.pairs, args.generator, args.seconds, args.connections
-        )
+        load = SignedLoad.from_args(folder, keys, args)
 
         results = {}
         cpu_per_request: dict[str, float] = {}

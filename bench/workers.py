@@ -45,25 +45,20 @@ from harness import (
     receiver_config,
     tree_cpu,
 )
-from throughput import SignedLoad
+from throughput import SignedLoad, add_load_arguments
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pairs", type=int, default=3000, help="distinct notification pairs")
+    add_load_arguments(parser)
     parser.add_argument("--journal", action="store_true", help="keep the journal on")
     parser.add_argument("--propagation", action="store_true", help="check propagation")
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--rounds", type=int, default=1, help="the best of this many of each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keys = Keys(folder)
-        load = SignedLoad.prepare(
-            folder, keys, args.pairs, args.generator, args.seconds, args.connections
-        )
+        load = SignedLoad.from_args(folder, keys, args)
         generator, bodies = load.generator, load.bodies
         who = resource.RUSAGE_CHILDREN if generator == "wrk" else resource.RUSAGE_SELF
 
