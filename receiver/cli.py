@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -356,10 +357,30 @@ async def serve(
             zones=[z.name for z in settings.zones],
             max_connections=site.max_connections,
         )
+        settle_heap()
         listening()
         await stop.wait()
         log.info("shutting_down", grace_seconds=settings.server.shutdown_timeout_seconds)
     log.info("stopped")
+
+
+YOUNG_GC_THRESHOLD = 7000  # allocations; Python's default is 700
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off the request path of a long-running server.
+
+    What start-up built (~50,000 objects: modules, the app, the configuration) lives as
+    long as the process: it is collected once, then frozen out of the collector's way,
+    so that a full collection no longer walks it (~23 ms each under load, a pause every
+    in-flight request waits for). The young generation is collected after
+    YOUNG_GC_THRESHOLD net allocations instead of 700: 32 requests in flight, some
+    waiting for the journal's commit, hold ~1,000 objects that their requests free by
+    reference counting a moment later, and at 700 every ~70 requests walked them for
+    nothing (the collector cost the default configuration ~6 µs per request)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def demo_settings(directory: Path) -> config.Settings:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from receiver import signing
+from receiver import cli, config, signing
 
 from .conftest import INSTANCE, FakeIbmCloud, Sender, shared_store_config
 
@@ -273,3 +275,39 @@ async def test_two_processes_share_one_store_and_lose_nothing(
         assert {v.value for v in store.values(name)} == {keeper}  # nothing left behind
     finally:
         store.close()
+
+
+async def test_a_server_settles_its_heap_before_it_listens(
+    monkeypatch: pytest.MonkeyPatch, ibm_cloud: FakeIbmCloud, tmp_path: Path
+) -> None:
+    """`serve` freezes what start-up built and raises the young generation's threshold
+    (`cli.settle_heap`) once the app is up, before it says it listens."""
+    calls: list[str] = []
+    listening = asyncio.Event()
+    monkeypatch.setattr(cli, "settle_heap", lambda: calls.append("settle_heap"))
+
+    def said_listening() -> None:
+        calls.append("listening")
+        listening.set()
+
+    settings = config.load_file(write_config(tmp_path / "receiver.toml", ibm_cloud))
+    server = asyncio.create_task(cli.serve(settings, listening=said_listening))
+    try:
+        await asyncio.wait_for(listening.wait(), 30)
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+    assert calls == ["settle_heap", "listening"]
+
+
+def test_settle_heap_freezes_start_up_and_raises_the_young_threshold() -> None:
+    """In a process of its own: a frozen heap is never collected again."""
+    code = (
+        "import gc, receiver.cli as cli; cli.settle_heap();"
+        " print(gc.get_freeze_count(), gc.get_threshold()[0], gc.get_count()[0])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    frozen, threshold, young = (int(n) for n in done.stdout.split())
+    assert frozen > 10_000  # the modules and what they built
+    assert threshold == cli.YOUNG_GC_THRESHOLD > 700
+    assert young < 100  # collected before freezing
