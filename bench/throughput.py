@@ -10,11 +10,14 @@ costs to do less, all under the same load in the same run.
 The receiver verifies envelope and user token (a JWKS served locally) on the `memory`
 provider. Load: wrk (Debian package `wrk`) when installed, cycling through distinct
 signed notifications with a Lua script, else an asyncio client. Each server is its own
-process; one load thread; same concurrency.
+process; one load thread; same concurrency. All servers start first; then each is loaded
+in turn, `--rounds` times: single runs of one server after another swung the ratios by
+±0.06 on this shared VM, medians of interleaved rounds by a few hundredths.
 
-    python bench/throughput.py [--seconds 10] [--connections 32]
+    python bench/throughput.py [--seconds 10] [--connections 32] [--rounds 3]
 
-Prints requests/s, p50, p99 and the server's CPU per request for each, then the ratios;
+Prints the medians of requests/s, p50, p99 and the server's CPU per request for each,
+then the medians of the rounds' ratios (each pair loaded back to back);
 the last three lines are the issue's goals: default/bookkeeping-off throughput (>= 0.8),
 default/floor-with-journal p99 (<= 2) and throughput (>= 0.6). CPU per request (from
 /proc, the server process alone) is the steadier figure on a machine that is doing other
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -166,63 +171,80 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, seconds: float = 10) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_load_arguments(parser)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="loads of each server, in turns (medians printed)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         keys = Keys(folder)
         load = SignedLoad.from_args(folder, keys, args)
-
-        results = {}
-        cpu_per_request: dict[str, float] = {}
-        with jwks_server(keys.user_public) as jwks_url:
-
-            def measure(name: str, argv: list[str], port: int, *, warm: bool = True) -> None:
-                url = f"http://127.0.0.1:{port}/callback"
-                with process(argv, url) as server:
-                    if warm:
-                        load(url)  # warm-up: key and JWKS fetches, imports, caches
-                    used = tree_cpu(server.pid)
-                    results[name] = load(url)
-                    used = tree_cpu(server.pid) - used
-                    cpu_per_request[name] = used / (results[name][0] * args.seconds)
-
+        jwks_url = stack.enter_context(jwks_server(keys.user_public))
+        commits = folder / "floor-commits.sqlite3"
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        for name, argv in {
+            "bare": bare,
+            "floor": lambda port: floor(port, keys.sender_public),
+            "floor+journal": lambda port: floor(port, keys.sender_public, commits),
+            "bookkeeping off": lambda port: receiver(
+                receiver_config(folder, keys, jwks_url, port, journal=False)
+            ),
+            "default": lambda port: receiver(
+                receiver_config(folder, keys, jwks_url, port, journal=True, propagation=True)
+            ),
+        }.items():
             port = free_port()
-            measure("bare", bare(port), port, warm=False)
-            port = free_port()
-            measure("floor", floor(port, keys.sender_public), port)
-            port = free_port()
-            commits = folder / "floor-commits.sqlite3"
-            measure("floor+journal", floor(port, keys.sender_public, commits), port)
-            port = free_port()
-            config = receiver_config(folder, keys, jwks_url, port, journal=False)
-            measure("bookkeeping off", receiver(config), port)
-            port = free_port()
-            config = receiver_config(folder, keys, jwks_url, port, journal=True, propagation=True)
-            measure("default", receiver(config), port)
+            url = f"http://127.0.0.1:{port}/callback"
+            servers[name] = (stack.enter_context(process(argv(port), url)), url)
+            if name != "bare":
+                load(url)  # warm-up: key and JWKS fetches, imports, caches
+        rounds: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in servers}
+        for _ in range(args.rounds):  # in turns: the machine's noise falls on all alike
+            for name, (server, url) in servers.items():
+                used = tree_cpu(server.pid)
+                rps, p50, p99 = load(url)
+                cpu = (tree_cpu(server.pid) - used) / (rps * args.seconds)
+                rounds[name].append((rps, p50, p99, cpu))
+    medians = {
+        name: [statistics.median(x) for x in zip(*runs, strict=True)]
+        for name, runs in rounds.items()
+    }
     print(
         f"load: {load.generator}, {args.connections} connections, {args.seconds:g} s, "
-        f"{len(load.bodies)} distinct signed notifications (with user tokens), {cpus()} CPUs"
+        f"{len(load.bodies)} distinct signed notifications (with user tokens), {cpus()} CPUs; "
+        f"medians of {args.rounds} rounds, every server loaded in turn"
     )
-    for name, (rps, p50, p99) in results.items():
+    for name, (rps, p50, p99, cpu) in medians.items():
         print(
             f"  {name:<16} {rps:>8.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms"
-            f"   CPU {cpu_per_request[name] * 1e6:5.0f} µs/request"
+            f"   CPU {cpu * 1e6:5.0f} µs/request"
         )
-    bare_, floor_, committed = results["bare"], results["floor"], results["floor+journal"]
-    off, default = results["bookkeeping off"], results["default"]
+
+    def ratio(top: str, bottom: str, column: int) -> float:
+        """The median of the rounds' ratios: each pair was loaded back to back."""
+        pairs = zip(rounds[top], rounds[bottom], strict=True)
+        return statistics.median(a[column] / b[column] for a, b in pairs)
+
     print(
         f"floor/bare (parse, one RS256 verification, one log line): "
-        f"throughput {floor_[0] / bare_[0]:.2f}, p99 {floor_[2] / bare_[2]:.2f}"
+        f"throughput {ratio('floor', 'bare', 0):.2f}, p99 {ratio('floor', 'bare', 2):.2f}"
     )
-    print(f"floor+journal/floor: throughput {committed[0] / floor_[0]:.2f}")
-    print(f"receiver default/bare: throughput {default[0] / bare_[0]:.2f}")
+    print(f"floor+journal/floor: throughput {ratio('floor+journal', 'floor', 0):.2f}")
+    print(f"receiver default/bare: throughput {ratio('default', 'bare', 0):.2f}")
     print(
         "CPU per request bookkeeping-off/default (as a throughput ratio): "
-        f"{cpu_per_request['bookkeeping off'] / cpu_per_request['default']:.2f}"
+        f"{ratio('bookkeeping off', 'default', 3):.2f}"
     )
-    print(f"throughput ratio default/bookkeeping-off: {default[0] / off[0]:.2f}")
-    print(f"p99 ratio default/floor-with-journal: {default[2] / committed[2]:.2f}")
-    print(f"throughput ratio default/floor-with-journal: {default[0] / committed[0]:.2f}")
+    each = ", ".join(
+        f"{d[0] / o[0]:.2f}"
+        for d, o in zip(rounds["default"], rounds["bookkeeping off"], strict=True)
+    )
+    print(f"default/bookkeeping-off throughput in each round: {each}")
+    print(f"throughput ratio default/bookkeeping-off: {ratio('default', 'bookkeeping off', 0):.2f}")
+    print(f"p99 ratio default/floor-with-journal: {ratio('default', 'floor+journal', 2):.2f}")
+    print(
+        f"throughput ratio default/floor-with-journal: {ratio('default', 'floor+journal', 0):.2f}"
+    )
 
 
 if __name__ == "__main__":
