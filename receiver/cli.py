@@ -350,6 +350,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):  # before saying so: a stop is graceful
             loop.add_signal_handler(sig, stop.set)
         host, port = site.addresses[0]
+        settle_heap()  # start-up is over: before anyone is told it listens
         log.info(
             "listening" if slot.alone else "worker_listening",
             url=f"http://{host}:{port}{settings.server.callback_path}",
@@ -357,7 +358,6 @@ async def serve(
             zones=[z.name for z in settings.zones],
             max_connections=site.max_connections,
         )
-        settle_heap()
         listening()
         await stop.wait()
         log.info("shutting_down", grace_seconds=settings.server.shutdown_timeout_seconds)
