@@ -75,6 +75,31 @@ async def test_a_write_on_the_loop_never_waits_there_for_another_processs_lock(
     holder.close()
 
 
+async def test_a_write_on_the_loop_waits_out_a_brief_lock_there_not_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's commit holds the lock for well under a millisecond (two `serve
+    --workers` processes collide all the time): `write_now` tries again on the loop
+    rather than paying a worker thread's hop for each collision."""
+    file = SqliteFile(tmp_path / "f.sqlite3", "CREATE TABLE IF NOT EXISTS t (v);")
+    await file.run(_insert(0))  # opened
+    holder = sqlite3.connect(tmp_path / "f.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, released on the loop
+    asyncio.get_running_loop().call_later(0.001, holder.execute, "COMMIT")
+    threads: list[object] = []
+
+    async def in_a_thread(operation: object) -> None:
+        threads.append(operation)
+        raise AssertionError("went to a worker thread")
+
+    monkeypatch.setattr(file, "run", in_a_thread)
+    assert await file.write_now(_insert(1)) == 2
+    assert threads == []
+    monkeypatch.undo()
+    await file.aclose()
+    holder.close()
+
+
 async def test_writes_on_the_loop_are_checkpointed_off_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
