@@ -107,7 +107,7 @@ class SqliteFile:
         meanwhile, for BUSY_ON_LOOP_SECONDS (another `serve --workers` process's batch
         holds the lock well under a millisecond), and only then run in a worker thread:
         with two workers, sending every collision to a thread cost 14 % more CPU per
-        request than one worker's; retried on the loop, 5 %."""
+        request than one worker's; retried on the loop, 5-9 %."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BUSY_ON_LOOP_SECONDS
         while (db := self._db) is not None and self._lock.acquire(blocking=False):
