@@ -180,7 +180,7 @@ class SqliteFile:
         db = self._db
         if db is not None and self._lock.acquire(blocking=False):
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _copy_wal(db)
             except sqlite3.Error as exc:
                 log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
             finally:
