@@ -5,6 +5,7 @@ record can be read from its SQLite file by an independent observer."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -309,3 +310,41 @@ def test_serverless_doors_do_not_import_aiohttp(module: str) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert result.stdout.strip() == "[]"
+
+
+COLLECTOR_PROBE = """
+import gc, json
+import receiver.hosts.aws_lambda as host
+imported = gc.isenabled()
+health = {"version": "2.0", "rawPath": "/healthz", "headers": {},
+          "requestContext": {"http": {"method": "GET"}}}
+answer = host.handler(health, None)
+print(json.dumps({"imported": imported, "status": answer["statusCode"],
+                  "answered": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize("under_runtime_client", [True, False])
+def test_lambda_pauses_the_collector_from_import_to_its_first_answer(
+    under_runtime_client: bool,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_RUNTIME_API"}
+    if under_runtime_client:
+        env["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:9"  # set by Lambda for awslambdaric
+    result = subprocess.run(
+        [sys.executable, "-c", COLLECTOR_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=env,
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["status"] == 200
+    assert seen["answered"] is True  # always running once the first answer is out
+    if under_runtime_client:
+        assert seen["imported"] is False  # paused through the imports
+        assert seen["frozen"] > 10_000  # start-up's objects, out of the collector's way
+    else:
+        assert seen["imported"] is True  # a test or a tool keeps its collector
+        assert seen["frozen"] == 0
