@@ -18,6 +18,11 @@ and stops the clock when the handler's answer is posted back:
   those the receiver creates on the same path (same options, field names, annotation
   texts, kinds of default and docstrings; recorded from a run of the receiver), so the
   output separates what creating the project's records costs from the rest of its code.
+* lib floor paused, model floor paused: the same two with Python's garbage collector
+  paused from their first line to their first answer, as the receiver's Lambda host
+  pauses its own (receiver/hosts/aws_lambda.py): the floors under the receiver's
+  collector policy, so that the pause's gain is not counted as the receiver's code being
+  cheaper.
 
 All are timed the same way, under the same runtime client and fake Runtime API, so
 interpreter start, the client's own bootstrap and one exchange are in each.
@@ -313,6 +318,12 @@ def main() -> None:
                         "FLOOR_DATA_MODEL": model,
                     },
                 )
+                for floor in ("lib floor", "model floor"):
+                    handler, env = variants[f"{provider} {floor}"]
+                    variants[f"{provider} {floor} paused"] = (
+                        handler,
+                        {**env, "FLOOR_PAUSE_COLLECTOR": "1"},
+                    )
                 variants[f"{provider} receiver"] = receiver
 
             for handler, env in variants.values():  # warm the page cache, unmeasured
@@ -323,11 +334,11 @@ def main() -> None:
                     timings[name].append(one_run(handler, env, event()))
 
             print(f"Lambda cold start, real awslambdaric + fake Runtime API, {args.runs} runs each")
-            print(f"{'variant':<20} {'init (to /next)':>16} {'first answer':>13}")
+            print(f"{'variant':<26} {'init (to /next)':>16} {'first answer':>13}")
             for name, runs in timings.items():
                 init = statistics.median(r[0] for r in runs)
                 answer = statistics.median(r[1] for r in runs)
-                print(f"{name:<20} {init * 1000:13.0f} ms {answer * 1000:10.0f} ms")
+                print(f"{name:<26} {init * 1000:13.0f} ms {answer * 1000:10.0f} ms")
             if args.importtime:
                 for name, (handler, env) in variants.items():
                     if name.endswith("receiver") or name == "route53 floor":
@@ -358,7 +369,15 @@ def main() -> None:
                 "model floor/library floor (the same dataclasses, in one module): "
                 + ratios("model floor", "lib floor")
             )
+            print(
+                "paused model floor/paused library floor (the collector paused in both): "
+                + ratios("model floor paused", "lib floor paused")
+            )
             print("receiver/model floor: " + ratios("receiver", "model floor"))
+            print(
+                "receiver/paused library floor (the collector paused in both): "
+                + ratios("receiver", "lib floor paused")
+            )
             print("receiver/library floor: " + ratios("receiver", "lib floor"))
             print("cold start ratio receiver/floor: " + ratios("receiver", "floor"))
 
