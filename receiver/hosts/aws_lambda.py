@@ -60,10 +60,15 @@ class _Container:
         try:
             return self._runner().run(work)
         finally:
-            if self.collector_paused:
-                self.collector_paused = False
-                gc.freeze()
-                gc.enable()
+            self.cold_start_over()
+
+    def cold_start_over(self) -> None:
+        """After an invocation: the collector, paused since import, runs from now on,
+        clear of what start-up built."""
+        if self.collector_paused:
+            self.collector_paused = False
+            gc.freeze()
+            gc.enable()
 
     def _runner(self) -> asyncio.Runner:
         if self.runner is None:
@@ -115,6 +120,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     try:
         request = inbound_request(event, getattr(context, "aws_request_id", None))
     except NotAnHttpEvent as exc:
+        _container.cold_start_over()  # a misrouted first event must not keep it paused
         return response(core.Outcome(400, {"error": "bad_request", "detail": str(exc)}))
     return response(_container.run(request))
 

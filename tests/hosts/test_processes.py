@@ -313,26 +313,28 @@ def test_serverless_doors_do_not_import_aiohttp(module: str) -> None:
 
 
 COLLECTOR_PROBE = """
-import gc, json
+import gc, json, sys
 import receiver.hosts.aws_lambda as host
 imported = gc.isenabled()
-health = {"version": "2.0", "rawPath": "/healthz", "headers": {},
-          "requestContext": {"http": {"method": "GET"}}}
-answer = host.handler(health, None)
+answer = host.handler(json.loads(sys.argv[1]), None)
 print(json.dumps({"imported": imported, "status": answer["statusCode"],
                   "answered": gc.isenabled(), "frozen": gc.get_freeze_count()}))
 """
+HEALTH = {"version": "2.0", "rawPath": "/healthz", "requestContext": {"http": {"method": "GET"}}}
 
 
-@pytest.mark.parametrize("under_runtime_client", [True, False])
+@pytest.mark.parametrize(
+    ("under_runtime_client", "first_event", "status"),
+    [(True, HEALTH, 200), (True, {"source": "aws.events"}, 400), (False, HEALTH, 200)],
+)
 def test_lambda_pauses_the_collector_from_import_to_its_first_answer(
-    under_runtime_client: bool,
+    under_runtime_client: bool, first_event: dict[str, object], status: int
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_RUNTIME_API"}
     if under_runtime_client:
         env["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:9"  # set by Lambda for awslambdaric
     result = subprocess.run(
-        [sys.executable, "-c", COLLECTOR_PROBE],
+        [sys.executable, "-c", COLLECTOR_PROBE, json.dumps(first_event)],
         capture_output=True,
         text=True,
         check=True,
@@ -340,8 +342,8 @@ def test_lambda_pauses_the_collector_from_import_to_its_first_answer(
         env=env,
     )
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen["status"] == 200
-    assert seen["answered"] is True  # always running once the first answer is out
+    assert seen["status"] == status
+    assert seen["answered"] is True  # running once the first answer is out, whatever it was
     if under_runtime_client:
         assert seen["imported"] is False  # paused through the imports
         assert seen["frozen"] > 10_000  # start-up's objects, out of the collector's way
