@@ -320,7 +320,7 @@ answer = host.handler(json.loads(sys.argv[1]), None)
 print(json.dumps({"imported": imported, "status": answer["statusCode"],
                   "answered": gc.isenabled(), "frozen": gc.get_freeze_count()}))
 """
-HEALTH = {"version": "2.0", "rawPath": "/healthz", "requestContext": {"http": {"method": "GET"}}}
+HEALTH = events.function_url(b"", headers={}, method="GET", path="/healthz")
 
 
 @pytest.mark.parametrize(
